@@ -1,0 +1,304 @@
+"""Fixtures: a real server on 127.0.0.1 port 0, with its own users file and mailboxes.
+
+    def test_noop(session):
+        session.expect('''
+            C: NOOP
+            S: 250 OK
+        ''')
+
+In a transcript, `C:` lines are sent (CRLF added) and `S:` lines must match the
+replies line by line; `*` in an `S:` line matches any text.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import server as server_module  # noqa: E402  (needs the path above)
+
+USERS = {"alice": "alice-password", "bob": "bob-password", "carol": "carol-password"}
+TEST_ROUNDS = 4  # bcrypt's minimum cost: tests log in often, and cost 12 takes 0.2 s a check
+
+
+def write_users_file(path: Path, users: dict[str, str], rounds: int = TEST_ROUNDS) -> Path:
+    """Write a users.txt with bcrypt hashes of users' passwords."""
+    lines = [f"{name}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds)).decode()}" for name, pw in users.items()]
+    path.write_text("# test accounts\n" + "\n".join(lines) + "\n")
+    return path
+
+
+@dataclasses.dataclass
+class RunningServer:
+    """A server running in this process, in a thread of its own."""
+
+    server: server_module.SMTPServer
+    users: dict[str, str]
+    users_path: Path
+    mailboxes_path: Path
+
+    @property
+    def host(self) -> str:
+        return self.server.server_address[0]
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
+    def config(self) -> server_module.ServerConfig:
+        return self.server.config
+
+    def stored(self, user: str) -> list[bytes]:
+        """The messages stored for user, oldest first, as on disk (LF line ends)."""
+        with self.server.mailboxes.messages(user) as messages:
+            contents = []
+            for open_message in messages:
+                with open_message() as message:
+                    contents.append(message.read())
+            return contents
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def shared_users_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Hashing once per test run keeps the suite fast.
+    return write_users_file(tmp_path_factory.mktemp("users") / "users.txt", USERS)
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, shared_users_file: Path) -> Iterator[Callable[..., RunningServer]]:
+    """A factory: start_server(**ServerConfig fields) starts one more server; all stop after the test."""
+    running: list[RunningServer] = []
+
+    def start(*, users_path: Path | None = None, mailboxes_path: Path | None = None, **config: object) -> RunningServer:
+        config.setdefault("hostname", "mail.test")
+        mailboxes = mailboxes_path or tmp_path / f"mailboxes{len(running) or ''}"
+        server = server_module.SMTPServer(
+            ("127.0.0.1", 0),
+            config=server_module.ServerConfig(**config),  # type: ignore[arg-type]
+            users=server_module.UserStore(users_path or shared_users_file),
+            mailboxes=server_module.MailboxStore(mailboxes),
+        )
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        instance = RunningServer(server, dict(USERS), users_path or shared_users_file, mailboxes)
+        running.append(instance)
+        return instance
+
+    yield start
+    for instance in running:
+        instance.stop()
+
+
+@pytest.fixture
+def smtp_server(start_server: Callable[..., RunningServer]) -> RunningServer:
+    """A server with the default settings and the USERS accounts."""
+    return start_server()
+
+
+class Session:
+    """A raw socket to the server, for transcripts and for input no real client would send."""
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.file = self.sock.makefile("rb")
+
+    def send(self, data: bytes | str) -> None:
+        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+
+    def command(self, line: str) -> tuple[int, list[str]]:
+        self.send(line + "\r\n")
+        return self.read_reply()
+
+    def read_line(self) -> str:
+        """One reply line without CRLF; raise ConnectionError if the server closed instead."""
+        raw = self.file.readline(100_000)
+        if not raw:
+            raise ConnectionError("the server closed the connection")
+        assert raw.endswith(b"\r\n"), f"reply line not ended by CRLF: {raw!r}"
+        return raw[:-2].decode("utf-8")
+
+    def read_reply(self) -> tuple[int, list[str]]:
+        """Read one (possibly multi-line) reply: (code, [text of each line])."""
+        lines = []
+        while True:
+            line = self.read_line()
+            assert re.fullmatch(r"\d{3}[ -].*", line), f"malformed reply line: {line!r}"
+            lines.append(line[4:])
+            if line[3] == " ":
+                return int(line[:3]), lines
+
+    def login(self, user: str = "alice", password: str | None = None) -> None:
+        password = USERS[user] if password is None else password
+        assert self.command("EHLO client.test")[0] == 250
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        code, text = self.command(f"AUTH PLAIN {token}")
+        assert code == 235, text
+
+    def expect(self, transcript: str) -> None:
+        """Send each C: line and check that the S: lines come back, in order."""
+        for raw in transcript.strip().splitlines():
+            line = raw.strip()
+            direction, _, text = line.partition(":")
+            text = text[1:] if text.startswith(" ") else text
+            if direction == "C":
+                self.send(text + "\r\n")
+            elif direction == "S":
+                got = self.read_line()
+                pattern = ".*".join(map(re.escape, text.split("*")))
+                assert re.fullmatch(pattern, got), f"expected {text!r}, got {got!r}"
+            else:
+                raise ValueError(f"transcript line must start with C: or S: {raw!r}")
+
+    def closed_by_server(self, timeout: float = 5.0) -> bool:
+        """True if the server closes the connection (EOF) within timeout."""
+        self.sock.settimeout(timeout)
+        try:
+            self.file.read()  # returns at end of input only
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def connect(smtp_server: RunningServer) -> Iterator[Callable[..., Session]]:
+    """connect(server=smtp_server) opens a Session and reads the greeting; all close after the test."""
+    sessions: list[Session] = []
+
+    def open_session(server: RunningServer = smtp_server, greeting: bool = True) -> Session:
+        session = Session(server.host, server.port)
+        sessions.append(session)
+        if greeting:
+            code, _ = session.read_reply()
+            assert code == 220
+        return session
+
+    yield open_session
+    for session in sessions:
+        session.close()
+
+
+@pytest.fixture
+def session(connect: Callable[..., Session]) -> Session:
+    """A connected Session to smtp_server, greeting already read."""
+    return connect()
+
+
+@pytest.fixture
+def logged_in(connect: Callable[..., Session]) -> Session:
+    """A Session after EHLO and a successful AUTH as alice."""
+    session = connect()
+    session.login()
+    return session
+
+
+class ServerProcess:
+    """`python server.py` as a real process; the log is collected from stderr."""
+
+    def __init__(self, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", "0", *args],
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.log_lines: list[str] = []
+        self._serving = threading.Event()
+        self.port = 0
+        threading.Thread(target=self._collect, daemon=True).start()
+        if not self._serving.wait(15):
+            self.stop()
+            raise RuntimeError("server did not start:\n" + self.log)
+
+    def _collect(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log_lines.append(line)
+            match = re.search(r"serving on [\d.]+:(\d+)", line)
+            if match and not self.port:
+                self.port = int(match[1])
+                self._serving.set()
+        self._serving.set()
+
+    @property
+    def log(self) -> str:
+        return "".join(self.log_lines)
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 10) -> int:
+        return self.process.wait(timeout)
+
+    def stop(self) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout:
+            self.process.stdout.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def server_process(tmp_path: Path, shared_users_file: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """A factory: server_process(*extra_args) runs server.py with the test users and tmp mailboxes."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, users: Path | None = None, mailboxes: Path | None = None) -> ServerProcess:
+        process = ServerProcess(
+            "--users",
+            str(users or shared_users_file),
+            "--mailboxes",
+            str(mailboxes or tmp_path / "mailboxes"),
+            "--hostname",
+            "mail.test",
+            *args,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Wait until condition() is true; fail the test after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s: {condition}")
+        time.sleep(interval)
