@@ -266,14 +266,19 @@ class Delivery:
         Maildir's rule: a message appears in new/ only once it is whole, so a crash
         leaves it whole or absent. The fsyncs make "whole" survive a power cut.
         """
+        renamed = False
         try:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
             os.rename(self.temporary, self.final)
+            renamed = True
             _fsync_directory(self.final.parent)
         except BaseException:
             self.abort()
+            if renamed:  # visible but maybe not durable: the client will be told 4xx and send again
+                with contextlib.suppress(OSError):
+                    os.unlink(self.final)
             raise
         return self.name
 
@@ -481,8 +486,9 @@ class SMTPHandler(socketserver.StreamRequestHandler):
             log.info("%s disconnected", self.peer)
 
     def handle_one_command(self) -> None:
-        line = self.read_line(MAX_COMMAND_LINE)
-        if line is None:
+        # Read up to the AUTH bound, since AUTH's initial response may be that long.
+        line = self.read_line(MAX_AUTH_LINE)
+        if line is None or (len(line) + 2 > MAX_COMMAND_LINE and line[:5].upper() != b"AUTH "):
             self.reply(500, "Error: line too long")
         else:
             command = line.decode("utf-8", "replace")
