@@ -1155,8 +1155,8 @@ class SMTPServer(socketserver.ThreadingTCPServer):
         self.mailboxes = mailboxes
         self.connections = ConnectionTable(config.max_connections, config.max_connections_per_ip)
         self.login_failures = LoginThrottle(config.max_login_failures, config.login_failure_window)
+        self._closing = threading.Event()  # before binding: a failed bind calls server_close()
         super().__init__(server_address, handler_class)
-        self._closing = threading.Event()
         self._watchdog = threading.Thread(target=self._watch_deadlines, name="smtp-watchdog", daemon=True)
         self._watchdog.start()
 

@@ -1,0 +1,666 @@
+"""client.py end to end: the real server on port 0, the client as a real process.
+
+Most tests pipe a script into `python client.py`, as a class's scripts do; the
+pseudo-terminal tests at the end type into it as a person does, so the getpass
+path runs.  Each script is the answers in order, e.g. LOGIN + "4\\n" logs in
+and quits.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import dataclasses
+import os
+import re
+import select
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from typing import TextIO
+
+import pytest
+from conftest import ROOT, USERS, RunningServer, ServerProcess, wait_for
+
+sys.path.insert(0, str(ROOT))
+import client as client_module
+
+CLIENT = ROOT / "client.py"
+TIMEOUT = 15  # seconds any one client process may take before the test fails
+# UTF-8 whatever the machine's locale, so the tests can compare text.
+ENV = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"}
+LOGIN = "alice\nalice-password\n"
+GREETING = "Grüße, 你好"
+MENU_PROMPT = "Choose: "
+TRACE_LINE = re.compile(r"(?:[CS]: .*|[CS]:$|   \(\d+ more lines? not shown\))$", re.MULTILINE)
+
+
+@dataclasses.dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_client(port: int, script: str, *args: str) -> Result:
+    """Run client.py with script as its piped stdin; return how it ended."""
+    completed = subprocess.run(
+        [sys.executable, str(CLIENT), "--port", str(port), *args],
+        input=script,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=ENV,
+        timeout=TIMEOUT,
+        # No controlling terminal: getpass, if wrongly used on a pipe, would warn on stderr.
+        start_new_session=True,
+    )
+    return Result(completed.returncode, completed.stdout, completed.stderr)
+
+
+def send_script(to: str, subject: str, body: list[str], sender: str = "") -> str:
+    """The answers of menu choice 1, the body ended by a "." line."""
+    return "1\n" + "\n".join([sender, to, subject, *body, "."]) + "\n"
+
+
+def deliver(server: RunningServer, message: EmailMessage | str, user: str = "alice") -> None:
+    """Store a message for user through smtplib, as any SMTP client would."""
+    with smtplib.SMTP(server.host, server.port, local_hostname="test.local") as smtp:
+        smtp.login(user, USERS[user])
+        if isinstance(message, str):
+            smtp.sendmail(f"{user}@mail.test", ["bob@example.org"], message)
+        else:
+            smtp.send_message(message)
+
+
+def trace_lines(stdout: str) -> list[str]:
+    """The C:/S: lines of a trace; on a pipe a prompt may stand in front of one."""
+    return [match[0] for match in TRACE_LINE.finditer(stdout)]
+
+
+def shown_message(stdout: str, number: int = 1) -> str:
+    """The block the client printed for message number, up to the next menu."""
+    block = stdout.split(f"--- Message {number} ---\n", 1)[1]
+    return block.split("\n\n  1. Send a message", 1)[0].split(f"\n\n--- Message {number + 1} ---", 1)[0]
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port bound by us but not listening: connecting to it is refused, and no one else can take it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+# --- logging in --------------------------------------------------------------------
+
+
+def test_login_and_quit(smtp_server: RunningServer) -> None:
+    result = run_client(smtp_server.port, LOGIN + "4\n")
+    assert result.returncode == 0
+    assert result.stdout.startswith("220 mail.test Service ready\nUsername: Password: Logged in as alice.\n")
+    assert result.stdout.endswith("Choose: 221 mail.test Service closing transmission channel\n")
+    assert result.stderr == ""  # no getpass warning on a pipe, no traceback
+
+
+def test_user_option_asks_only_the_password(smtp_server: RunningServer) -> None:
+    result = run_client(smtp_server.port, "bob-password\n4\n", "--user", "bob")
+    assert result.returncode == 0
+    assert "Username:" not in result.stdout
+    assert "Logged in as bob." in result.stdout
+
+
+def test_wrong_password_then_retry_reconnects(smtp_server: RunningServer) -> None:
+    result = run_client(smtp_server.port, "alice\nwrong\n" + LOGIN + "4\n", "--trace")
+    assert result.returncode == 0
+    assert result.stdout.count("Login failed: wrong username or password.") == 1
+    assert "Logged in as alice." in result.stdout
+    assert result.stdout.count("S: 220 ") == 2  # the server hung up after the 535: a new connection
+    assert result.stderr == ""
+
+
+def test_three_failed_logins_exit_1(smtp_server: RunningServer) -> None:
+    # A fourth, correct, attempt is in the script: it must not be tried.
+    result = run_client(smtp_server.port, "alice\nwrong\n" * 3 + LOGIN + "4\n")
+    assert result.returncode == 1
+    assert result.stdout.count("Login failed: wrong username or password.") == 3
+    assert result.stdout.count("Username:") == 3
+    assert "Logged in" not in result.stdout
+    assert result.stderr == "Login failed 3 times; giving up.\n"
+
+
+def test_non_ascii_password_is_explained_without_reconnecting(smtp_server: RunningServer) -> None:
+    # smtplib sends AUTH data as ASCII only; nothing reaches the server, so the connection stays.
+    result = run_client(smtp_server.port, "alice\npässwort\n" + LOGIN + "4\n", "--trace")
+    assert result.returncode == 0
+    assert "Login failed: smtplib can only send ASCII usernames and passwords." in result.stdout
+    assert result.stdout.count("S: 220 ") == 1
+    assert "Logged in as alice." in result.stdout
+
+
+def test_server_full_at_connect(start_server: Callable[..., RunningServer]) -> None:
+    server = start_server(max_connections=0)
+    result = run_client(server.port, LOGIN + "4\n")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "Connection closed by server: 421 mail.test Too many connections, closing transmission channel\n"
+    )
+
+
+def test_unknown_user_is_a_wrong_login(smtp_server: RunningServer) -> None:
+    result = run_client(smtp_server.port, "mallory\nalice-password\n" + LOGIN + "4\n")
+    assert result.returncode == 0
+    assert result.stdout.count("Login failed: wrong username or password.") == 1
+
+
+# --- sending -----------------------------------------------------------------------
+
+
+def test_send_utf8_and_a_body_line_starting_with_a_dot(smtp_server: RunningServer) -> None:
+    body = [GREETING, ".hidden line", "..two dots", "end"]
+    result = run_client(smtp_server.port, LOGIN + send_script("bob@example.org", GREETING, body) + "4\n", "--trace")
+    assert result.returncode == 0, result.stderr
+    assert "Sent: 250 OK" in result.stdout
+    # RFC 6152: the UTF-8 body goes as 8-bit text, declared in MAIL.
+    assert re.search(r"^C: MAIL FROM:<alice@mail.test> size=\d+ BODY=8BITMIME$", result.stdout, re.MULTILINE)
+    [stored] = smtp_server.stored("alice")
+    headers, _, stored_body = stored.partition(b"\n\n")
+    assert b"From: alice@mail.test\n" in headers  # the default sender: user@server's name
+    assert b"To: bob@example.org\n" in headers
+    assert b"Subject: =?utf-8?" in headers  # RFC 2047: headers stay ASCII on the wire
+    assert b"Message-ID: <" in headers and b"Date: " in headers
+    assert stored_body.decode("utf-8") == "\n".join(body) + "\n"  # 8-bit UTF-8, dots as typed
+
+
+def test_retrieve_shows_exactly_what_was_sent(smtp_server: RunningServer) -> None:
+    body = [GREETING, ".hidden line", "..two dots", "", "  indented"]
+    script = LOGIN + send_script("bob@example.org, carol@example.org", GREETING, body, sender="me@example.org")
+    result = run_client(smtp_server.port, script + "2\n4\n")
+    assert result.returncode == 0, result.stderr
+    assert "You have 1 message." in result.stdout
+    shown = shown_message(result.stdout)
+    assert shown.startswith("Date:    ")
+    assert "\n".join(shown.splitlines()[1:]) == "\n".join(
+        [
+            "From:    me@example.org",
+            "To:      bob@example.org, carol@example.org",
+            f"Subject: {GREETING}",
+            "",
+            *body,
+        ]
+    )
+
+
+def test_body_ended_by_end_of_input_is_sent(smtp_server: RunningServer) -> None:
+    result = run_client(smtp_server.port, LOGIN + "1\n\nbob@example.org\nhi\nlast line\n")
+    assert result.returncode == 0
+    assert "Sent: 250 OK" in result.stdout
+    [stored] = smtp_server.stored("alice")
+    assert stored.endswith(b"\n\nlast line\n")
+
+
+def test_bad_addresses_are_asked_again(smtp_server: RunningServer) -> None:
+    script = LOGIN + "1\nnot an address\n\nbob\n,\nbob@example.org\nhi\n.\n4\n"
+    result = run_client(smtp_server.port, script)
+    assert result.returncode == 0
+    assert "Not an email address: 'not an address'. Write it as name@domain" in result.stdout
+    assert "Not an email address: 'bob'." in result.stdout
+    assert "At least one recipient is needed." in result.stdout
+    assert result.stdout.count("To (comma-separated): ") == 3
+    assert len(smtp_server.stored("alice")) == 1
+
+
+def test_message_over_the_size_limit_is_refused(start_server: Callable[..., RunningServer]) -> None:
+    server = start_server(max_message_size=500)
+    result = run_client(server.port, LOGIN + send_script("bob@example.org", "big", ["x" * 70] * 10) + "4\n")
+    assert result.returncode == 0
+    assert "Not sent: 552 " in result.stdout
+    assert "221 " in result.stdout  # the session went on to the Quit
+    assert server.stored("alice") == []
+
+
+def test_refused_recipients_are_reported(smtp_server: RunningServer) -> None:
+    # The server takes 100 recipients (RFC 5321 4.5.3.1.8) and refuses the 101st with a 452.
+    recipients = ", ".join(f"r{number}@example.org" for number in range(101))
+    result = run_client(smtp_server.port, LOGIN + send_script(recipients, "many", ["hi"]) + "4\n")
+    assert result.returncode == 0
+    assert "Sent: 250 OK" in result.stdout
+    assert "These recipients were refused:\n  r100@example.org: 452 " in result.stdout
+
+
+# --- retrieving and deleting ------------------------------------------------------
+
+
+def test_retrieve_with_no_messages(smtp_server: RunningServer) -> None:
+    result = run_client(smtp_server.port, LOGIN + "2\n4\n")
+    assert result.returncode == 0
+    assert "Choose: No messages.\n" in result.stdout
+
+
+def test_retrieve_decodes_mime(smtp_server: RunningServer) -> None:
+    quoted = EmailMessage()
+    quoted["Subject"] = "quoted"
+    quoted.set_content("Café crème\n", cte="quoted-printable")
+    mixed = EmailMessage()
+    mixed["Subject"] = "=?utf-8?b?" + base64.b64encode("Grüße".encode()).decode() + "?="
+    mixed.set_content(f"{GREETING}\n", cte="base64")
+    mixed.add_alternative("<p>html</p>", subtype="html")
+    mixed.add_attachment(b"%PDF-1.4", maintype="application", subtype="pdf", filename="notes.pdf")
+    for message in (quoted, mixed):
+        message["From"], message["To"] = "alice@mail.test", "bob@example.org"
+        deliver(smtp_server, message)
+
+    result = run_client(smtp_server.port, LOGIN + "2\n4\n")
+    assert "You have 2 messages." in result.stdout
+    assert shown_message(result.stdout, 1).endswith("Subject: quoted\n\nCafé crème")
+    second = shown_message(result.stdout, 2)
+    assert f"Subject: Grüße\n\n{GREETING}\n" in second
+    assert "[text/html part not shown]" in second
+    assert "[application/pdf part 'notes.pdf' not shown]" in second
+    assert "<p>html</p>" not in second and "JVBER" not in second  # named, not dumped
+
+
+def test_retrieve_hides_terminal_control_characters(smtp_server: RunningServer) -> None:
+    deliver(smtp_server, "Subject: trap\r\n\r\nbefore\x1b[2Jafter\r\n")
+    result = run_client(smtp_server.port, LOGIN + "2\n4\n")
+    assert "\x1b" not in result.stdout
+    assert "before?[2Jafter" in result.stdout
+
+
+def test_delete_answered_no_keeps_the_messages(smtp_server: RunningServer) -> None:
+    deliver(smtp_server, "Subject: one\r\n\r\n1\r\n")
+    deliver(smtp_server, "Subject: two\r\n\r\n2\r\n")
+    result = run_client(smtp_server.port, LOGIN + "3\nn\n4\n")
+    assert result.returncode == 0
+    assert "Delete all 2 messages? [y/N] Nothing deleted." in result.stdout
+    assert len(smtp_server.stored("alice")) == 2
+
+
+def test_delete_answered_yes(smtp_server: RunningServer) -> None:
+    deliver(smtp_server, "Subject: one\r\n\r\n1\r\n")
+    deliver(smtp_server, "Subject: two\r\n\r\n2\r\n")
+    deliver(smtp_server, "Subject: bob's\r\n\r\n3\r\n", user="bob")
+    result = run_client(smtp_server.port, LOGIN + "3\ny\n2\n4\n")
+    assert result.returncode == 0
+    assert "Delete all 2 messages? [y/N] Deleted 2 messages." in result.stdout
+    assert "Choose: No messages." in result.stdout  # the retrieve after it
+    assert smtp_server.stored("alice") == []
+    assert len(smtp_server.stored("bob")) == 1  # only the user's own
+
+
+def test_delete_with_no_messages_asks_nothing(smtp_server: RunningServer) -> None:
+    # If the client asked, it would read "4" as the answer and not quit.
+    result = run_client(smtp_server.port, LOGIN + "3\n4\n")
+    assert result.returncode == 0
+    assert "Choose: No messages.\n" in result.stdout
+    assert "Delete all" not in result.stdout
+    assert "221 " in result.stdout
+
+
+# --- the menu and the ways a session ends -------------------------------------------
+
+
+def test_bad_menu_input_lists_the_choices(smtp_server: RunningServer) -> None:
+    result = run_client(smtp_server.port, LOGIN + "9\nsend\n\n4\n")
+    assert result.returncode == 0
+    assert result.stdout.count("Please choose 1, 2, 3 or 4.") == 3
+    assert result.stdout.count(MENU_PROMPT) == 4
+    assert "221 " in result.stdout
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param("", id="username"),
+        pytest.param("alice\n", id="password"),
+        pytest.param(LOGIN, id="menu"),
+        pytest.param(LOGIN + "1\n", id="from"),
+        pytest.param(LOGIN + "1\n\n", id="to"),
+        pytest.param(LOGIN + "1\n\nbob@example.org\n", id="subject"),
+        pytest.param(LOGIN + "3\n", id="delete-confirmation"),
+    ],
+)
+def test_end_of_input_at_a_prompt_quits_cleanly(smtp_server: RunningServer, script: str) -> None:
+    deliver(smtp_server, "Subject: keep me\r\n\r\nhi\r\n")
+    result = run_client(smtp_server.port, script, "--trace")
+    assert result.returncode == 0
+    goodbye = "221 mail.test Service closing transmission channel"
+    assert result.stdout.endswith(f"C: QUIT\nS: {goodbye}\n{goodbye}\n")
+    assert result.stderr == ""
+    assert len(smtp_server.stored("alice")) == 1  # nothing sent, nothing deleted
+
+
+class ClientProcess:
+    """client.py with a pipe we keep writing to, for what happens mid-session."""
+
+    def __init__(self, port: int, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(CLIENT), "--port", str(port), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            env=ENV,
+            start_new_session=True,
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._collect, args=(stream, chunks), daemon=True)
+            for stream, chunks in ((self.process.stdout, self.stdout), (self.process.stderr, self.stderr))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _collect(stream: TextIO, chunks: list[str]) -> None:
+        while chunk := stream.read(1):  # one at a time: prompts end without a newline
+            chunks.append(chunk)
+
+    def output(self) -> str:
+        return "".join(self.stdout)
+
+    def type(self, text: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(text)
+        self.process.stdin.flush()
+
+    def finish(self) -> Result:
+        """Close stdin and wait for the end (the fixture kills a client that hangs)."""
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(TIMEOUT)
+        for reader in self._readers:
+            reader.join(TIMEOUT)
+        return Result(self.process.returncode, self.output(), "".join(self.stderr))
+
+
+@pytest.fixture
+def client_process() -> Iterator[Callable[..., ClientProcess]]:
+    started: list[ClientProcess] = []
+
+    def start(port: int, *args: str) -> ClientProcess:
+        started.append(ClientProcess(port, *args))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.process.poll() is None:
+            process.process.kill()
+            process.process.wait()
+
+
+def test_server_shutdown_mid_session(smtp_server: RunningServer, client_process: Callable[..., ClientProcess]) -> None:
+    client = client_process(smtp_server.port)
+    client.type(LOGIN)
+    wait_for(lambda: MENU_PROMPT in client.output())
+    smtp_server.stop()  # the server says 421 to every open session
+    client.type("2\n")
+    result = client.finish()
+    assert result.returncode == 1
+    assert result.stderr == (
+        "Connection closed by server: 421 mail.test Service shutting down, closing transmission channel\n"
+    )
+
+
+def test_server_killed_mid_session(
+    server_process: Callable[..., ServerProcess], client_process: Callable[..., ClientProcess]
+) -> None:
+    server = server_process()
+    client = client_process(server.port)
+    client.type(LOGIN)
+    wait_for(lambda: MENU_PROMPT in client.output())
+    server.process.kill()  # no 421: the connection just ends
+    server.wait()
+    client.type("2\n")
+    result = client.finish()
+    assert result.returncode == 1
+    assert result.stderr.startswith("Connection closed by server: Connection unexpectedly closed")
+    assert "Traceback" not in result.stderr
+
+
+def test_ctrl_c_on_a_pipe_quits_with_130(
+    smtp_server: RunningServer, client_process: Callable[..., ClientProcess]
+) -> None:
+    client = client_process(smtp_server.port)
+    client.type(LOGIN)
+    wait_for(lambda: MENU_PROMPT in client.output())
+    client.process.send_signal(signal.SIGINT)
+    result = client.finish()
+    assert result.returncode == 130
+    assert result.stdout.endswith("221 mail.test Service closing transmission channel\n")
+    assert result.stderr == ""
+
+
+def test_cannot_connect(closed_port: int) -> None:
+    result = run_client(closed_port, LOGIN + "4\n")
+    assert result.returncode == 1
+    assert result.stderr == f"Cannot connect to 127.0.0.1:{closed_port} — is the server running? (python server.py)\n"
+    assert result.stdout == ""
+
+
+# --- the trace ---------------------------------------------------------------------
+
+
+def test_trace_shows_the_protocol_with_verbs_in_capitals(smtp_server: RunningServer) -> None:
+    script = LOGIN + send_script("bob@example.org", "Hello", ["first", ".dot"]) + "2\n4\n"
+    result = run_client(smtp_server.port, script, "--trace")
+    assert result.returncode == 0
+    lines = trace_lines(result.stdout)
+    for expected in [
+        "S: 220 mail.test Service ready",
+        "S: 250-AUTH PLAIN LOGIN",
+        "C: AUTH PLAIN ********",
+        "S: 235 2.7.0 Authentication successful",
+        "C: RCPT TO:<bob@example.org>",
+        "C: DATA",
+        "S: 354 Start mail input; end with <CRLF>.<CRLF>",
+        "C: Subject: Hello",
+        "C: ..dot",  # the wire shows the stuffed dot
+        "C: .",
+        "C: RETR",
+        "S: 250 1 message follows",
+        "S: ..dot",
+        "S: .",
+        "C: QUIT",
+        "S: 221 mail.test Service closing transmission channel",
+    ]:
+        assert expected in lines, expected
+    assert any(line.startswith("C: EHLO ") for line in lines)
+    assert any(line.startswith("C: MAIL FROM:<alice@mail.test>") for line in lines)
+    assert not [line for line in lines if line[:3] == "C: " and line[3:7] in ("ehlo", "mail", "rcpt", "data", "quit")]
+
+
+def test_trace_never_shows_the_password(smtp_server: RunningServer) -> None:
+    result = run_client(smtp_server.port, "alice\nwrong-password\n" + LOGIN + "4\n", "--trace")
+    assert result.returncode == 0
+    shown = result.stdout + result.stderr
+    assert "C: AUTH PLAIN ********" in shown
+    assert "C: AUTH LOGIN ********" in shown  # smtplib's try of the next mechanism
+    for secret in ("alice-password", "wrong-password"):
+        assert secret not in shown
+        plain = base64.b64encode(f"\0alice\0{secret}".encode()).decode()
+        assert plain not in shown
+    assert base64.b64encode(b"alice").decode() not in shown
+
+
+def test_trace_masks_answers_to_334_challenges(smtp_server: RunningServer) -> None:
+    trace: list[str] = []
+    client = client_module.MailClient(trace=trace.append)
+    client.connect(smtp_server.host, smtp_server.port)
+    client.ehlo()
+    client.user, client.password = "alice", "alice-password"  # where smtplib's auth_login looks
+    client.auth("LOGIN", client.auth_login, initial_response_ok=False)
+    client.quit()
+    assert trace[-8:] == [
+        "C: AUTH LOGIN",
+        "S: 334 VXNlcm5hbWU6",
+        "C: ********",
+        "S: 334 UGFzc3dvcmQ6",
+        "C: ********",
+        "S: 235 2.7.0 Authentication successful",
+        "C: QUIT",
+        "S: 221 mail.test Service closing transmission channel",
+    ]
+
+
+def test_trace_shortens_long_bodies(smtp_server: RunningServer) -> None:
+    body = [f"line {number}" for number in range(1, 31)]
+    result = run_client(smtp_server.port, LOGIN + send_script("bob@example.org", "long", body) + "2\n4\n", "--trace")
+    lines = trace_lines(result.stdout)
+    assert "C: line 10" in lines and "C: line 11" not in lines
+    assert "S: line 10" in lines and "S: line 11" not in lines
+    assert lines.count("   (20 more lines not shown)") == 2  # sent and retrieved
+    assert "\n".join(body) in shown_message(result.stdout)  # the menu's own view is whole
+
+
+# --- MailClient, the protocol class, in this process ---------------------------------
+
+
+def test_mail_client_retr_unstuffs_and_dele_counts(smtp_server: RunningServer) -> None:
+    deliver(smtp_server, "Subject: a\r\n\r\n.dot\r\n..two\r\n")
+    deliver(smtp_server, "Subject: b\r\n\r\nplain\r\n")
+    with client_module.MailClient() as client:
+        client.connect(smtp_server.host, smtp_server.port)
+        client.login("alice", "alice-password")
+        assert [message.split(b"\r\n\r\n", 1)[1] for message in client.retr()] == [b".dot\r\n..two\r\n", b"plain\r\n"]
+        assert client.dele() == 2
+        assert client.retr() == []
+        assert client.dele() == 0
+
+
+def test_mail_client_refusal_raises(smtp_server: RunningServer) -> None:
+    with client_module.MailClient() as client:
+        client.connect(smtp_server.host, smtp_server.port)
+        with pytest.raises(smtplib.SMTPResponseException) as refused:
+            client.retr()  # not logged in
+        assert refused.value.smtp_code == 530
+
+
+# --- a person at a terminal -------------------------------------------------------
+
+
+class Terminal:
+    """client.py in a pseudo-terminal, typed into as a person does."""
+
+    def __init__(self, *args: str) -> None:
+        self.pid, self.fd = os.forkpty()
+        if self.pid == 0:  # the child: become the client at once
+            try:
+                os.execve(sys.executable, [sys.executable, str(CLIENT), *args], ENV)
+            finally:
+                os._exit(127)
+        self.output = ""
+        self._matched = 0  # where the next expect() starts looking
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.returncode: int | None = None
+
+    def _read(self, deadline: float) -> bool:
+        """Read what is there; return False at the end of output."""
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            pytest.fail(f"no output in time; so far:\n{self.output}")
+        try:
+            chunk = os.read(self.fd, 4096)
+        except OSError:  # EIO: the client has exited and closed the terminal
+            chunk = b""
+        self.output += self._decoder.decode(chunk)
+        return bool(chunk)
+
+    def expect(self, text: str) -> None:
+        """Wait for text after the previous match, as pexpect does."""
+        deadline = time.monotonic() + TIMEOUT
+        while (found := self.output.find(text, self._matched)) < 0:
+            if not self._read(deadline):
+                pytest.fail(f"{text!r} never came; output:\n{self.output}")
+        self._matched = found + len(text)
+
+    def type(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def wait(self) -> int:
+        """Read to the end of output, then return the exit status."""
+        deadline = time.monotonic() + TIMEOUT
+        while self._read(deadline):
+            pass
+        _, status = os.waitpid(self.pid, 0)
+        self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def close(self) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+
+@pytest.fixture
+def terminal() -> Iterator[Callable[..., Terminal]]:
+    opened: list[Terminal] = []
+
+    def open_terminal(*args: str) -> Terminal:
+        opened.append(Terminal(*args))
+        return opened[-1]
+
+    yield open_terminal
+    for term in opened:
+        term.close()
+
+
+def log_in_at_terminal(term: Terminal) -> None:
+    term.expect("Username: ")
+    term.type("alice\n")
+    term.expect("Password: ")
+    term.type("alice-password\n")
+    term.expect("Logged in as alice.")
+    term.expect(MENU_PROMPT)
+
+
+def test_terminal_session_password_not_echoed(smtp_server: RunningServer, terminal: Callable[..., Terminal]) -> None:
+    term = terminal("--port", str(smtp_server.port))
+    log_in_at_terminal(term)
+    term.type("1\n")
+    for prompt, answer in [("From [alice@mail.test]: ", ""), ("To (comma-separated): ", "bob@example.org")]:
+        term.expect(prompt)
+        term.type(answer + "\n")
+    term.expect("Subject: ")
+    term.type(f"{GREETING}\n{GREETING}\n.\n")
+    term.expect("Sent: 250 OK")
+    term.expect(MENU_PROMPT)
+    term.type("4\n")
+    assert term.wait() == 0
+    assert "alice-password" not in term.output  # getpass turned the echo off
+    assert "alice\r\n" in term.output  # while the username was echoed as typed
+    assert "221 mail.test" in term.output
+    assert "Warning" not in term.output
+    [stored] = smtp_server.stored("alice")
+    assert stored.endswith(f"\n\n{GREETING}\n".encode())
+
+
+def test_terminal_ctrl_d_at_the_menu_exits_0(smtp_server: RunningServer, terminal: Callable[..., Terminal]) -> None:
+    term = terminal("--port", str(smtp_server.port))
+    log_in_at_terminal(term)
+    term.type("\x04")  # Ctrl-D: end of input
+    assert term.wait() == 0
+    assert "221 mail.test" in term.output
+    assert "Traceback" not in term.output
+
+
+def test_terminal_ctrl_c_at_the_password_exits_130(
+    smtp_server: RunningServer, terminal: Callable[..., Terminal]
+) -> None:
+    term = terminal("--port", str(smtp_server.port), "--trace")
+    term.expect("Username: ")
+    term.type("alice\n")
+    term.expect("Password: ")
+    term.type("\x03")  # Ctrl-C: SIGINT from the terminal, inside getpass
+    assert term.wait() == 130
+    assert "C: QUIT" in term.output and "221 mail.test" in term.output
+    assert "Traceback" not in term.output
