@@ -361,14 +361,18 @@ class MailboxStore:
         if not USERNAME.fullmatch(user):
             raise ValueError(f"not a valid username: {user!r}")
         path = self.root / user
-        if create and not (path / "new").is_dir():
-            mailbox.Maildir(path, factory=None, create=True)
+        if create and not (path / "cur").is_dir():
+            # Idempotent, as the first messages of a user may arrive at once; cur/ comes
+            # last, so where it exists the Maildir is whole.
+            for folder in (path, path / "tmp", path / "new", path / "cur"):
+                folder.mkdir(mode=0o700, exist_ok=True)
+            _fsync_directory(path)
             _fsync_directory(self.root)
         return path
 
     def _existing_maildir(self, user: str) -> mailbox.Maildir | None:
         path = self._maildir(user, create=False)
-        return mailbox.Maildir(path, factory=None, create=False) if path.is_dir() else None
+        return mailbox.Maildir(path, factory=None, create=False) if (path / "cur").is_dir() else None
 
     def _lock_of(self, user: str) -> threading.Lock:
         with self._user_locks_lock:
@@ -945,7 +949,12 @@ class SMTPHandler(socketserver.StreamRequestHandler):
         if argument:
             self.reply(504, "RETR takes no parameter")
             return
-        with self.server.mailboxes.messages(user) as messages:
+        with contextlib.ExitStack() as cleanup:
+            try:
+                messages = cleanup.enter_context(self.server.mailboxes.messages(user))
+            except OSError as error:
+                self.reply(*_storage_error(error, self.peer))
+                return
             count = len(messages)
             self.reply(250, f"{count} {'message follows' if count == 1 else 'messages follow'}")
             for open_message in messages:
@@ -961,13 +970,23 @@ class SMTPHandler(socketserver.StreamRequestHandler):
     def send_dot_stuffed(self, message: BinaryIO) -> None:
         """Send a stored message (LF ends) as DATA sends it: CRLF ends, leading dots doubled, then "."."""
         at_line_start = True
-        while chunk := message.read(256 * 1024):
+        while chunk := self.read_stored(message):
             stuffed = chunk.replace(b"\n.", b"\n..")
             if at_line_start and stuffed.startswith(b"."):
                 stuffed = b"." + stuffed
             self.connection.sendall(stuffed.replace(b"\n", b"\r\n"))
             at_line_start = chunk.endswith(b"\n")
         self.connection.sendall(b".\r\n" if at_line_start else b"\r\n.\r\n")
+
+    def read_stored(self, message: BinaryIO) -> bytes:
+        """Read the next piece of a stored message; a disk error ends the session with 421."""
+        try:
+            return message.read(256 * 1024)
+        except OSError:
+            # Mid-RETR there is no way to say 451 and go on: the count was promised.
+            log.exception("%s could not read a stored message", self.peer)
+            self.reply(421, f"{self.config.hostname} Local error in processing, closing transmission channel")
+            raise _Goodbye from None
 
     def smtp_DELE(self, argument: str) -> None:
         """DELE
@@ -981,7 +1000,11 @@ class SMTPHandler(socketserver.StreamRequestHandler):
         if argument:
             self.reply(504, "DELE takes no parameter")
             return
-        deleted = self.server.mailboxes.delete_all(user)
+        try:
+            deleted = self.server.mailboxes.delete_all(user)
+        except OSError as error:
+            self.reply(*_storage_error(error, self.peer))
+            return
         log.info("%s %s deleted %d messages", self.peer, user, deleted)
         self.reply(250, f"{deleted} {'message' if deleted == 1 else 'messages'} deleted")
 
