@@ -84,6 +84,7 @@ MAX_DOMAIN = 255  # RFC 5321 4.5.3.1.2
 MAX_PATH = 256  # RFC 5321 4.5.3.1.3, angle brackets included
 MAX_ERRORS = 10  # 5xx replies in one session before we hang up, like Postfix's hard error limit
 BCRYPT_MAX_PASSWORD = 72  # bcrypt ignores (bcrypt 5 refuses) longer passwords
+TRACE_MESSAGE_LINES = 20  # --verbose logs this much of a message: a classroom example, not a 10 MB file
 
 USERNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")  # names folders: no "/", no leading "."
 BCRYPT_HASH = re.compile(r"\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}")
@@ -712,10 +713,15 @@ class SMTPHandler(socketserver.StreamRequestHandler):
         size, problem = 0, None
         after_crlf = True  # the DATA command's CRLF counts as the one before a first "."
         at_line_start = True
+        to_trace = TRACE_MESSAGE_LINES if self.config.verbose else 0
         try:
             while True:
                 line = readline(limit + 1)
+                if to_trace:
+                    to_trace = self.trace_message_line("C:", line, to_trace)
                 if line == b".\r\n" and after_crlf and at_line_start:
+                    if self.config.verbose and not to_trace:
+                        self.trace("C:", ".")
                     return problem
                 if not line.endswith(b"\n"):
                     if len(line) <= limit or self.interrupted:  # end of input, or cut off
@@ -747,6 +753,13 @@ class SMTPHandler(socketserver.StreamRequestHandler):
             raise  # not reached: end_if_gone raised _Goodbye
         finally:
             self.deadline = None
+
+    def trace_message_line(self, direction: str, line: bytes, left: int) -> int:
+        """Log one line of a message in --verbose mode; return how many more may be logged."""
+        self.trace(direction, line.rstrip(b"\r\n").decode("utf-8", "replace"))
+        if left == 1:
+            self.trace(direction, "... (the rest of the message is not logged)")
+        return left - 1
 
     def smtp_RSET(self, argument: str) -> None:
         """RSET
@@ -970,13 +983,17 @@ class SMTPHandler(socketserver.StreamRequestHandler):
     def send_dot_stuffed(self, message: BinaryIO) -> None:
         """Send a stored message (LF ends) as DATA sends it: CRLF ends, leading dots doubled, then "."."""
         at_line_start = True
+        to_trace = TRACE_MESSAGE_LINES if self.config.verbose else 0
         while chunk := self.read_stored(message):
             stuffed = chunk.replace(b"\n.", b"\n..")
             if at_line_start and stuffed.startswith(b"."):
                 stuffed = b"." + stuffed
+            for line in stuffed.splitlines()[:to_trace]:  # 256 KiB hold the first lines, as a rule
+                to_trace = self.trace_message_line("S:", line, to_trace)
             self.connection.sendall(stuffed.replace(b"\n", b"\r\n"))
             at_line_start = chunk.endswith(b"\n")
         self.connection.sendall(b".\r\n" if at_line_start else b"\r\n.\r\n")
+        self.trace("S:", ".")
 
     def read_stored(self, message: BinaryIO) -> bytes:
         """Read the next piece of a stored message; a disk error ends the session with 421."""
@@ -1319,13 +1336,48 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command:
             manage_users(args)
-            return
-        serve(args)
+        else:
+            serve(args)
     except (UsersFileError, ssl.SSLError, OSError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except KeyboardInterrupt:  # Ctrl-C at adduser's password prompt
+        parser.exit(130, "\n")
 
 
 def serve(args: argparse.Namespace) -> None:
+    """Run the server until Ctrl-C or SIGTERM."""
+    # From here on SIGTERM stops the server the way Ctrl-C does, at whatever moment it comes.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        servers = start_servers(args)
+    except KeyboardInterrupt:
+        return
+    listeners = [threading.Thread(target=extra.serve_forever, name="smtps", daemon=True) for extra in servers[1:]]
+    try:
+        for listener in listeners:
+            listener.start()
+        for server in servers:
+            host, port = server.server_address[:2]
+            kind = " SMTPS (implicit TLS)" if server.config.implicit_tls else ""
+            log.info("serving%s on %s:%d (%d accounts in %s, mail in %s)", kind, host, port,
+                     len(server.users), server.users.path, server.mailboxes.root)  # fmt: skip
+        servers[0].serve_forever()
+    except KeyboardInterrupt:
+        log.info("shutting down")
+    finally:
+        # A second Ctrl-C must not interrupt the orderly stop; it takes two seconds at most.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for server, listener in zip(servers[1:], listeners, strict=True):
+            if listener.is_alive():
+                server.shutdown()
+        for server in servers:
+            server.server_close()
+    log.info("stopped")
+
+
+def start_servers(args: argparse.Namespace) -> list[SMTPServer]:
+    """Check the options, load the users, and bind the plain listener and the SMTPS one if asked."""
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsersFileError("--tls-cert and --tls-key go together")
     if (args.require_tls or args.tls_port is not None) and not args.tls_cert:
@@ -1347,43 +1399,22 @@ def serve(args: argparse.Namespace) -> None:
     mailboxes = MailboxStore(Path(args.mailboxes))
     if removed := mailboxes.clean_temporary_files():
         log.info("removed %d unfinished deliveries left by a crash", removed)
+    if not args.require_tls and not _is_loopback(args.host):
+        log.warning(
+            "listening on %s, and clients may log in without TLS: their passwords cross the network in "
+            "clear text (use --tls-cert, --tls-key and --require-tls)",
+            args.host,
+        )
     threading.stack_size(512 * 1024)  # a session needs little stack; 1000 of them add up
     servers = [SMTPServer((args.host, args.port), config=config, users=users, mailboxes=mailboxes)]
     if args.tls_port is not None:
         tls_config = dataclasses.replace(config, implicit_tls=True)
-        servers.append(SMTPServer((args.host, args.tls_port), config=tls_config, users=users, mailboxes=mailboxes))
-    if config.tls_context is None and not _is_loopback(args.host):
-        log.warning(
-            "listening on %s without TLS: passwords cross the network in clear text "
-            "(use --tls-cert/--tls-key and --require-tls)",
-            args.host,
-        )
-    # SIGTERM stops the server the way Ctrl-C does.
-    signal.signal(signal.SIGTERM, lambda signum, frame: signal.default_int_handler(signum, frame))
-    for extra in servers[1:]:
-        threading.Thread(target=extra.serve_forever, name="smtps-listener", daemon=True).start()
-    for server in servers:
-        host, port = server.server_address[:2]
-        kind = " SMTPS (implicit TLS)" if server.config.implicit_tls else ""
-        log.info(
-            "serving%s on %s:%d (%d accounts in %s, mail in %s)",
-            kind,
-            host,
-            port,
-            len(users),
-            users.path,
-            mailboxes.root,
-        )
-    try:
-        servers[0].serve_forever()
-    except KeyboardInterrupt:
-        log.info("shutting down")
-    finally:
-        for extra in servers[1:]:
-            extra.shutdown()
-        for server in servers:
-            server.server_close()
-    log.info("stopped")
+        try:
+            servers.append(SMTPServer((args.host, args.tls_port), config=tls_config, users=users, mailboxes=mailboxes))
+        except BaseException:
+            servers[0].server_close()
+            raise
+    return servers
 
 
 def _is_loopback(host: str) -> bool:
