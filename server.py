@@ -94,8 +94,11 @@ _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LOCAL_PART = rf"(?:{_ATOM}(?:\.{_ATOM})*|\"(?:[\x20-\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*\")"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[\x21-\x5a\x5e-\x7e]+\])"
-MAILBOX = re.compile(rf"(?P<local>{_LOCAL_PART})@(?P<domain>{_DOMAIN})")
 POSTMASTER = "postmaster"  # RFC 5321 4.5.1: must be accepted without a domain
+# RFC 5321 4.1.2: "<" [ Mailbox / "postmaster" ] ">" [ SP parameters ]; one pattern, so a quoted ">" is no end.
+PATH = re.compile(
+    rf"<(?P<address>(?P<local>{_LOCAL_PART})@(?P<domain>{_DOMAIN})|(?i:{POSTMASTER})|)>(?P<parameters>(?: .*)?)"
+)
 
 
 class Reply(NamedTuple):
@@ -1027,24 +1030,21 @@ class SMTPHandler(socketserver.StreamRequestHandler):
 
 
 def _parse_path(argument: str, keyword: str, *, allow_null: bool) -> tuple[str, list[str]] | None:
-    """Parse `FROM:<address> PARAM...` (or TO:); return (address, params) or None if malformed."""
+    """Parse `FROM:<address> PARAM...` (or TO:); return (address, params) or None if malformed.
+
+    MAIL may name the null path <> (bounces); RCPT may name <postmaster> without a domain.
+    """
     if argument[: len(keyword)].upper() != keyword:
         return None
-    rest = argument[len(keyword) :].lstrip()  # "FROM: <a@b>" is common enough to accept
-    if not rest.startswith("<") or ">" not in rest:
+    match = PATH.fullmatch(argument[len(keyword) :].lstrip())  # "FROM: <a@b>" is common enough to accept
+    if match is None:
         return None
-    path, _, parameters = rest.partition(">")
-    address = path[1:]
-    if len(path) + 1 > MAX_PATH:
+    address, local, domain = match["address"], match["local"], match["domain"]
+    if local is None and (address == "") != allow_null:
+        return None  # <> in RCPT, or <postmaster> in MAIL
+    if len(address) + 2 > MAX_PATH or (local and (len(local) > MAX_LOCAL_PART or len(domain) > MAX_DOMAIN)):
         return None
-    if address == "" and allow_null:
-        return address, parameters.split()
-    if address.lower() == POSTMASTER and not allow_null:
-        return address, parameters.split()
-    match = MAILBOX.fullmatch(address)
-    if match is None or len(match["local"]) > MAX_LOCAL_PART or len(match["domain"]) > MAX_DOMAIN:
-        return None
-    return address, parameters.split()
+    return address, match["parameters"].split()
 
 
 def _storage_error(error: OSError, peer: str) -> Reply:

@@ -1,0 +1,490 @@
+"""`python server.py` as a user runs it: start-up, user management, signals, the log."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import select
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, USERS, ServerProcess, Session, wait_for, write_users_file
+
+from server import MailboxStore, UserStore
+
+SERVER = str(ROOT / "server.py")
+
+
+def run(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run server.py to completion (start-up errors, adduser and friends)."""
+    return subprocess.run(
+        [sys.executable, SERVER, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=cwd,
+    )
+
+
+def manage(users: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """adduser, passwd or deluser on users, with bcrypt's cheapest cost where a password is set."""
+    rounds = ["--rounds", "4"] if args[0] != "deluser" else []
+    return run("--users", str(users), "--mailboxes", str(users.parent / "mailboxes"), *args, *rounds, stdin=stdin)
+
+
+# Polling with failing logins must not trip the failed-login throttle of the server under test.
+PATIENT = ("--max-login-failures", "1000")
+
+
+def can_log_in(port: int, user: str, password: str) -> bool:
+    session = Session("127.0.0.1", port)
+    try:
+        session.read_reply()
+        session.command("EHLO client.test")
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        return session.command(f"AUTH PLAIN {token}")[0] == 235
+    finally:
+        session.close()
+
+
+@contextlib.contextmanager
+def running_server(tmp_path: Path, users: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """server.py with its log in a file, so the whole log can be read after it exits."""
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, SERVER, "--port", "0", "--users", str(users), "--mailboxes", str(tmp_path / "mb"), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        wait_for(lambda: "serving on" in log_path.read_text() or process.poll() is not None, timeout=15)
+        assert process.poll() is None, log_path.read_text()
+        yield process, log_path
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def port_of(log: str) -> int:
+    match = re.search(r"serving on 127\.0\.0\.1:(\d+)", log)
+    assert match, log
+    return int(match[1])
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+def test_serving_line_names_the_real_port(server_process: Callable[..., ServerProcess]) -> None:
+    process = server_process()
+    port = port_of(process.log)
+    assert port != 0 and port == process.port
+    session = Session("127.0.0.1", port)
+    try:
+        assert session.read_reply() == (220, ["mail.test Service ready"])
+    finally:
+        session.close()
+
+
+def test_mailboxes_folder_is_created(server_process: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    mailboxes = tmp_path / "not" / "yet" / "there"
+    server_process(mailboxes=mailboxes)
+    assert mailboxes.is_dir()
+
+
+def test_a_message_sent_to_the_process_is_stored(server_process: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    process = server_process(mailboxes=tmp_path / "mb")
+    with smtplib.SMTP("127.0.0.1", process.port, timeout=10) as client:
+        client.login("alice", USERS["alice"])
+        client.sendmail("a@x.org", ["b@y.org"], "Subject: hi\r\n\r\nhello\r\n")
+        code, text = client.docmd("RETR")
+        assert code == 250 and text.startswith(b"1 ")
+        block = [client.file.readline() for _ in range(4)]  # smtplib reads replies only: the block by hand
+        assert block == [b"Subject: hi\r\n", b"\r\n", b"hello\r\n", b".\r\n"]
+    with MailboxStore(tmp_path / "mb").messages("alice") as messages:
+        assert len(messages) == 1
+
+
+def test_missing_users_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing-users.txt"
+    result = run("--port", "0", "--users", str(missing), "--mailboxes", str(tmp_path / "mb"))
+    assert result.returncode == 2
+    assert str(missing) in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_unreadable_users_file(tmp_path: Path) -> None:
+    not_a_file = tmp_path / "users-dir"
+    not_a_file.mkdir()
+    result = run("--port", "0", "--users", str(not_a_file), "--mailboxes", str(tmp_path / "mb"))
+    assert result.returncode == 2
+    assert str(not_a_file) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("bad_line", ["no colon here", ".dot:$2b$04$" + "a" * 53, "alice:plaintext"])
+def test_malformed_users_file_names_the_line(tmp_path: Path, bad_line: str) -> None:
+    users = tmp_path / "users.txt"
+    users.write_text(f"# accounts\nbob:$2b$04${'b' * 53}\n{bad_line}\n")
+    result = run("--port", "0", "--users", str(users), "--mailboxes", str(tmp_path / "mb"))
+    assert result.returncode == 2
+    assert f"{users}:3" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "serving on" not in result.stderr
+
+
+def test_command_line_options_reach_the_server(server_process: Callable[..., ServerProcess]) -> None:
+    process = server_process("--max-message-size", "1234", "--max-connections", "1", "--timeout", "1")
+    first, second = Session("127.0.0.1", process.port), None
+    try:
+        first.read_reply()
+        code, lines = first.command("EHLO client.test")
+        assert code == 250 and "SIZE 1234" in lines
+        second = Session("127.0.0.1", process.port)
+        assert second.read_reply()[0] == 421  # over --max-connections
+        assert first.read_reply()[0] == 421  # idle past --timeout
+        assert first.closed_by_server()
+    finally:
+        first.close()
+        if second:
+            second.close()
+
+
+# ------------------------------------------------------------- adduser, passwd, deluser
+
+
+def read_until(fd: int, marker: bytes, timeout: float = 15) -> bytes:
+    """Read a pseudo-terminal until marker shows up (or it closes); fail after timeout."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            pytest.fail(f"no {marker!r} on the terminal, got {seen!r}")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the other side has closed
+                chunk = b""
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+def adduser_on_a_terminal(users: Path, first: str, second: str) -> tuple[int, bytes]:
+    """Run adduser with a terminal as stdin; answer both password prompts; return (exit status, output)."""
+    pid, fd = os.forkpty()
+    if pid == 0:  # the child: becomes server.py, its terminal is the pty
+        os.execv(sys.executable, [sys.executable, SERVER, "--users", str(users), "adduser", "dave", "--rounds", "4"])
+    try:
+        output = read_until(fd, b"Password")
+        os.write(fd, first.encode() + b"\n")
+        output += read_until(fd, b"gain")
+        os.write(fd, second.encode() + b"\n")
+        output += read_until(fd, b"\0never")  # to the end of output
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        return os.waitstatus_to_exitcode(status), output
+    finally:
+        os.close(fd)
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def test_adduser_asks_twice_on_a_terminal(tmp_path: Path) -> None:
+    users = tmp_path / "users.txt"
+    status, output = adduser_on_a_terminal(users, "typed-secret", "typed-secret")
+    assert status == 0, output
+    assert b"typed-secret" not in output  # getpass: no echo
+    assert UserStore(users).check("dave", b"typed-secret")
+
+
+def test_adduser_on_a_terminal_refuses_two_different_passwords(tmp_path: Path) -> None:
+    users = tmp_path / "users.txt"
+    status, output = adduser_on_a_terminal(users, "one-secret", "another-secret")
+    assert status != 0
+    assert b"Traceback" not in output
+    assert not users.exists() or "dave" not in users.read_text()
+
+
+def test_adduser_creates_the_file(tmp_path: Path) -> None:
+    users = tmp_path / "users.txt"
+    result = manage(users, "adduser", "dave", stdin="dave-password\n")
+    assert result.returncode == 0, result.stderr
+    assert UserStore(users).check("dave", b"dave-password")
+
+
+def test_adduser_default_cost_is_12(tmp_path: Path) -> None:
+    users = tmp_path / "users.txt"
+    result = run("--users", str(users), "adduser", "dave", stdin="dave-password\n")
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in users.read_text().splitlines() if line.startswith("dave:")]
+    assert line.split("$")[2] == "12"
+
+
+def test_adduser_appends_and_keeps_the_rest(tmp_path: Path) -> None:
+    users = write_users_file(tmp_path / "users.txt", {"alice": "alice-password"})
+    before = users.read_text()
+    assert manage(users, "adduser", "dave", stdin="dave-password\n").returncode == 0
+    assert users.read_text().startswith(before)  # the comment and alice's line as they were
+    store = UserStore(users)
+    assert store.check("alice", b"alice-password") and store.check("dave", b"dave-password")
+
+
+def test_password_is_the_first_line_of_stdin(tmp_path: Path) -> None:
+    users = tmp_path / "users.txt"
+    assert manage(users, "adduser", "dave", stdin="first line\r\nsecond line\n").returncode == 0
+    store = UserStore(users)
+    assert store.check("dave", b"first line")
+    assert not store.check("dave", b"second line")
+
+
+def test_adduser_of_an_existing_name_fails(tmp_path: Path) -> None:
+    users = write_users_file(tmp_path / "users.txt", {"alice": "alice-password"})
+    before = users.read_text()
+    result = manage(users, "adduser", "alice", stdin="other\n")
+    assert result.returncode != 0
+    assert "alice" in result.stderr and "passwd" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert users.read_text() == before
+
+
+@pytest.mark.parametrize("name", [".hidden", "-dash", "../evil", "n" * 65])
+def test_adduser_refuses_a_bad_name(tmp_path: Path, name: str) -> None:
+    users = tmp_path / "users.txt"
+    result = manage(users, "adduser", name, stdin="password\n")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert not users.exists() or name not in users.read_text()
+
+
+@pytest.mark.parametrize("name", ["_x", "first.last-" + "n" * 53])
+def test_adduser_accepts_a_good_name(tmp_path: Path, name: str) -> None:
+    users = tmp_path / "users.txt"
+    assert manage(users, "adduser", name, stdin="password\n").returncode == 0
+    assert name in UserStore(users)
+
+
+def test_adduser_refuses_an_empty_password(tmp_path: Path) -> None:
+    users = tmp_path / "users.txt"
+    result = manage(users, "adduser", "dave", stdin="")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert not users.exists() or "dave" not in users.read_text()
+
+
+def test_passwd(tmp_path: Path) -> None:
+    users = write_users_file(tmp_path / "users.txt", {"alice": "alice-password", "bob": "bob-password"})
+    assert manage(users, "passwd", "alice", stdin="new-password\n").returncode == 0
+    store = UserStore(users)
+    assert store.check("alice", b"new-password")
+    assert not store.check("alice", b"alice-password")
+    assert store.check("bob", b"bob-password")
+
+
+def test_passwd_of_an_unknown_user_fails(tmp_path: Path) -> None:
+    users = write_users_file(tmp_path / "users.txt", {"alice": "alice-password"})
+    before = users.read_text()
+    result = manage(users, "passwd", "nobody", stdin="pw\n")
+    assert result.returncode != 0
+    assert "nobody" in result.stderr and "Traceback" not in result.stderr
+    assert users.read_text() == before
+
+
+def test_deluser_keeps_the_mailbox_and_says_so(tmp_path: Path) -> None:
+    users = write_users_file(tmp_path / "users.txt", {"alice": "alice-password", "bob": "bob-password"})
+    MailboxStore(tmp_path / "mailboxes").deliver("bob", b"bob's mail\n")
+    result = manage(users, "deluser", "bob")
+    assert result.returncode == 0, result.stderr
+    assert "mailbox" in result.stdout + result.stderr
+    store = UserStore(users)
+    assert "bob" not in store and store.check("alice", b"alice-password")
+    with MailboxStore(tmp_path / "mailboxes").messages("bob") as messages:
+        assert len(messages) == 1
+
+
+def test_deluser_does_not_ask(tmp_path: Path) -> None:
+    users = write_users_file(tmp_path / "users.txt", {"alice": "alice-password"})
+    result = manage(users, "deluser", "alice", stdin="")  # nothing to answer with
+    assert result.returncode == 0
+    assert "alice" not in UserStore(users)
+
+
+def test_deluser_of_an_unknown_user_fails(tmp_path: Path) -> None:
+    users = write_users_file(tmp_path / "users.txt", {"alice": "alice-password"})
+    result = manage(users, "deluser", "nobody")
+    assert result.returncode != 0
+    assert "nobody" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_user_commands_default_to_users_txt_in_the_working_directory(tmp_path: Path) -> None:
+    result = run("adduser", "dave", "--rounds", "4", stdin="pw\n", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert UserStore(tmp_path / "users.txt").check("dave", b"pw")
+
+
+def test_running_server_notices_an_added_user(server_process: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    users = write_users_file(tmp_path / "live-users.txt", {"alice": "alice-password"})
+    process = server_process(*PATIENT, users=users)
+    assert not can_log_in(process.port, "dave", "dave-password")
+    assert manage(users, "adduser", "dave", stdin="dave-password\n").returncode == 0
+    wait_for(lambda: can_log_in(process.port, "dave", "dave-password"), timeout=5)
+
+
+def test_running_server_notices_a_changed_password(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    users = write_users_file(tmp_path / "live-users.txt", {"alice": "alice-password"})
+    process = server_process(*PATIENT, users=users)
+    assert manage(users, "passwd", "alice", stdin="changed\n").returncode == 0
+    wait_for(lambda: can_log_in(process.port, "alice", "changed"), timeout=5)
+    assert not can_log_in(process.port, "alice", "alice-password")
+
+
+def test_running_server_keeps_the_accounts_after_a_malformed_edit(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    users = write_users_file(tmp_path / "live-users.txt", {"alice": "alice-password"})
+    process = server_process(*PATIENT, users=users)
+    users.write_text(users.read_text() + "broken line\n")
+    # The file is looked at when an account is: log in until the error shows in the log.
+    wait_for(lambda: can_log_in(process.port, "alice", "alice-password") and f"{users}:3" in process.log, timeout=5)
+    assert process.process.poll() is None
+
+
+# -------------------------------------------------------------------------- signals
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_the_server_cleanly(tmp_path: Path, shared_users_file: Path, signum: int) -> None:
+    with running_server(tmp_path, shared_users_file) as (process, log_path):
+        process.send_signal(signum)
+        assert process.wait(timeout=5) == 0
+    log = log_path.read_text()
+    assert "Traceback" not in log, log
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_with_open_sessions(tmp_path: Path, shared_users_file: Path, signum: int) -> None:
+    """Sessions in flight are finished or dropped within a couple of seconds, then exit 0."""
+    with running_server(tmp_path, shared_users_file) as (process, log_path):
+        port = port_of(log_path.read_text())
+        idle, busy = Session("127.0.0.1", port), Session("127.0.0.1", port)
+        try:
+            idle.read_reply()
+            busy.read_reply()
+            busy.login()
+            busy.command("MAIL FROM:<alice@example.org>")
+            busy.command("RCPT TO:<bob@example.org>")
+            assert busy.command("DATA")[0] == 354
+            busy.send("half a message\r\n")
+            process.send_signal(signum)
+            assert process.wait(timeout=5) == 0
+            assert idle.closed_by_server() and busy.closed_by_server()
+        finally:
+            idle.close()
+            busy.close()
+    assert "Traceback" not in log_path.read_text()
+    with MailboxStore(tmp_path / "mb").messages("alice") as messages:
+        assert messages == []  # the unfinished message was not stored
+
+
+# ---------------------------------------------------------------------------- the log
+
+
+def test_verbose_logs_the_dialogue_with_auth_masked(server_process: Callable[..., ServerProcess]) -> None:
+    process = server_process("--verbose")
+    token = base64.b64encode(b"\0alice\0alice-password").decode()
+    user, password = base64.b64encode(b"bob").decode(), base64.b64encode(b"bob-password").decode()
+    first, second = Session("127.0.0.1", process.port), Session("127.0.0.1", process.port)
+    try:
+        first.read_reply()
+        first.expect(f"""
+            C: EHLO client.test
+            S: 250-*
+            S: 250-*
+            S: 250-*
+            S: 250-*
+            S: 250-*
+            S: 250 *
+            C: AUTH PLAIN {token}
+            S: 235 *
+            C: NOOP
+            S: 250 *
+        """)
+        second.read_reply()
+        second.expect(f"""
+            C: HELO client.test
+            S: 250 *
+            C: AUTH LOGIN
+            S: 334 *
+            C: {user}
+            S: 334 *
+            C: {password}
+            S: 235 *
+            C: QUIT
+            S: 221 *
+        """)
+    finally:
+        first.close()
+        second.close()
+    wait_for(lambda: "S: 221" in process.log)
+    log = process.log
+    assert re.search(r"C: EHLO client\.test", log)
+    assert re.search(r"S: 250-mail\.test", log)
+    assert re.search(r"C: NOOP", log) and re.search(r"S: 235", log)
+    assert "C: AUTH PLAIN" in log
+    for secret in (token, user, password, "alice-password", "bob-password"):
+        assert secret not in log
+
+
+def test_verbose_logs_the_message_lines_too(server_process: Callable[..., ServerProcess]) -> None:
+    """The whole dialogue: the lines after DATA's 354 and RETR's blocks are part of it."""
+    process = server_process("--verbose")
+    with smtplib.SMTP("127.0.0.1", process.port, timeout=10) as client:
+        client.login("alice", USERS["alice"])
+        client.sendmail("a@x.org", ["b@y.org"], "Subject: projected\r\n\r\n.dotted body line\r\n")
+        assert client.docmd("RETR")[0] == 250
+        block = [client.file.readline() for _ in range(4)]
+        assert block[-1] == b".\r\n"
+    wait_for(lambda: "S: 221" in process.log)
+    log = process.log
+    for sent in ("C: Subject: projected", "C: ..dotted body line", "C: ."):
+        assert re.search(rf"{re.escape(sent)}$", log, re.MULTILINE), sent
+    for received in ("S: Subject: projected", "S: ..dotted body line", "S: ."):
+        assert re.search(rf"{re.escape(received)}$", log, re.MULTILINE), received
+
+
+def test_log_without_verbose(server_process: Callable[..., ServerProcess]) -> None:
+    """Connect, login success and failure, stored message, disconnect; never a password or AUTH payload."""
+    process = server_process()
+    with smtplib.SMTP("127.0.0.1", process.port, timeout=10) as client:
+        client.login("alice", USERS["alice"])
+        client.sendmail("a@x.org", ["b@y.org"], "Subject: hi\r\n\r\nhello\r\n")
+    failed = smtplib.SMTP("127.0.0.1", process.port, timeout=10)
+    with pytest.raises(smtplib.SMTPException):
+        failed.login("bob", "secret-wrong-password")
+    failed.close()
+    wait_for(lambda: process.log.count("disconnected") >= 2)
+    log = process.log
+    assert "C: " not in log  # no dialogue without --verbose
+    assert re.search(r"login.*alice", log) and re.search(r"login failed.*bob", log)
+    assert "stored" in log
+    for secret in ("alice-password", "secret-wrong-password", base64.b64encode(b"\0alice\0alice-password").decode()):
+        assert secret not in log

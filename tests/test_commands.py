@@ -1,0 +1,544 @@
+"""The commands around a mail transaction: greeting, HELO/EHLO, HELP, NOOP, RSET, VRFY, QUIT.
+
+Also the seed's command-reply table (its section 4.2), one test per row, and its
+section 8 example, both as transcripts.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+from collections.abc import Callable
+
+import pytest
+from conftest import USERS, RunningServer, Session, wait_for
+
+import server as server_module
+
+# Every command of the contract, each with a HELP topic of its own.
+COMMANDS = ["AUTH", "DATA", "DELE", "EHLO", "HELO", "HELP", "MAIL", "NOOP", "QUIT", "RCPT", "RETR", "RSET", "VRFY"]
+TOO_LONG = "x" * 600  # makes any command line longer than 512 octets
+
+
+def make_errors(session: Session, count: int) -> None:
+    """Send count unknown commands, each answered 500: steps towards the 10-error limit."""
+    for _ in range(count):
+        assert session.command("BOGUS")[0] == 500
+
+
+# ---------------------------------------------------------------------- greeting
+
+
+def test_greeting_names_the_host(connect: Callable[..., Session]) -> None:
+    session = connect(greeting=False)
+    session.expect("""
+        S: 220 mail.test Service ready
+    """)
+
+
+def test_greeting_uses_the_configured_hostname(start_server: Callable[..., RunningServer], connect) -> None:
+    server = start_server(hostname="relay.example.org")
+    session = connect(server, greeting=False)
+    session.expect("""
+        S: 220 relay.example.org *
+    """)
+
+
+# ------------------------------------------------------------------- HELO / EHLO
+
+
+def test_helo(session: Session) -> None:
+    session.expect("""
+        C: HELO client.test
+        S: 250 mail.test*
+    """)
+
+
+def test_ehlo_advertises_the_extensions(session: Session) -> None:
+    code, lines = session.command("EHLO client.test")
+    assert code == 250
+    assert lines[0].startswith("mail.test")
+    extensions = lines[1:]
+    for required in ("AUTH PLAIN LOGIN", "SIZE 10485760", "8BITMIME", "PIPELINING", "HELP"):
+        assert required in extensions
+    assert not any("CRAM-MD5" in line for line in extensions)  # smtplib would try it first and fail
+
+
+def test_ehlo_size_is_the_configured_limit(start_server: Callable[..., RunningServer], connect) -> None:
+    session = connect(start_server(max_message_size=12345))
+    _, lines = session.command("EHLO client.test")
+    assert "SIZE 12345" in lines
+
+
+def test_ehlo_as_multiline_reply(session: Session) -> None:
+    session.expect("""
+        C: EHLO client.test
+        S: 250-mail.test*
+        S: 250-*
+        S: 250-*
+        S: 250-*
+        S: 250-*
+        S: 250 *
+        C: NOOP
+        S: 250 *
+    """)
+
+
+@pytest.mark.parametrize("verb", ["HELO", "EHLO"])
+def test_hello_without_domain_is_a_syntax_error(session: Session, verb: str) -> None:
+    session.expect(f"""
+        C: {verb}
+        S: 501 *
+        C: {verb} client.test
+        S: 250*
+    """)
+
+
+def test_smtplib_ehlo_sees_the_extensions(smtp_server: RunningServer) -> None:
+    with smtplib.SMTP(smtp_server.host, smtp_server.port, timeout=10) as client:
+        code, _ = client.ehlo("client.test")
+        assert code == 250
+        assert client.has_extn("auth") and client.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]
+        assert client.has_extn("size") and client.has_extn("8bitmime") and client.has_extn("pipelining")
+
+
+# ---------------------------------------------------------------------------- HELP
+
+
+def test_help_lists_every_command(session: Session) -> None:
+    code, lines = session.command("HELP")
+    assert code == 214
+    listed = " ".join(lines).split()
+    for command in COMMANDS:
+        assert command in listed
+
+
+@pytest.mark.parametrize("topic", COMMANDS)
+def test_help_on_a_command_gives_its_syntax_and_meaning(session: Session, topic: str) -> None:
+    code, lines = session.command(f"HELP {topic}")
+    assert code == 214
+    assert lines[0].startswith(topic), lines  # the syntax first
+    assert len(lines) >= 2, lines  # then what it does
+
+
+def test_help_topics_are_case_insensitive(session: Session) -> None:
+    assert session.command("HELP mail") == session.command("HELP MAIL") == session.command("HELP Mail")
+
+
+def test_help_on_an_unknown_topic(session: Session) -> None:
+    session.expect("""
+        C: HELP FROBNICATE
+        S: 504 *
+        C: NOOP
+        S: 250 *
+    """)
+
+
+# ----------------------------------------------------------------- NOOP, RSET, VRFY
+
+
+def test_noop(session: Session) -> None:
+    session.expect("""
+        C: NOOP
+        S: 250 *
+    """)
+
+
+def test_rset(session: Session) -> None:
+    session.expect("""
+        C: RSET
+        S: 250 *
+    """)
+
+
+def test_vrfy_neither_confirms_nor_denies(session: Session) -> None:
+    session.expect("""
+        C: VRFY alice
+        S: 252 *
+        C: VRFY nobody@example.org
+        S: 252 *
+    """)
+
+
+@pytest.mark.parametrize("line", ["HELO client.test", "EHLO client.test", "HELP", "NOOP", "RSET", "VRFY alice"])
+def test_commands_that_work_before_login(session: Session, line: str) -> None:
+    code, _ = session.command(line)
+    assert code in (214, 250, 252)
+
+
+def test_auth_works_before_login(session: Session) -> None:
+    session.login()  # EHLO, then AUTH: nothing refused for want of a login
+
+
+# ---------------------------------------------------------------------------- QUIT
+
+
+def test_quit_says_goodbye_and_closes(session: Session) -> None:
+    session.expect("""
+        C: QUIT
+        S: 221 mail.test *
+    """)
+    assert session.closed_by_server()
+
+
+def test_quit_before_helo(connect: Callable[..., Session]) -> None:
+    session = connect()
+    assert session.command("QUIT")[0] == 221
+    assert session.closed_by_server()
+
+
+def test_quit_with_smtplib(smtp_server: RunningServer) -> None:
+    client = smtplib.SMTP(smtp_server.host, smtp_server.port, timeout=10)
+    code, text = client.quit()
+    assert code == 221
+    assert text.startswith(b"mail.test")
+
+
+# ------------------------------------------------------------ unknown commands
+
+
+@pytest.mark.parametrize("line", ["FROBNICATE", "EXPN staff", "TURN", "MAIL1 FROM:<a@b.org>", "12345", "\u00e9HLO x"])
+def test_unknown_verb(session: Session, line: str) -> None:
+    code, _ = session.command(line)
+    assert code == 500
+    assert session.command("NOOP")[0] == 250  # the session goes on
+
+
+@pytest.mark.parametrize("line", ["", " ", "\t"])
+def test_empty_line(session: Session, line: str) -> None:
+    session.expect(f"""
+        C: {line}
+        S: 500 *
+        C: NOOP
+        S: 250 *
+    """)
+
+
+# ------------------------------------------------------------- case-insensitivity
+
+
+def test_verbs_are_case_insensitive(session: Session) -> None:
+    session.expect("""
+        C: ehlo client.test
+        S: 250-mail.test*
+        S: 250-*
+        S: 250-*
+        S: 250-*
+        S: 250-*
+        S: 250 *
+        C: Helo client.test
+        S: 250 *
+        C: nOoP
+        S: 250 *
+        C: rset
+        S: 250 *
+        C: vrfy alice
+        S: 252 *
+        C: help
+        S: 214-*
+        S: 214 *
+        C: quit
+        S: 221 *
+    """)
+
+
+def test_transaction_verbs_are_case_insensitive(logged_in: Session, smtp_server: RunningServer) -> None:
+    logged_in.expect("""
+        C: mail from:<alice@example.org>
+        S: 250 *
+        C: Rcpt To:<bob@example.org>
+        S: 250 *
+        C: data
+        S: 354 *
+        C: Subject: lower case
+        C:
+        C: hello
+        C: .
+        S: 250 *
+        C: retr
+        S: 250 1 *
+        S: Subject: lower case
+        S:
+        S: hello
+        S: .
+        C: dele
+        S: 250 1 *
+    """)
+
+
+def test_auth_verb_is_case_insensitive(session: Session) -> None:
+    session.expect("""
+        C: EHLO client.test
+        S: 250-*
+        S: 250-*
+        S: 250-*
+        S: 250-*
+        S: 250-*
+        S: 250 *
+        C: auth plain AGFsaWNlAGFsaWNlLXBhc3N3b3Jk
+        S: 235 *
+    """)
+
+
+# ------------------------------------------------------------------ pipelining
+
+
+def test_pipelined_commands_get_their_replies_in_order(session: Session) -> None:
+    session.send("HELO client.test\r\nNOOP\r\nVRFY x\r\nBOGUS\r\nHELP NOOP\r\nRSET\r\nQUIT\r\n")
+    codes = [session.read_reply()[0] for _ in range(7)]
+    assert codes == [250, 250, 252, 500, 214, 250, 221]
+    assert session.closed_by_server()
+
+
+def test_pipelined_mail_transaction(logged_in: Session, smtp_server: RunningServer) -> None:
+    """RFC 2920: MAIL, RCPT and DATA may go in one packet; the message follows the 354."""
+    logged_in.send(
+        "MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\nRCPT TO:<carol@example.org>\r\nDATA\r\n"
+    )
+    assert [logged_in.read_reply()[0] for _ in range(4)] == [250, 250, 250, 354]
+    logged_in.send("Subject: pipelined\r\n\r\nbody\r\n.\r\nNOOP\r\nQUIT\r\n")
+    assert [logged_in.read_reply()[0] for _ in range(3)] == [250, 250, 221]
+    assert smtp_server.stored("alice") == [b"Subject: pipelined\n\nbody\n"]
+
+
+def test_pipelined_login_and_whole_session_in_one_packet(session: Session, smtp_server: RunningServer) -> None:
+    session.send(
+        "EHLO client.test\r\n"
+        "AUTH PLAIN AGFsaWNlAGFsaWNlLXBhc3N3b3Jk\r\n"
+        "MAIL FROM:<alice@example.org>\r\n"
+        "RCPT TO:<bob@example.org>\r\n"
+        "DATA\r\n"
+        "one packet\r\n"
+        ".\r\n"
+        "RETR\r\n"
+        "QUIT\r\n"
+    )
+    assert session.read_reply()[0] == 250  # EHLO
+    assert [session.read_reply()[0] for _ in range(5)] == [235, 250, 250, 354, 250]
+    session.expect("""
+        S: 250 1 *
+        S: one packet
+        S: .
+        S: 221 *
+    """)
+
+
+# ------------------------------------------------------------ a bug in a command
+
+
+def test_a_handler_exception_is_answered_and_logged(
+    session: Session, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in a command is logged with its traceback and answered 421 or 451, not a silent hang-up."""
+
+    def broken(handler: server_module.SMTPHandler, argument: str) -> None:
+        raise RuntimeError("a bug in NOOP")
+
+    monkeypatch.setattr(server_module.SMTPHandler, "smtp_NOOP", broken)
+    with caplog.at_level(logging.ERROR, logger="smtp"):
+        code, _ = session.command("NOOP")
+        assert code in (421, 451)
+        wait_for(lambda: "RuntimeError: a bug in NOOP" in caplog.text and "Traceback" in caplog.text)
+
+
+# ---------------------------------------------- the seed's reply-code table (4.2)
+
+
+def test_seed_table_connection_success_220(connect: Callable[..., Session]) -> None:
+    """CONNECTION ESTABLISHMENT  S: 220"""
+    connect(greeting=False).expect("""
+        S: 220 mail.test *
+    """)
+
+
+def test_seed_table_connection_failure_421(start_server: Callable[..., RunningServer], connect) -> None:
+    """CONNECTION ESTABLISHMENT  F: 421 (over --max-connections)"""
+    server = start_server(max_connections=1)
+    first = connect(server)
+    second = connect(server, greeting=False)
+    second.expect("""
+        S: 421 mail.test *
+    """)
+    assert second.closed_by_server()
+    assert first.command("NOOP")[0] == 250  # the admitted session is not disturbed
+
+
+def test_seed_table_helo(session: Session) -> None:
+    """HELO  S: 250  E: 500, 504, 421
+
+    504 has no case in the contract: HELO takes one parameter and a missing one is 501.
+    """
+    make_errors(session, 8)
+    session.expect(f"""
+        C: HELO client.test
+        S: 250 *
+        C: HELO {TOO_LONG}
+        S: 500 *
+        C: HELO
+        S: 501 *
+        S: 421 mail.test *
+    """)
+    assert session.closed_by_server()
+
+
+def test_seed_table_mail(logged_in: Session) -> None:
+    """MAIL  S: 250  E: 500, 504
+
+    The contract answers an unknown MAIL parameter with 555 (RFC 5321), the seed's 504.
+    """
+    logged_in.expect(f"""
+        C: MAIL FROM:<{TOO_LONG}@example.org>
+        S: 500 *
+        C: MAIL FROM:<mytest@mail.gr> FROBNICATE=1
+        S: 555 *
+        C: MAIL FROM:<mytest@mail.gr>
+        S: 250 *
+    """)
+
+
+def test_seed_table_rcpt(logged_in: Session) -> None:
+    """RCPT  S: 250  E: 500, 421"""
+    logged_in.command("MAIL FROM:<mytest@mail.gr>")
+    make_errors(logged_in, 8)
+    logged_in.expect(f"""
+        C: RCPT TO:<recipienttest@domain.gr>
+        S: 250 *
+        C: RCPT TO:<{TOO_LONG}@domain.gr>
+        S: 500 *
+        C: RCPT TO:<{TOO_LONG}@domain.gr>
+        S: 500 *
+        S: 421 mail.test *
+    """)
+    assert logged_in.closed_by_server()
+
+
+def test_seed_table_data(logged_in: Session, smtp_server: RunningServer) -> None:
+    """DATA  I: 354 -> data -> S: 250  E: 500, 421"""
+    logged_in.expect("""
+        C: MAIL FROM:<mytest@mail.gr>
+        S: 250 *
+        C: RCPT TO:<recipienttest@domain.gr>
+        S: 250 *
+        C: DATA
+        S: 354 *
+        C: table row
+        C: .
+        S: 250 *
+    """)
+    assert smtp_server.stored("alice") == [b"table row\n"]
+    make_errors(logged_in, 8)
+    logged_in.expect(f"""
+        C: MAIL FROM:<mytest@mail.gr>
+        S: 250 *
+        C: RCPT TO:<recipienttest@domain.gr>
+        S: 250 *
+        C: DATA
+        S: 354 *
+        C: {"y" * 1200}
+        C: .
+        S: 500 *
+        C: DATA {TOO_LONG}
+        S: 500 *
+        S: 421 mail.test *
+    """)
+    assert logged_in.closed_by_server()
+
+
+def test_seed_table_data_421_when_the_data_stalls(start_server: Callable[..., RunningServer], connect) -> None:
+    """DATA  E: 421 (the client stops sending in the middle of the message)"""
+    server = start_server(data_timeout=0.5)
+    session = connect(server)
+    session.login()
+    session.expect("""
+        C: MAIL FROM:<mytest@mail.gr>
+        S: 250 *
+        C: RCPT TO:<recipienttest@domain.gr>
+        S: 250 *
+        C: DATA
+        S: 354 *
+        C: half a message
+        S: 421 mail.test *
+    """)
+    assert session.closed_by_server()
+    assert server.stored("alice") == []
+
+
+def test_seed_table_help(session: Session) -> None:
+    """HELP  S: 211, 214  E: 500, 504, 421"""
+    make_errors(session, 7)
+    session.expect(f"""
+        C: HELP
+        S: 214-*
+        S: 214 *
+        C: HELP DATA
+        S: 214-DATA
+        S: 214 *
+        C: HELP {TOO_LONG}
+        S: 500 *
+        C: HELP NOSUCHTOPIC
+        S: 504 *
+        C: HELP ANOTHERONE
+        S: 504 *
+        S: 421 mail.test *
+    """)
+    assert session.closed_by_server()
+
+
+def test_seed_table_noop(session: Session) -> None:
+    """NOOP  S: 250  E: 500, 421"""
+    make_errors(session, 8)
+    session.expect(f"""
+        C: NOOP
+        S: 250 *
+        C: NOOP {TOO_LONG}
+        S: 500 *
+        C: NOOP {TOO_LONG}
+        S: 500 *
+        S: 421 mail.test *
+    """)
+    assert session.closed_by_server()
+
+
+def test_seed_table_quit(session: Session) -> None:
+    """QUIT  S: 221  E: 500"""
+    session.expect(f"""
+        C: QUIT {TOO_LONG}
+        S: 500 *
+        C: QUIT
+        S: 221 mail.test *
+    """)
+    assert session.closed_by_server()
+
+
+# ----------------------------------------------------------- the seed's section 8
+
+
+def test_seed_section_8_example(logged_in: Session, smtp_server: RunningServer) -> None:
+    """The seed's example, after the login its section 7 asks for."""
+    logged_in.expect("""
+        C: MAIL FROM:<mytest@mail.gr>
+        S: 250 *
+        C: RCPT TO:<recipienttest@domain.gr>
+        S: 250 *
+        C: DATA
+        S: 354 Start mail input; end with <CRLF>.<CRLF>
+        C: Blah blah blah(MAIL CONTENT) ...
+        C: .
+        S: 250 *
+        C: QUIT
+        S: 221 mail.test *
+    """)
+    assert logged_in.closed_by_server()
+    assert smtp_server.stored("alice") == [b"Blah blah blah(MAIL CONTENT) ...\n"]
+
+
+def test_seed_section_8_example_with_smtplib(smtp_server: RunningServer) -> None:
+    with smtplib.SMTP(smtp_server.host, smtp_server.port, timeout=10) as client:
+        client.login("alice", USERS["alice"])
+        refused = client.sendmail("mytest@mail.gr", ["recipienttest@domain.gr"], "Blah blah blah(MAIL CONTENT) ...")
+        assert refused == {}
+        code, text = client.docmd("RETR")
+        assert code == 250 and text.startswith(b"1 ")
+        block = [client.file.readline() for _ in range(2)]  # smtplib reads replies only: the block by hand
+        assert block == [b"Blah blah blah(MAIL CONTENT) ...\r\n", b".\r\n"]
+    assert smtp_server.stored("alice") == [b"Blah blah blah(MAIL CONTENT) ...\n"]
