@@ -103,6 +103,11 @@ class MailClient(smtplib.SMTP):
         # socket.getfqdn(), smtplib's default EHLO name, can stall on DNS.
         super().__init__(local_hostname=socket.gethostname(), timeout=timeout)
 
+    def connect(self, host: str = "localhost", port: int = 0, source_address: object = None) -> tuple[int, bytes]:
+        # starttls() checks the certificate against self._host, which only __init__ sets.
+        self._host = host
+        return super().connect(host, port, source_address)
+
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         """Connect; with implicit_tls, speak TLS from the first byte (SMTPS, RFC 8314), as SMTP_SSL does."""
         sock = super()._get_socket(host, port, timeout)

@@ -16,8 +16,10 @@ import base64
 import dataclasses
 import os
 import re
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -302,3 +304,69 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: f
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout} s: {condition}")
         time.sleep(interval)
+
+
+def require_tool(name: str) -> str:
+    """Return the path of a program; skip if it is missing, but fail in CI, which must install it."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed: .ci/run must install it")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Certificate:
+    """A self-signed certificate (PEM) and its key, valid for localhost and 127.0.0.1."""
+
+    cert: Path
+    key: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        """The context server.py builds from --tls-cert and --tls-key."""
+        return server_module.tls_context(str(self.cert), str(self.key))
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context that trusts this certificate only, and checks the host name."""
+        return ssl.create_default_context(cafile=str(self.cert))
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    """One certificate per test run, made with the README's `openssl req` recipe (valid one day, not a year)."""
+    openssl = require_tool("openssl")
+    directory = tmp_path_factory.mktemp("certificate")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )  # fmt: skip
+    return Certificate(cert, key)
+
+
+def read_retr(session: Session) -> list[list[str]]:
+    """Send RETR on a logged-in session; return each message as its lines, dot-stuffing undone."""
+    code, text = session.command("RETR")
+    assert code == 250, text
+    messages = []
+    for _ in range(int(text[0].split()[0])):
+        lines = []
+        while (line := session.read_line()) != ".":
+            lines.append(line[1:] if line.startswith(".") else line)  # RFC 5321 4.5.2
+        messages.append(lines)
+    return messages
+
+
+def retrieve(host: str, port: int, user: str = "alice") -> list[list[str]]:
+    """Log in as user over a plain socket and RETR: every message user sent, as lines."""
+    session = Session(host, port)
+    try:
+        assert session.read_reply()[0] == 220
+        session.login(user)
+        return read_retr(session)
+    finally:
+        session.close()

@@ -23,10 +23,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
+from pathlib import Path
 from typing import TextIO
 
 import pytest
-from conftest import ROOT, USERS, RunningServer, ServerProcess, wait_for
+from conftest import ROOT, USERS, Certificate, RunningServer, ServerProcess, wait_for
 
 sys.path.insert(0, str(ROOT))
 import client as client_module
@@ -664,3 +665,35 @@ def test_terminal_ctrl_c_at_the_password_exits_130(
     assert term.wait() == 130
     assert "C: QUIT" in term.output and "221 mail.test" in term.output
     assert "Traceback" not in term.output
+
+
+# --- TLS -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["--starttls", "--tls"])
+def test_tls_options_send_and_retrieve_over_tls(
+    start_server: Callable[..., RunningServer], certificate: Certificate, mode: str
+) -> None:
+    server = start_server(tls_context=certificate.server_context(), implicit_tls=mode == "--tls", require_tls=True)
+    script = LOGIN + send_script("bob@example.org", "sealed", ["over TLS"]) + "2\n4\n"
+    result = run_client(server.port, script, mode, "--cafile", str(certificate.cert), "--trace")
+    assert result.returncode == 0, result.stderr
+    assert ("C: STARTTLS" in result.stdout) == (mode == "--starttls")
+    assert "S: 235 2.7.0 Authentication successful" in result.stdout  # require_tls: only over TLS
+    assert "Subject: sealed" in shown_message(result.stdout)
+
+
+def test_untrusted_certificate_is_a_clear_error(
+    start_server: Callable[..., RunningServer], certificate: Certificate
+) -> None:
+    server = start_server(tls_context=certificate.server_context())
+    result = run_client(server.port, LOGIN + "4\n", "--starttls")  # no --cafile: the system CAs don't know it
+    assert result.returncode == 1
+    assert result.stderr.startswith("TLS failed: [SSL: CERTIFICATE_VERIFY_FAILED]")
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_cafile_is_a_clear_error(smtp_server: RunningServer, tmp_path: Path) -> None:
+    result = run_client(smtp_server.port, LOGIN + "4\n", "--tls", "--cafile", str(tmp_path / "nope.pem"))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"Cannot use --cafile {tmp_path / 'nope.pem'}:")
