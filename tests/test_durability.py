@@ -1,0 +1,498 @@
+"""Durability: a message that got 250 survives a crash whole; nothing else ever shows.
+
+Issue 4 ("Crash durability", "Storage faults", "Graceful shutdown") and the Storage
+section of issue 2: a delivery is written into tmp/, fsynced, renamed into new/ and
+the directory fsynced before the 250; a crash leaves each message whole or absent;
+start-up removes what a crash left in tmp/; a write failure is answered 451/452
+with nothing half-stored, and the session and the server go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import io
+import mailbox
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import RunningServer, ServerProcess, Session, wait_for
+
+import server as server_module
+
+LOAD_USERS = ("alice", "bob", "carol")
+MESSAGE_SIZES = (300, 3_000, 30_000, 300_000)  # bytes of body: from one packet to more than the 256 KiB write buffer
+MAX_MESSAGES_PER_CLIENT = 400  # each load client stops by itself after this many ...
+LOAD_SECONDS = 20.0  # ... or after this long, whichever comes first
+FILLER = bytes(range(33, 127)) * 4  # printable ASCII to cut lines from
+
+
+# ----------------------------------------------------------------------- helpers
+
+
+def make_message(tag: str, size: int, rng: random.Random) -> bytes:
+    """A message of about size bytes (CRLF line ends), named by tag in its first line.
+
+    Lines with leading dots (stuffed on the wire) and 8-bit text make "byte for byte" mean something.
+    """
+    lines = [f"Message-Id: <{tag}@load.test>".encode(), f"Subject: load {tag}".encode(), b""]
+    total = 0
+    while total < size:
+        kind = rng.randrange(10)
+        if kind == 0:
+            line = b"." + FILLER[: rng.randrange(0, 60)]
+        elif kind == 1:
+            line = b""
+        elif kind == 2:
+            line = "8-bit text: Grüße, ½ ✓".encode()
+        else:
+            start = rng.randrange(0, len(FILLER) - 200)
+            line = FILLER[start : start + rng.randrange(1, 200)]
+        lines.append(line)
+        total += len(line) + 2
+    return b"".join(line + b"\r\n" for line in lines)
+
+
+def tag_of(message: bytes) -> str:
+    first = message.split(b"\r\n", 1)[0].decode()
+    assert first.startswith("Message-Id: <") and first.endswith("@load.test>"), f"torn or not ours: {first!r}"
+    return first[len("Message-Id: <") : -len("@load.test>")]
+
+
+def dot_stuff(message: bytes) -> bytes:
+    """RFC 5321 4.5.2: double a leading dot on every line (message ends in CRLF)."""
+    stuffed = message.replace(b"\r\n.", b"\r\n..")
+    return b"." + stuffed if stuffed.startswith(b".") else stuffed
+
+
+def log_in(session: Session, user: str) -> None:
+    session.read_reply()  # the greeting
+    session.login(user)
+
+
+def send_message(session: Session, message: bytes) -> tuple[int, list[str]]:
+    """MAIL, RCPT, DATA and the message; return the last reply (DATA's own if it was not 354)."""
+    for command, expected in (("MAIL FROM:<alice@example.org>", 250), ("RCPT TO:<bob@example.org>", 250)):
+        code, text = session.command(command)
+        assert code == expected, f"{command}: {code} {text}"
+    code, text = session.command("DATA")
+    if code != 354:
+        return code, text
+    session.send(dot_stuff(message) + b".\r\n")
+    return session.read_reply()
+
+
+def retrieve(session: Session) -> list[bytes]:
+    """RETR: the messages as their sender meant them (CRLF line ends, dots unstuffed)."""
+    code, text = session.command("RETR")
+    assert code == 250, text
+    messages = []
+    for _ in range(int(text[0].split()[0])):
+        lines = []
+        while (line := session.file.readline(2_000_000)) != b".\r\n":
+            assert line.endswith(b"\r\n"), f"RETR block cut short: {line[-80:]!r}"
+            lines.append(line[1:] if line.startswith(b".") else line)
+        messages.append(b"".join(lines))
+    return messages
+
+
+def retrieve_as(port: int, user: str) -> list[bytes]:
+    session = Session("127.0.0.1", port)
+    try:
+        log_in(session, user)
+        return retrieve(session)
+    finally:
+        session.close()
+
+
+def leftovers(mailboxes: Path) -> list[Path]:
+    return sorted(mailboxes.glob("*/tmp/*"))
+
+
+# ------------------------------------------------------------------ load clients
+
+
+@dataclasses.dataclass
+class Attempt:
+    """One message a load client tried to send, and how far it got."""
+
+    user: str
+    tag: str
+    message: bytes  # CRLF line ends, before dot-stuffing
+    finished: bool = False  # the final "." went out
+    reply: int | None = None  # the code of the reply to it, if one came
+
+
+class Load:
+    """Clients sending as fast as they can, and one that stops half-way through a DATA.
+
+    The half-sent message guarantees that every kill lands in the middle of a delivery.
+    """
+
+    def __init__(self, port: int, name: str, clients: int = 4) -> None:
+        self.port = port
+        self.attempts: list[Attempt] = []  # appended to by the client threads
+        self.stop = threading.Event()
+        self.holder_ready = threading.Event()
+        self.holder: Attempt | None = None
+        self.deadline = time.monotonic() + LOAD_SECONDS
+        self.threads = [
+            threading.Thread(target=self._send_loop, args=(f"{name}-{number}", LOAD_USERS[number % len(LOAD_USERS)]))
+            for number in range(clients)
+        ]
+        self.threads.append(threading.Thread(target=self._hold, args=(f"{name}-held", "bob")))
+        for thread in self.threads:
+            thread.start()
+
+    def acknowledged(self) -> int:
+        return sum(attempt.reply == 250 for attempt in self.attempts)
+
+    def ready(self, acknowledged: int) -> bool:
+        """True once a DATA is held open and at least `acknowledged` messages got their 250."""
+        return self.holder_ready.is_set() and self.acknowledged() >= acknowledged
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(15)
+        assert not any(thread.is_alive() for thread in self.threads), "a load client hangs"
+
+    def _send_loop(self, name: str, user: str) -> None:
+        rng = random.Random(name)
+        session = None
+        try:
+            session = Session("127.0.0.1", self.port)
+            log_in(session, user)
+            for number in range(MAX_MESSAGES_PER_CLIENT):
+                if self.stop.is_set() or time.monotonic() > self.deadline:
+                    return
+                size = rng.choices(MESSAGE_SIZES, weights=(4, 4, 3, 1))[0]
+                attempt = Attempt(user, f"{name}-{number}", make_message(f"{name}-{number}", size, rng))
+                self.attempts.append(attempt)
+                self._send(session, attempt, rng.choice((1024, 16 * 1024, 64 * 1024)))
+                if attempt.reply != 250:
+                    return
+        except (OSError, AssertionError):  # the server went away (a reply may be cut short): that is the point
+            return
+        finally:
+            if session is not None:
+                session.close()
+
+    @staticmethod
+    def _send(session: Session, attempt: Attempt, chunk_size: int) -> None:
+        for command, expected in (
+            ("MAIL FROM:<load@example.org>", 250),
+            ("RCPT TO:<sink@example.org>", 250),
+            ("DATA", 354),
+        ):
+            code, _ = session.command(command)
+            if code != expected:
+                attempt.reply = code
+                return
+        data = dot_stuff(attempt.message)
+        for start in range(0, len(data), chunk_size):
+            session.send(data[start : start + chunk_size])
+        session.send(b".\r\n")
+        attempt.finished = True
+        attempt.reply = session.read_reply()[0]
+
+    def _hold(self, name: str, user: str) -> None:
+        session = None
+        try:
+            session = Session("127.0.0.1", self.port)
+            log_in(session, user)
+            attempt = Attempt(user, name, make_message(name, 2_000, random.Random(name)))
+            self.attempts.append(attempt)
+            session.expect("""
+                C: MAIL FROM:<held@example.org>
+                S: 250 *
+                C: RCPT TO:<sink@example.org>
+                S: 250 *
+                C: DATA
+                S: 354 *
+            """)
+            data = dot_stuff(attempt.message)
+            session.send(data[: len(data) // 2])
+            self.holder = attempt
+            self.holder_ready.set()
+            self.stop.wait(30)
+            attempt.reply = session.read_reply()[0]  # what the server said while we held
+        except (OSError, AssertionError):
+            return
+        finally:
+            if session is not None:
+                session.close()
+
+
+def check_stored(port: int, attempts: list[Attempt]) -> None:
+    """Every acknowledged message is retrievable byte for byte, exactly once; nothing torn or unfinished."""
+    by_tag = {attempt.tag: attempt for attempt in attempts}
+    for user in LOAD_USERS:
+        messages = retrieve_as(port, user)
+        tags = [tag_of(message) for message in messages]
+        duplicates = [tag for tag, count in Counter(tags).items() if count > 1]
+        assert not duplicates, f"stored more than once: {duplicates}"
+        for tag, message in zip(tags, messages, strict=True):
+            attempt = by_tag.get(tag)
+            assert attempt is not None and attempt.user == user, f"{user} has a message nobody sent: {tag}"
+            assert message == attempt.message, f"{tag} is torn: {len(message)} of {len(attempt.message)} bytes"
+            assert attempt.finished, f"{tag} is stored though its final dot was never sent"
+            assert attempt.reply in (250, None), f"{tag} is stored though the server answered {attempt.reply}"
+        acknowledged = {attempt.tag for attempt in attempts if attempt.user == user and attempt.reply == 250}
+        missing = acknowledged - set(tags)
+        assert not missing, f"{len(missing)} acknowledged messages of {user} are lost: {sorted(missing)[:5]}"
+
+
+# ------------------------------------------------------------------------- crash
+
+# When to pull the plug: after this many 250s (0: while the very first messages are in flight).
+KILL_AFTER_ACKNOWLEDGED = (0, 7, 40)
+
+
+def test_sigkill_mid_load_loses_no_acknowledged_message_and_tears_none(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    mailboxes = tmp_path / "mailboxes"
+    attempts: list[Attempt] = []
+    server = server_process(mailboxes=mailboxes)
+    for round_number, acknowledged_before_kill in enumerate(KILL_AFTER_ACKNOWLEDGED):
+        load = Load(server.port, f"round{round_number}")
+        try:
+            wait_for(lambda load=load, enough=acknowledged_before_kill: load.ready(enough), timeout=LOAD_SECONDS)
+            server.process.kill()
+            server.wait()
+        finally:
+            load.finish()
+        attempts += load.attempts
+        assert load.holder is not None and not load.holder.finished
+        left_by_the_crash = leftovers(mailboxes)
+
+        server = server_process(mailboxes=mailboxes)
+        check_stored(server.port, attempts)
+        assert left_by_the_crash, "the kill left no unfinished delivery in tmp/: the test proves nothing"
+        assert not leftovers(mailboxes), "start-up did not clean tmp/"
+    assert sum(attempt.reply == 250 for attempt in attempts) >= sum(KILL_AFTER_ACKNOWLEDGED)
+
+
+def test_tmp_leftovers_are_never_retrieved_and_are_removed_at_start_up(
+    start_server: Callable[..., RunningServer],
+    server_process: Callable[..., ServerProcess],
+    tmp_path: Path,
+) -> None:
+    mailboxes = tmp_path / "mailboxes"
+    running = start_server(mailboxes_path=mailboxes)
+    whole = make_message("whole", 500, random.Random(1))
+    session = Session(running.host, running.port)
+    log_in(session, "alice")
+    assert send_message(session, whole)[0] == 250
+    # What a crash mid-delivery leaves: a half-written file in tmp/, named like a real delivery.
+    torn = make_message("torn", 5_000, random.Random(2)).replace(b"\r\n", b"\n")[:2_345]
+    (mailboxes / "alice" / "tmp" / "1700000000.M000001P1Q000000001.crashed").write_bytes(torn)
+    mailbox.Maildir(mailboxes / "bob", create=True)
+    (mailboxes / "bob" / "tmp" / "1700000000.M000002P1Q000000002.crashed").write_bytes(torn)
+
+    assert retrieve(session) == [whole]
+    assert retrieve_as(running.port, "bob") == []
+    session.close()
+
+    process = server_process(mailboxes=mailboxes)
+    assert not leftovers(mailboxes), process.log
+    assert retrieve_as(process.port, "alice") == [whole]
+
+
+# ---------------------------------------------------------------- shutting down
+
+
+def test_sigterm_under_load_keeps_acknowledged_drops_the_rest_and_exits_quickly(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    mailboxes = tmp_path / "mailboxes"
+    server = server_process(mailboxes=mailboxes)
+    load = Load(server.port, "term")
+    try:
+        wait_for(lambda: load.ready(20), timeout=LOAD_SECONDS)
+        signalled = time.monotonic()
+        server.signal(signal.SIGTERM)
+        status = server.wait(10)
+        took = time.monotonic() - signalled
+    finally:
+        load.finish()
+    assert status == 0, server.log
+    assert took < 5, f"exit took {took:.1f} s"
+    assert "Traceback" not in server.log
+    # The held DATA was dropped with a 421, and its delivery thrown away.
+    assert load.holder is not None and load.holder.reply == 421
+    assert not leftovers(mailboxes), "an interrupted delivery was left in tmp/"
+
+    stored: dict[str, bytes] = {}
+    for path in [*mailboxes.glob("*/new/*"), *mailboxes.glob("*/cur/*")]:  # from disk: the server is gone
+        text = path.read_bytes()
+        stored[tag_of(text.replace(b"\n", b"\r\n"))] = text
+    for attempt in load.attempts:
+        on_disk = stored.get(attempt.tag)
+        if attempt.reply == 250:
+            assert on_disk == attempt.message.replace(b"\r\n", b"\n"), f"{attempt.tag} acknowledged but not stored"
+        elif not attempt.finished or attempt.reply is not None:
+            assert on_disk is None, f"{attempt.tag} stored though it got {attempt.reply}"
+        else:  # the final dot went out and the server ended before answering: whole or absent
+            assert on_disk in (None, attempt.message.replace(b"\r\n", b"\n")), f"{attempt.tag} is torn"
+    assert len(stored) >= 20
+
+
+# ---------------------------------------------------------------- 250 means on disk
+
+
+def test_250_comes_only_after_fsync_rename_and_directory_fsync(
+    smtp_server: RunningServer, logged_in: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[tuple[str, ...]] = []
+    real_fsync, real_rename, real_reply = os.fsync, os.rename, server_module.SMTPHandler.reply
+
+    def fsync(descriptor: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
+        real_fsync(descriptor)
+
+    def rename(source: str | Path, target: str | Path) -> None:
+        real_rename(source, target)
+        events.append(("rename", str(source), str(target)))
+
+    def reply(handler: server_module.SMTPHandler, code: int, *lines: str) -> None:
+        events.append(("reply", str(code)))
+        real_reply(handler, code, *lines)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(server_module.SMTPHandler, "reply", reply)
+    code, text = send_message(logged_in, make_message("synced", 1_000, random.Random(3)))
+    assert code == 250
+    key = text[0].rsplit(" ", 1)[-1]
+    maildir = (smtp_server.mailboxes_path / "alice").resolve()
+    start = events.index(("reply", "354"))
+    assert events[start + 1 :] == [
+        ("fsync", str(maildir / "tmp" / key)),
+        ("rename", str(maildir / "tmp" / key), str(maildir / "new" / key)),
+        ("fsync", str(maildir / "new")),
+        ("reply", "250"),
+    ]
+
+
+# ---------------------------------------------------------------- storage faults
+
+Fault = Callable[[pytest.MonkeyPatch, Path], contextlib.AbstractContextManager[None]]
+
+
+class _FillingDisk(io.FileIO):
+    """A file on a disk with `room` bytes left: what does not fit fails with ENOSPC."""
+
+    def __init__(self, descriptor: int, room: int) -> None:
+        super().__init__(descriptor, "wb")
+        self.room = room
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        if not self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written = super().write(bytes(memoryview(data)[: self.room]))
+        self.room -= written
+        return written
+
+
+def disk_full_after(room: int) -> Fault:
+    """The disk fills up after room more bytes of the delivery's file."""
+
+    @contextlib.contextmanager
+    def fault(monkeypatch: pytest.MonkeyPatch, maildir: Path) -> Iterator[None]:
+        def filling_open(file: object, mode: str = "r", buffering: int = -1, **options: object) -> object:
+            if isinstance(file, int) and "w" in mode:  # how Delivery opens its descriptor
+                return io.BufferedWriter(_FillingDisk(file, room), buffering if buffering > 0 else 8192)
+            return open(file, mode, buffering, **options)  # type: ignore[call-overload]
+
+        with monkeypatch.context() as patch:
+            patch.setattr(server_module, "open", filling_open, raising=False)
+            yield
+
+    return fault
+
+
+def fsync_fails(folder: str) -> Fault:
+    """fsync raises EIO for a file in the Maildir's folder ("tmp"), or for the folder itself ("new")."""
+
+    @contextlib.contextmanager
+    def fault(monkeypatch: pytest.MonkeyPatch, maildir: Path) -> Iterator[None]:
+        real_fsync, failing = os.fsync, maildir.resolve() / folder
+
+        def failing_fsync(descriptor: int) -> None:
+            path = Path(os.readlink(f"/proc/self/fd/{descriptor}"))
+            if failing in (path, path.parent):
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            real_fsync(descriptor)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "fsync", failing_fsync)
+            yield
+
+    return fault
+
+
+def not_a_directory(folder: str) -> Fault:
+    """The Maildir's tmp/ or new/ is a file: nothing can be written there, not even by root."""
+
+    @contextlib.contextmanager
+    def fault(monkeypatch: pytest.MonkeyPatch, maildir: Path) -> Iterator[None]:
+        path, saved = maildir / folder, maildir / f"saved-{folder}"
+        path.rename(saved)
+        path.write_bytes(b"")
+        try:
+            yield
+        finally:
+            path.unlink()
+            saved.rename(path)
+
+    return fault
+
+
+FAULTS: dict[str, tuple[Fault, int]] = {  # the fault, and the size of the message it meets
+    "disk-full-mid-message": (disk_full_after(64 * 1024), 600_000),
+    "disk-full-at-the-final-flush": (disk_full_after(100), 2_000),
+    "fsync-of-the-message-fails": (fsync_fails("tmp"), 2_000),
+    "fsync-of-new-fails-after-the-rename": (fsync_fails("new"), 2_000),
+    "tmp-is-not-writable": (not_a_directory("tmp"), 2_000),
+    "new-is-not-writable": (not_a_directory("new"), 2_000),
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_storage_fault_is_answered_4xx_stores_nothing_and_the_session_goes_on(
+    fault: str,
+    smtp_server: RunningServer,
+    logged_in: Session,
+    connect: Callable[..., Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make_fault, size = FAULTS[fault]
+    maildir = smtp_server.mailboxes_path / "alice"
+    before = make_message("before", 500, random.Random(4))
+    after = make_message("after", 500, random.Random(6))
+    assert send_message(logged_in, before)[0] == 250  # creates the Maildir
+
+    with make_fault(monkeypatch, maildir):
+        code, text = send_message(logged_in, make_message("refused", size, random.Random(5)))
+    assert code in (451, 452), f"{code} {text}"
+    if fault.startswith("disk-full"):
+        assert code == 452  # RFC 5321 4.2.2: insufficient system storage
+
+    assert retrieve(logged_in) == [before], "the refused message is visible"
+    assert not leftovers(smtp_server.mailboxes_path), "the refused message was left in tmp/"
+    # The same session goes on, and the server takes new connections.
+    assert send_message(logged_in, after)[0] == 250
+    assert retrieve(logged_in) == [before, after]
+    other = connect()
+    other.login("bob")
+    assert other.command("NOOP")[0] == 250
