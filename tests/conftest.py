@@ -117,6 +117,18 @@ def smtp_server(start_server: Callable[..., RunningServer]) -> RunningServer:
     return start_server()
 
 
+def plain_response(user: bytes | str, password: bytes | str, authzid: bytes | str = "") -> str:
+    """The AUTH PLAIN response (RFC 4616): authzid NUL authcid NUL password, in base64."""
+    parts = [part.encode() if isinstance(part, str) else part for part in (authzid, user, password)]
+    return base64.b64encode(b"\0".join(parts)).decode()
+
+
+def dot_stuff(message: bytes) -> bytes:
+    """RFC 5321 4.5.2: double a leading dot on every line (message ends in CRLF)."""
+    stuffed = message.replace(b"\r\n.", b"\r\n..")
+    return b"." + stuffed if stuffed.startswith(b".") else stuffed
+
+
 class Session:
     """A raw socket to the server, for transcripts and for input no real client would send."""
 
@@ -152,9 +164,32 @@ class Session:
     def login(self, user: str = "alice", password: str | None = None) -> None:
         password = USERS[user] if password is None else password
         assert self.command("EHLO client.test")[0] == 250
-        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
-        code, text = self.command(f"AUTH PLAIN {token}")
+        code, text = self.command(f"AUTH PLAIN {plain_response(user, password)}")
         assert code == 235, text
+
+    def start_data(self) -> None:
+        """MAIL, RCPT and DATA, up to the 354: what follows is the message."""
+        self.expect("""
+            C: MAIL FROM:<alice@example.org>
+            S: 250 *
+            C: RCPT TO:<bob@example.org>
+            S: 250 *
+            C: DATA
+            S: 354 *
+        """)
+
+    def retr(self) -> list[bytes]:
+        """RETR; return each message as DATA sent it (CRLF ends), with the dot-stuffing undone."""
+        code, lines = self.command("RETR")
+        assert code == 250 and len(lines) == 1, lines
+        messages = []
+        for _ in range(int(lines[0].split()[0])):
+            block = []
+            while (line := self.file.readline(2_000_000)) != b".\r\n":
+                assert line.endswith(b"\r\n"), f"RETR block cut short: {line[-80:]!r}"
+                block.append(line[1:] if line.startswith(b".") else line)  # RFC 5321 4.5.2
+            messages.append(b"".join(block))
+        return messages
 
     def expect(self, transcript: str) -> None:
         """Send each C: line and check that the S: lines come back, in order."""
@@ -349,16 +384,8 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
 
 
 def read_retr(session: Session) -> list[list[str]]:
-    """Send RETR on a logged-in session; return each message as its lines, dot-stuffing undone."""
-    code, text = session.command("RETR")
-    assert code == 250, text
-    messages = []
-    for _ in range(int(text[0].split()[0])):
-        lines = []
-        while (line := session.read_line()) != ".":
-            lines.append(line[1:] if line.startswith(".") else line)  # RFC 5321 4.5.2
-        messages.append(lines)
-    return messages
+    """Send RETR on a logged-in session; return each message as its lines of text."""
+    return [message.decode("utf-8").split("\r\n")[:-1] for message in session.retr()]
 
 
 def retrieve(host: str, port: int, user: str = "alice") -> list[list[str]]:

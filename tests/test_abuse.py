@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, USERS, RunningServer, ServerProcess, Session, wait_for
+from conftest import ROOT, USERS, RunningServer, ServerProcess, Session, plain_response, wait_for
 
 ATTACKER, BYSTANDER = "127.0.0.2", "127.0.0.1"
 SLOW_SECONDS = 10.0  # a slow client gives up by itself after this long
@@ -53,15 +53,11 @@ def connect_from() -> Iterator[Callable[[RunningServer, str], SessionFrom]]:
         session.close()
 
 
-def plain(user: str, password: str) -> str:
-    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
-
-
 def try_login(session: Session, password: str) -> int:
     """EHLO and AUTH PLAIN as alice; return AUTH's reply code."""
     assert session.read_reply()[0] == 220
     assert session.command("EHLO client.test")[0] == 250
-    return session.command(f"AUTH PLAIN {plain('alice', password)}")[0]
+    return session.command(f"AUTH PLAIN {plain_response('alice', password)}")[0]
 
 
 def handler_threads() -> int:
@@ -236,7 +232,11 @@ def test_the_log_shows_no_password_and_no_auth_payload(server_process: Callable[
     server = server_process("--verbose")
     alice, carol = USERS["alice"], USERS["carol"]
     secrets = {alice, carol, "hunter2-wrong", "typed-in-the-name-field"}
-    payloads = {plain("alice", alice), plain("bob", "hunter2-wrong"), plain("typed-in-the-name-field", "x")}
+    payloads = {
+        plain_response("alice", alice),
+        plain_response("bob", "hunter2-wrong"),
+        plain_response("typed-in-the-name-field", "x"),
+    }
     payloads |= {base64.b64encode(text.encode()).decode() for text in ("alice", alice, "carol", carol)}  # LOGIN's
 
     def session() -> Session:
@@ -258,7 +258,7 @@ def test_the_log_shows_no_password_and_no_auth_payload(server_process: Callable[
     assert initial.command(f"AUTH LOGIN {base64.b64encode(b'alice').decode()}")[0] == 334
     assert initial.command(base64.b64encode(alice.encode()).decode())[0] == 235
     initial.close()
-    for payload in (plain("bob", "hunter2-wrong"), plain("typed-in-the-name-field", "x")):  # failures
+    for payload in (plain_response("bob", "hunter2-wrong"), plain_response("typed-in-the-name-field", "x")):  # failures
         failed = session()
         assert failed.command(f"AUTH PLAIN {payload}")[0] == 535
         failed.close()

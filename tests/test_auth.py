@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import USERS, RunningServer, Session, write_users_file
+from conftest import USERS, RunningServer, Session, plain_response, write_users_file
 
 import server as server_module
 
@@ -20,12 +20,6 @@ ALICE_PLAIN = base64.b64encode(b"\0alice\0alice-password").decode()  # "AGFsaWNl
 
 def b64(raw: bytes | str) -> str:
     return base64.b64encode(raw.encode() if isinstance(raw, str) else raw).decode()
-
-
-def plain(user: bytes | str, password: bytes | str, authzid: bytes | str = "") -> str:
-    """The PLAIN response (RFC 4616): authzid NUL authcid NUL password, in base64."""
-    parts = [part.encode() if isinstance(part, str) else part for part in (authzid, user, password)]
-    return b64(b"\0".join(parts))
 
 
 @pytest.fixture
@@ -67,7 +61,7 @@ def test_plain_with_empty_challenge(greeted: Session) -> None:
 
 def test_plain_with_authzid_equal_to_the_user(greeted: Session) -> None:
     greeted.expect(f"""
-        C: AUTH PLAIN {plain("alice", "alice-password", authzid="alice")}
+        C: AUTH PLAIN {plain_response("alice", "alice-password", authzid="alice")}
         S: 235 *
     """)
 
@@ -75,7 +69,7 @@ def test_plain_with_authzid_equal_to_the_user(greeted: Session) -> None:
 def test_plain_with_another_authzid_is_refused(greeted: Session) -> None:
     """Alice's right password, asking to act as bob: 535, and the connection ends."""
     greeted.expect(f"""
-        C: AUTH PLAIN {plain("alice", "alice-password", authzid="bob")}
+        C: AUTH PLAIN {plain_response("alice", "alice-password", authzid="bob")}
         S: 535 *
     """)
     assert greeted.closed_by_server()
@@ -169,7 +163,7 @@ def test_smtplib_login_with_a_wrong_password(smtp_server: RunningServer) -> None
 )
 def test_wrong_credentials_end_the_connection(greeted: Session, user: str, password: str) -> None:
     greeted.expect(f"""
-        C: AUTH PLAIN {plain(user, password)}
+        C: AUTH PLAIN {plain_response(user, password)}
         S: 535 *
     """)
     assert greeted.closed_by_server()
@@ -215,7 +209,7 @@ def long_password_server(start_server: Callable[..., RunningServer], tmp_path: P
 def test_a_72_byte_password_works(long_password_server: RunningServer, connect) -> None:
     session = connect(long_password_server)
     session.command("EHLO client.test")
-    assert session.command(f"AUTH PLAIN {plain('dave', 'd' * 72)}")[0] == 235
+    assert session.command(f"AUTH PLAIN {plain_response('dave', 'd' * 72)}")[0] == 235
 
 
 def test_a_password_beyond_72_bytes_is_not_truncated(long_password_server: RunningServer, connect) -> None:
@@ -223,7 +217,7 @@ def test_a_password_beyond_72_bytes_is_not_truncated(long_password_server: Runni
     session = connect(long_password_server)
     session.command("EHLO client.test")
     session.expect(f"""
-        C: AUTH PLAIN {plain("dave", "d" * 73)}
+        C: AUTH PLAIN {plain_response("dave", "d" * 73)}
         S: 535 *
     """)
     assert session.closed_by_server()
@@ -246,7 +240,7 @@ def test_long_and_odd_passwords_get_535(greeted: Session, smtp_server: RunningSe
     greeted.expect(f"""
         C: AUTH PLAIN
         S: 334*
-        C: {plain("alice", password)}
+        C: {plain_response("alice", password)}
         S: 535 *
     """)
     assert greeted.closed_by_server()
@@ -272,7 +266,7 @@ def test_long_and_odd_passwords_with_login_get_535(greeted: Session, password: b
 def test_long_password_with_initial_response_gets_535(greeted: Session) -> None:
     """The 100-byte password fits in a 512-octet command line: 535, not a crash."""
     greeted.expect(f"""
-        C: AUTH PLAIN {plain("alice", "p" * 100)}
+        C: AUTH PLAIN {plain_response("alice", "p" * 100)}
         S: 535 *
     """)
     assert greeted.closed_by_server()
@@ -299,7 +293,7 @@ def test_odd_usernames_get_535(greeted: Session, user: bytes) -> None:
     greeted.expect(f"""
         C: AUTH PLAIN
         S: 334*
-        C: {plain(user, "alice-password")}
+        C: {plain_response(user, "alice-password")}
         S: 535 *
     """)
     assert greeted.closed_by_server()
@@ -311,7 +305,7 @@ def test_odd_usernames_get_535(greeted: Session, user: bytes) -> None:
 def long_plain_response(length: int) -> str:
     """A valid PLAIN response of exactly length base64 characters (a multiple of 4), for alice."""
     assert length % 4 == 0
-    return plain("alice", "w" * (length // 4 * 3 - len(b"\0alice\0")))
+    return plain_response("alice", "w" * (length // 4 * 3 - len(b"\0alice\0")))
 
 
 def test_auth_response_line_up_to_12288_octets_is_read(greeted: Session) -> None:
@@ -458,7 +452,7 @@ def test_auth_after_helo_works(session: Session) -> None:
     """)
 
 
-@pytest.mark.parametrize("second", [ALICE_PLAIN, plain("bob", "bob-password")])
+@pytest.mark.parametrize("second", [ALICE_PLAIN, plain_response("bob", "bob-password")])
 def test_auth_twice(logged_in: Session, second: str) -> None:
     logged_in.expect(f"""
         C: AUTH PLAIN {second}

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import RunningServer, Session, write_users_file
+from conftest import RunningServer, Session, dot_stuff, write_users_file
 
 USERS = {f"user{number}": f"password-{number}" for number in range(5)}
 SENDERS_PER_USER = 10  # 50 sending sessions in all
@@ -34,30 +34,11 @@ def identity(message: bytes) -> tuple[int, int]:
     return int(sender), int(number)
 
 
-def dot_stuff(message: bytes) -> bytes:
-    stuffed = message.replace(b"\r\n.", b"\r\n..")
-    return b"." + stuffed if stuffed.startswith(b".") else stuffed
-
-
 def open_session(server: RunningServer, user: str) -> Session:
     session = Session(server.host, server.port, timeout=TIME_LIMIT)
     assert session.read_reply()[0] == 220
     session.login(user, USERS[user])
     return session
-
-
-def retrieve(session: Session) -> list[bytes]:
-    """RETR: the messages as sent (CRLF ends, dots unstuffed)."""
-    code, text = session.command("RETR")
-    assert code == 250, text
-    messages = []
-    for _ in range(int(text[0].split()[0])):
-        lines = []
-        while (line := session.file.readline(100_000)) != b".\r\n":
-            assert line.endswith(b"\r\n"), f"RETR block cut short: {line!r}"
-            lines.append(line[1:] if line.startswith(b".") else line)
-        messages.append(b"".join(lines))
-    return messages
 
 
 def delete_all(session: Session) -> int:
@@ -112,7 +93,7 @@ def test_concurrent_send_retr_and_dele_of_the_same_users_lose_tear_and_duplicate
     def retrieve_repeatedly(user: str) -> None:
         session = open_session(server, user)
         while not senders_done.is_set() and time.monotonic() < deadline:
-            messages = retrieve(session)
+            messages = session.retr()
             seen = [identity(message) for message in messages]
             for message, (sender, number) in zip(messages, seen, strict=True):
                 assert message == message_text(user, sender, number), f"RETR of {user}: {sender}-{number} is torn"
@@ -146,7 +127,7 @@ def test_concurrent_send_retr_and_dele_of_the_same_users_lose_tear_and_duplicate
     for user in USERS:
         assert len(acknowledged[user]) == SENDERS_PER_USER * MESSAGES_PER_SENDER
         session = open_session(server, user)
-        remaining = retrieve(session)
+        remaining = session.retr()
         identities = [identity(message) for message in remaining]
         assert len(identities) == len(set(identities)), f"{user}: a message is stored twice"
         for message, (sender, number) in zip(remaining, identities, strict=True):
@@ -156,5 +137,5 @@ def test_concurrent_send_retr_and_dele_of_the_same_users_lose_tear_and_duplicate
             f"{user}: {len(acknowledged[user])} sent, DELE reported {sum(deleted[user])}, {len(remaining)} remain"
         )
         assert delete_all(session) == len(remaining)
-        assert retrieve(session) == []
+        assert session.retr() == []
         assert retrievals[user] > 0 and deleted[user], f"no RETR or DELE of {user} ran alongside the senders"

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RunningServer, ServerProcess, Session, wait_for
+from conftest import RunningServer, ServerProcess, Session, dot_stuff, wait_for
 
 import server as server_module
 
@@ -67,12 +67,6 @@ def tag_of(message: bytes) -> str:
     return first[len("Message-Id: <") : -len("@load.test>")]
 
 
-def dot_stuff(message: bytes) -> bytes:
-    """RFC 5321 4.5.2: double a leading dot on every line (message ends in CRLF)."""
-    stuffed = message.replace(b"\r\n.", b"\r\n..")
-    return b"." + stuffed if stuffed.startswith(b".") else stuffed
-
-
 def log_in(session: Session, user: str) -> None:
     session.read_reply()  # the greeting
     session.login(user)
@@ -90,25 +84,11 @@ def send_message(session: Session, message: bytes) -> tuple[int, list[str]]:
     return session.read_reply()
 
 
-def retrieve(session: Session) -> list[bytes]:
-    """RETR: the messages as their sender meant them (CRLF line ends, dots unstuffed)."""
-    code, text = session.command("RETR")
-    assert code == 250, text
-    messages = []
-    for _ in range(int(text[0].split()[0])):
-        lines = []
-        while (line := session.file.readline(2_000_000)) != b".\r\n":
-            assert line.endswith(b"\r\n"), f"RETR block cut short: {line[-80:]!r}"
-            lines.append(line[1:] if line.startswith(b".") else line)
-        messages.append(b"".join(lines))
-    return messages
-
-
 def retrieve_as(port: int, user: str) -> list[bytes]:
     session = Session("127.0.0.1", port)
     try:
         log_in(session, user)
-        return retrieve(session)
+        return session.retr()
     finally:
         session.close()
 
@@ -299,7 +279,7 @@ def test_tmp_leftovers_are_never_retrieved_and_are_removed_at_start_up(
     mailbox.Maildir(mailboxes / "bob", create=True)
     (mailboxes / "bob" / "tmp" / "1700000000.M000002P1Q000000002.crashed").write_bytes(torn)
 
-    assert retrieve(session) == [whole]
+    assert session.retr() == [whole]
     assert retrieve_as(running.port, "bob") == []
     session.close()
 
@@ -488,11 +468,11 @@ def test_storage_fault_is_answered_4xx_stores_nothing_and_the_session_goes_on(
     if fault.startswith("disk-full"):
         assert code == 452  # RFC 5321 4.2.2: insufficient system storage
 
-    assert retrieve(logged_in) == [before], "the refused message is visible"
+    assert logged_in.retr() == [before], "the refused message is visible"
     assert not leftovers(smtp_server.mailboxes_path), "the refused message was left in tmp/"
     # The same session goes on, and the server takes new connections.
     assert send_message(logged_in, after)[0] == 250
-    assert retrieve(logged_in) == [before, after]
+    assert logged_in.retr() == [before, after]
     other = connect()
     other.login("bob")
     assert other.command("NOOP")[0] == 250

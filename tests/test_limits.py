@@ -13,17 +13,6 @@ MAX_TEXT_LINE = 1000  # octets, CRLF included
 MAX_ERRORS = 10
 
 
-def start_data(session: Session) -> None:
-    session.expect("""
-        C: MAIL FROM:<alice@example.org>
-        S: 250 *
-        C: RCPT TO:<bob@example.org>
-        S: 250 *
-        C: DATA
-        S: 354 *
-    """)
-
-
 def line_of(length: int, start: str = "") -> bytes:
     """A line of exactly length octets, CRLF included."""
     return (start + "x" * (length - 2 - len(start))).encode() + b"\r\n"
@@ -86,7 +75,7 @@ def test_long_command_line_does_not_break_a_transaction(logged_in: Session, smtp
 
 
 def test_text_line_of_1000_octets_is_accepted(logged_in: Session, smtp_server: RunningServer) -> None:
-    start_data(logged_in)
+    logged_in.start_data()
     logged_in.send(line_of(MAX_TEXT_LINE) + b".\r\n")
     assert logged_in.read_reply()[0] == 250
     assert smtp_server.stored("alice") == [b"x" * 998 + b"\n"]
@@ -94,7 +83,7 @@ def test_text_line_of_1000_octets_is_accepted(logged_in: Session, smtp_server: R
 
 def test_text_line_of_1000_octets_after_unstuffing_is_accepted(logged_in: Session, smtp_server: RunningServer) -> None:
     """The doubled dot is transport, not text: 1001 octets on the wire, 1000 in the message."""
-    start_data(logged_in)
+    logged_in.start_data()
     logged_in.send(b"." + line_of(MAX_TEXT_LINE, ".") + b".\r\n")
     assert logged_in.read_reply()[0] == 250
     assert smtp_server.stored("alice") == [b"." + b"x" * 997 + b"\n"]
@@ -103,7 +92,7 @@ def test_text_line_of_1000_octets_after_unstuffing_is_accepted(logged_in: Sessio
 @pytest.mark.parametrize("length", [MAX_TEXT_LINE + 1, 2000, 1_000_000])
 def test_text_line_over_1000_octets(logged_in: Session, smtp_server: RunningServer, length: int) -> None:
     """500 once the data has ended; the lines after the long one are read as data, not as commands."""
-    start_data(logged_in)
+    logged_in.start_data()
     logged_in.send(b"Subject: long\r\n" + line_of(length) + b"QUIT\r\nafter\r\n.\r\n")
     logged_in.expect("""
         S: 500 *
@@ -117,17 +106,17 @@ def test_text_line_over_1000_octets(logged_in: Session, smtp_server: RunningServ
 
 
 def test_text_line_over_the_limit_ended_by_bare_lf(logged_in: Session, smtp_server: RunningServer) -> None:
-    start_data(logged_in)
+    logged_in.start_data()
     logged_in.send(b"y" * MAX_TEXT_LINE + b"\nend\r\n.\r\n")  # 1001 octets on the wire
     assert logged_in.read_reply()[0] == 500
     assert smtp_server.stored("alice") == []
 
 
 def test_send_again_after_a_refused_long_line(logged_in: Session, smtp_server: RunningServer) -> None:
-    start_data(logged_in)
+    logged_in.start_data()
     logged_in.send(line_of(5000) + b".\r\n")
     assert logged_in.read_reply()[0] == 500
-    start_data(logged_in)
+    logged_in.start_data()
     logged_in.send(b"short\r\n.\r\n")
     assert logged_in.read_reply()[0] == 250
     assert smtp_server.stored("alice") == [b"short\n"]
@@ -150,7 +139,7 @@ def small_session(small_server: RunningServer, connect: Callable[..., Session]) 
 
 def test_message_of_exactly_the_size_limit(small_session: Session, small_server: RunningServer) -> None:
     """The size counts CRLF line ends: ten lines of 100 octets make 1000."""
-    start_data(small_session)
+    small_session.start_data()
     small_session.send(line_of(100) * 10 + b".\r\n")
     assert small_session.read_reply()[0] == 250
     assert small_server.stored("alice") == [(b"x" * 98 + b"\n") * 10]
@@ -158,17 +147,17 @@ def test_message_of_exactly_the_size_limit(small_session: Session, small_server:
 
 def test_size_counts_the_message_after_unstuffing(small_session: Session, small_server: RunningServer) -> None:
     """1010 octets on the wire, 1000 once the ten doubled dots are undone."""
-    start_data(small_session)
+    small_session.start_data()
     small_session.send((b"." + line_of(100, ".")) * 10 + b".\r\n")
     assert small_session.read_reply()[0] == 250
 
 
 def test_size_counts_bare_lf_as_crlf(small_session: Session, small_server: RunningServer) -> None:
     """Ten 99-octet lines ended by a bare LF are 1000 octets as received with CRLF ends: accepted."""
-    start_data(small_session)
+    small_session.start_data()
     small_session.send((b"z" * 98 + b"\n") * 9 + b"z" * 98 + b"\r\n.\r\n")
     assert small_session.read_reply()[0] == 250
-    start_data(small_session)
+    small_session.start_data()
     small_session.send((b"z" * 98 + b"\n") * 10 + b"!\r\n.\r\n")  # one more line: 1003 octets
     assert small_session.read_reply()[0] == 552
 
@@ -183,7 +172,7 @@ OVERSIZED = {
 @pytest.mark.parametrize("body", OVERSIZED.values(), ids=OVERSIZED.keys())
 def test_message_over_the_size_limit(small_session: Session, small_server: RunningServer, body: bytes) -> None:
     """552 once the data has ended, nothing stored, and the rest of the data is not read as commands."""
-    start_data(small_session)
+    small_session.start_data()
     small_session.send(body + b".\r\n")
     small_session.expect("""
         S: 552 *
@@ -197,10 +186,10 @@ def test_message_over_the_size_limit(small_session: Session, small_server: Runni
 
 
 def test_send_again_after_a_refused_big_message(small_session: Session, small_server: RunningServer) -> None:
-    start_data(small_session)
+    small_session.start_data()
     small_session.send(line_of(100) * 20 + b".\r\n")
     assert small_session.read_reply()[0] == 552
-    start_data(small_session)
+    small_session.start_data()
     small_session.send(b"small\r\n.\r\n")
     assert small_session.read_reply()[0] == 250
     assert small_server.stored("alice") == [b"small\n"]
@@ -344,7 +333,7 @@ def test_idle_while_answering_an_auth_challenge(
 def test_idle_in_the_middle_of_data(impatient_server: RunningServer, connect: Callable[..., Session]) -> None:
     session = connect(impatient_server)
     session.login()
-    start_data(session)
+    session.start_data()
     session.send("Subject: never finished\r\n")
     session.expect("""
         S: 421 mail.test *

@@ -29,21 +29,6 @@ def send_message(
     return session.read_reply()
 
 
-def retrieve(session: Session) -> list[bytes]:
-    """RETR; return each message as DATA sent it (CRLF ends), with the dot-stuffing undone."""
-    code, lines = session.command("RETR")
-    assert code == 250 and len(lines) == 1, lines
-    count = int(lines[0].split()[0])
-    messages = []
-    for _ in range(count):
-        block = []
-        while (line := session.file.readline(100_000)) != b".\r\n":
-            assert line.endswith(b"\r\n"), f"RETR line not ended by CRLF: {line!r}"
-            block.append(line[1:] if line.startswith(b".") else line)
-        messages.append(b"".join(block))
-    return messages
-
-
 def maildir_listing(server: RunningServer, user: str) -> dict[str, list[str]]:
     root = server.mailboxes_path / user
     return {sub: sorted(p.name for p in (root / sub).iterdir()) for sub in ("tmp", "new", "cur")}
@@ -403,7 +388,7 @@ def test_only_crlf_dot_crlf_ends_the_data(logged_in: Session, smtp_server: Runni
 def test_bare_lf_elsewhere_is_a_line_end(logged_in: Session, smtp_server: RunningServer) -> None:
     assert send_message(logged_in, b"Subject: bare\n\nline one\nline two\r\n")[0] == 250
     assert smtp_server.stored("alice") == [b"Subject: bare\n\nline one\nline two\n"]
-    assert retrieve(logged_in) == [b"Subject: bare\r\n\r\nline one\r\nline two\r\n"]
+    assert logged_in.retr() == [b"Subject: bare\r\n\r\nline one\r\nline two\r\n"]
 
 
 def test_leading_dot_after_bare_lf_is_unstuffed(logged_in: Session, smtp_server: RunningServer) -> None:
@@ -416,7 +401,7 @@ def test_message_with_several_recipients_is_stored_once(logged_in: Session, smtp
     assert send_message(logged_in, b"to many\r\n", recipients=recipients)[0] == 250
     assert smtp_server.stored("alice") == [b"to many\n"]
     assert not (smtp_server.mailboxes_path / "bob").exists()  # stored for the sender, not per recipient
-    assert retrieve(logged_in) == [b"to many\r\n"]
+    assert logged_in.retr() == [b"to many\r\n"]
 
 
 def test_same_recipient_twice_stores_once(logged_in: Session, smtp_server: RunningServer) -> None:
@@ -431,7 +416,7 @@ def test_eight_bit_body(logged_in: Session, smtp_server: RunningServer) -> None:
     assert logged_in.command("DATA")[0] == 354
     logged_in.send(body + b".\r\n")
     assert logged_in.read_reply()[0] == 250
-    assert retrieve(logged_in) == [body]
+    assert logged_in.retr() == [body]
 
 
 def test_250_only_once_the_message_is_in_new(
@@ -542,7 +527,7 @@ def test_retr_count_line_for_one_message(logged_in: Session) -> None:
 def test_retr_oldest_first(logged_in: Session) -> None:
     for number in range(5):
         send_message(logged_in, f"Subject: {number}\r\n\r\nmessage {number}\r\n".encode())
-    assert retrieve(logged_in) == [f"Subject: {n}\r\n\r\nmessage {n}\r\n".encode() for n in range(5)]
+    assert logged_in.retr() == [f"Subject: {n}\r\n\r\nmessage {n}\r\n".encode() for n in range(5)]
 
 
 def test_retr_shows_only_the_users_own_messages(smtp_server: RunningServer, connect) -> None:
@@ -551,8 +536,8 @@ def test_retr_shows_only_the_users_own_messages(smtp_server: RunningServer, conn
     bob.login("bob")
     send_message(alice, b"from alice\r\n", recipients=["bob@example.org"])
     send_message(bob, b"from bob\r\n", sender="bob@example.org")
-    assert retrieve(alice) == [b"from alice\r\n"]
-    assert retrieve(bob) == [b"from bob\r\n"]
+    assert alice.retr() == [b"from alice\r\n"]
+    assert bob.retr() == [b"from bob\r\n"]
 
 
 ROUND_TRIP = {
@@ -574,7 +559,7 @@ ROUND_TRIP = {
 def test_retr_returns_exactly_what_data_accepted(logged_in: Session, message: bytes) -> None:
     wire = b"".join(b"." + line if line.startswith(b".") else line for line in message.splitlines(keepends=True))
     assert send_message(logged_in, wire)[0] == 250
-    assert retrieve(logged_in) == [message]
+    assert logged_in.retr() == [message]
 
 
 def test_round_trip_with_smtplib(smtp_server: RunningServer) -> None:
@@ -647,4 +632,4 @@ def test_sending_after_dele(logged_in: Session) -> None:
     send_message(logged_in, b"old\r\n")
     assert logged_in.command("DELE")[0] == 250
     send_message(logged_in, b"new\r\n")
-    assert retrieve(logged_in) == [b"new\r\n"]
+    assert logged_in.retr() == [b"new\r\n"]
