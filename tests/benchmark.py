@@ -1,0 +1,1038 @@
+"""Load benchmark of server.py: a whole class at once, measured from outside (issue 6).
+
+    python tests/benchmark.py                                  # all six scenarios, bcrypt cost 12
+    python tests/benchmark.py --scenario small --compare aiosmtpd --repeat 3
+    python tests/benchmark.py --scenario small --rounds 4 --compare aiosmtpd
+    python tests/benchmark.py --scenario small --host 127.0.0.1 --port 2525 --user alice --password wonderland
+
+Each measurement starts `python server.py --port 0` as a child process, with a
+temporary users file (one account per connection, bcrypt cost --rounds) and
+mailboxes, so that its CPU time and memory can be read from /proc/PID. The load
+comes from several client processes, because on two cores one Python process
+would measure itself rather than the server.
+
+Scenarios (--connections, --messages and --size override their numbers):
+  1 small  20 connections x 50 messages of 2 KiB: messages/s, latency MAIL -> 250 after DATA
+  2 large  the same with 100 KiB messages: MiB/s
+  3 login  50 clients log in at once, then send one message each: login latency
+  4 burst  1000 connections opened at once, held idle, then each sends NOOP: all greeted? RSS
+  5 huge   one 100 MiB message, with the size limit raised: MiB/s, RSS growth
+  6 retr   RETR of a mailbox of 1000 messages of 2 KiB: seconds
+
+--compare aiosmtpd also runs scenarios 1 and 2 against tests/aiosmtpd_baseline.py,
+alternating with server.py run by run, and prints the ratios. --server runs a changed
+copy of server.py instead, to measure a change before making it.
+
+Exit status: 0 all measured; 1 some sessions failed (see the errors column);
+2 a server could not be started; 3 --compare aiosmtpd was asked for but aiosmtpd
+is not installed (server.py was still measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import dataclasses
+import importlib.metadata
+import json
+import math
+import multiprocessing
+import os
+import platform
+import queue
+import re
+import resource
+import selectors
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_SCRIPT = ROOT / "server.py"
+BASELINE_SCRIPT = Path(__file__).resolve().with_name("aiosmtpd_baseline.py")
+OURS = "server.py"
+AIOSMTPD = "aiosmtpd"
+
+KIB = 1024
+MIB = 1024 * 1024
+PASSWORD = "class-password"
+SENDER = b"MAIL FROM:<student@example.org>\r\n"
+RECIPIENT = b"RCPT TO:<teacher@example.org>\r\n"
+
+EXIT_SESSION_ERRORS = 1
+EXIT_NOT_STARTED = 2
+EXIT_NO_AIOSMTPD = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    number: int
+    name: str
+    title: str
+    connections: int
+    messages: int  # per connection; for retr, the mailbox size
+    size: int
+    comparable: bool = False  # run against aiosmtpd too with --compare
+
+
+SCENARIOS = [
+    Scenario(1, "small", "many small messages", 20, 50, 2 * KIB, comparable=True),
+    Scenario(2, "large", "100 KiB messages", 20, 50, 100 * KIB, comparable=True),
+    Scenario(3, "login", "login storm", 50, 1, 2 * KIB),
+    Scenario(4, "burst", "connection burst, held idle, then NOOP", 1000, 0, 0),
+    Scenario(5, "huge", "one huge message", 1, 1, 100 * MIB),
+    Scenario(6, "retr", "RETR of a big mailbox", 1, 1000, 2 * KIB),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Load:
+    """A scenario's numbers after the command line's overrides."""
+
+    scenario: Scenario
+    connections: int
+    messages: int
+    size: int
+    rounds: int
+
+
+@dataclasses.dataclass
+class Result:
+    """One measurement of one scenario on one server; None where a figure does not apply."""
+
+    scenario: str
+    server: str
+    rounds: int
+    connections: int
+    size: int
+    messages: int  # messages stored (or retrieved, for retr)
+    seconds: float
+    messages_per_second: float | None
+    mib_per_second: float | None
+    latency_ms: dict[str, float] | None  # p50, p90, p99
+    login_ms: dict[str, float] | None  # p50, p99
+    server_cpu_seconds: float | None
+    server_cpu_user_system: tuple[float, float] | None  # user vs kernel: Python work or system calls?
+    cpu_seconds_per_1000: float | None
+    peak_rss_mib: float | None
+    client_cpu_seconds: float
+    errors: int
+    error_samples: list[str]
+    notes: dict[str, Any]
+    summary: str  # the notes in words, for the table
+
+
+class BenchmarkError(Exception):
+    """A measurement could not be made (server did not start, clients hung)."""
+
+
+class ServerNotStarted(BenchmarkError):
+    pass
+
+
+class ProtocolError(Exception):
+    """The server answered something else than the benchmark expects."""
+
+
+# ----------------------------------------------------------------- the server, watched
+
+
+class ProcessMonitor:
+    """CPU time and memory of a running process, from /proc/PID (Linux)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu_times(self) -> tuple[float, float]:
+        """(utime, stime): what the server spent in Python and C, and in the kernel; all threads."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        return int(fields[11]) / self._ticks, int(fields[12]) / self._ticks  # fields 14 and 15 of proc(5)
+
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_times())
+
+    def status(self, field: str) -> int:
+        """A number from /proc/PID/status (VmRSS and VmHWM in KiB, Threads)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise KeyError(field)
+
+    def rss_mib(self) -> float:
+        return self.status("VmRSS") / KIB
+
+    def peak_rss_mib(self) -> float:
+        return self.status("VmHWM") / KIB
+
+    def reset_peak(self) -> bool:
+        """Reset VmHWM to the current RSS (proc(5) clear_refs 5), so a peak belongs to this scenario."""
+        try:
+            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        except OSError:
+            return False
+        return True
+
+
+class ServerProcess:
+    """A server run as `python SCRIPT --port 0 ...`; its log goes to a file, so a full pipe can't block it."""
+
+    start_timeout = 30.0  # seconds: imports, plus one bcrypt hash at the accounts' cost
+
+    def __init__(self, name: str, command: list[str], log_path: Path) -> None:
+        self.name = name
+        self.command = command
+        self.log_path = log_path
+        self.port = 0
+
+    def __enter__(self) -> ServerProcess:
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=ROOT)
+        self.monitor = ProcessMonitor(self.process.pid)
+        try:
+            self.port = self._wait_for_port()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _wait_for_port(self) -> int:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            match = re.search(r"serving on (\S+):(\d+)", self.log_path.read_text(errors="replace"))
+            if match:
+                return int(match[2])
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise ServerNotStarted(f"{self.name} did not start:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """SIGTERM as Ctrl-C would, then kill if it takes longer than the server's promised grace."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclasses.dataclass
+class Target:
+    """Where the clients connect, and as whom."""
+
+    name: str
+    host: str
+    port: int
+    users: list[str]
+    password: str
+    monitor: ProcessMonitor | None
+
+
+_hash_cache: dict[int, str] = {}
+
+
+def write_users_file(path: Path, names: list[str], rounds: int) -> None:
+    """All accounts share one hash of PASSWORD: each check still costs the full bcrypt work."""
+    if rounds not in _hash_cache:
+        _hash_cache[rounds] = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds)).decode()
+    path.write_text("".join(f"{name}:{_hash_cache[rounds]}\n" for name in names))
+
+
+def account_names(count: int) -> list[str]:
+    return [f"student{number:04d}" for number in range(max(count, 1))]
+
+
+@contextlib.contextmanager
+def started_target(kind: str, load: Load, args: argparse.Namespace, work: Path) -> Iterator[Target]:
+    """Start server.py or the aiosmtpd baseline in work/ (or use --host/--port); stop it afterwards."""
+    if kind == OURS and args.port:
+        monitor = ProcessMonitor(args.pid) if args.pid else None
+        yield Target(f"{args.host}:{args.port}", args.host, args.port, args.user, args.password, monitor)
+        return
+    accounts = account_names(load.connections if load.messages else 1)
+    users_path = work / "users.txt"
+    write_users_file(users_path, accounts, load.rounds)
+    limit = max(10 * MIB, load.size + MIB)  # the huge message needs the limit raised
+    common = ["--host", "127.0.0.1", "--port", "0", "--users", str(users_path)]
+    common += ["--mailboxes", str(work / "mailboxes"), "--max-message-size", str(limit)]
+    if kind == OURS:
+        connections = str(max(100, load.connections + 10))
+        extra = ["--hostname", "bench.test", "--max-connections", connections, "--max-connections-per-ip", connections]
+        command = [sys.executable, str(args.server), *common, *extra]
+    else:
+        command = [sys.executable, str(BASELINE_SCRIPT), *common]
+    with ServerProcess(kind, command, work / "server.log") as server:
+        yield Target(kind, "127.0.0.1", server.port, accounts, PASSWORD, server.monitor)
+
+
+# ----------------------------------------------------------------------- the clients
+
+
+class Client:
+    """A minimal blocking SMTP client: less work per message than smtplib, so the server is measured."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.file = self.sock.makefile("rb")
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def reply(self) -> tuple[int, bytes]:
+        """Read one reply, multi-line or not: (code, last line)."""
+        while True:
+            line = self.file.readline(8192)
+            if not line:
+                raise ProtocolError("the server closed the connection")
+            if line[3:4] != b"-":
+                return int(line[:3]), line
+
+    def expect(self, command: bytes, code: int) -> bytes:
+        if command:
+            self.sock.sendall(command)
+        got, line = self.reply()
+        if got != code:
+            verb = command.split(b" ")[0].strip() or b"greeting"
+            raise ProtocolError(f"{verb.decode()}: expected {code}, got {line.decode(errors='replace').strip()}")
+        return line
+
+    def login(self, user: str, password: str) -> float:
+        """Greeting, EHLO, AUTH PLAIN; return the seconds from AUTH to its 235."""
+        self.expect(b"", 220)
+        self.expect(b"EHLO bench.client\r\n", 250)
+        token = base64.b64encode(f"\0{user}\0{password}".encode())
+        started = time.monotonic()
+        self.expect(b"AUTH PLAIN " + token + b"\r\n", 235)
+        return time.monotonic() - started
+
+    def send(self, payload: bytes) -> float:
+        """One transaction as smtplib does it, without pipelining; the seconds from MAIL to the 250 after DATA."""
+        started = time.monotonic()
+        self.expect(SENDER, 250)
+        self.expect(RECIPIENT, 250)
+        self.expect(b"DATA\r\n", 354)
+        self.expect(payload, 250)
+        return time.monotonic() - started
+
+
+def make_message(size: int) -> bytes:
+    """A message of about size octets as sent (CRLF lines of 78 octets, none starting with a dot)."""
+    head = b"From: <student@example.org>\r\nTo: <teacher@example.org>\r\nSubject: benchmark\r\n\r\n"
+    line = b"The quick brown fox jumps over the lazy dog; pack my box with five dozen jugs\r\n"
+    body = line * max(0, (size - len(head)) // len(line))
+    rest = size - len(head) - len(body)
+    tail = b"x" * (rest - 2) + b"\r\n" if rest >= 2 else b""
+    return head + body + tail
+
+
+@dataclasses.dataclass
+class Channel:
+    """A client process's side of the Fleet: report, and wait for the next phase."""
+
+    index: int
+    reports: multiprocessing.Queue[tuple[str, Any]]
+    go: Any  # multiprocessing.Event: start now
+    proceed: Any  # multiprocessing.Event: the burst may send NOOP
+    timeout: float
+
+    def report(self, kind: str, payload: object = None) -> None:
+        self.reports.put((kind, payload))
+
+    def wait(self, event: Any) -> None:
+        if not event.wait(self.timeout):
+            raise BenchmarkError("the benchmark never gave the signal")
+
+
+def _client_process(worker: Callable[[Any, Channel], None], job: object, channel: Channel) -> None:
+    try:
+        worker(job, channel)
+    except BaseException:
+        channel.report("failed", traceback.format_exc())
+
+
+class Fleet:
+    """Client processes that start together when released, and are always stopped."""
+
+    def __init__(self, worker: Callable[[Any, Channel], None], jobs: list[Any], timeout: float) -> None:
+        # fork: the jobs and the worker need no pickling, and the parent has no threads to copy.
+        context = multiprocessing.get_context("fork")
+        self.reports: multiprocessing.Queue[tuple[str, Any]] = context.Queue()
+        self.go, self.proceed = context.Event(), context.Event()
+        self.deadline = time.monotonic() + timeout
+        self.processes = [
+            context.Process(
+                target=_client_process,
+                args=(worker, job, Channel(index, self.reports, self.go, self.proceed, timeout)),
+                daemon=True,
+            )
+            for index, job in enumerate(jobs)
+        ]
+
+    def __enter__(self) -> Fleet:
+        try:
+            for process in self.processes:
+                process.start()
+            self.collect("ready")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def release(self) -> float:
+        """Let every client start at once; return the moment (time.monotonic is system-wide on Linux)."""
+        started = time.monotonic()
+        self.go.set()
+        return started
+
+    def collect(self, kind: str) -> list[Any]:
+        """Wait for one report of kind from every process, within the fleet's deadline."""
+        payloads: list[Any] = []
+        while len(payloads) < len(self.processes):
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise BenchmarkError(f"client processes did not report {kind!r} in time")
+            try:
+                got, payload = self.reports.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
+                if not any(process.is_alive() for process in self.processes):
+                    raise BenchmarkError("client processes ended without reporting") from None
+                continue
+            if got == "failed":
+                raise BenchmarkError(f"a client process failed:\n{payload}")
+            payloads.append(payload)
+        return payloads
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.go.set()  # a process still waiting must not wait out its timeout
+        self.proceed.set()
+        for process in self.processes:
+            if process.pid is None:  # never started
+                continue
+            process.join(5)
+            if process.is_alive():
+                process.terminate()
+                process.join(2)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+def split(items: list[Any], parts: int) -> list[list[Any]]:
+    """Deal items round-robin into at most parts non-empty lists."""
+    hands = [items[start::parts] for start in range(max(1, min(parts, len(items))))]
+    return [hand for hand in hands if hand]
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclasses.dataclass(frozen=True)
+class SendJob:
+    host: str
+    port: int
+    password: str
+    timeout: float
+    sessions: list[tuple[str, int]]  # (user, messages) for each connection
+    size: int
+
+
+def send_worker(job: SendJob, channel: Channel) -> None:
+    """One thread per connection: log in, send the messages one after the other, quit."""
+    payload = make_message(job.size) + b".\r\n"  # built before the start: not part of the measurement
+    outcome: dict[str, Any] = {"latencies": [], "logins": [], "login_ends": [], "ends": [], "errors": []}
+    channel.report("ready")
+    channel.wait(channel.go)
+    threads = [
+        threading.Thread(target=_send_session, args=(job, user, count, payload, outcome), daemon=True)
+        for user, count in job.sessions
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + channel.timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if any(thread.is_alive() for thread in threads):
+        outcome["errors"].append("a session was still running at the client's deadline")
+    outcome["cpu"] = _own_cpu_seconds()
+    channel.report("done", outcome)
+
+
+def _send_session(job: SendJob, user: str, count: int, payload: bytes, outcome: dict[str, Any]) -> None:
+    try:
+        with Client(job.host, job.port, job.timeout) as client:
+            outcome["logins"].append(client.login(user, job.password))
+            outcome["login_ends"].append(time.monotonic())
+            for _ in range(count):
+                outcome["latencies"].append(client.send(payload))
+            client.expect(b"QUIT\r\n", 221)
+    except (OSError, ProtocolError) as error:
+        outcome["errors"].append(f"{user}: {error}")
+    finally:
+        outcome["ends"].append(time.monotonic())
+
+
+@dataclasses.dataclass(frozen=True)
+class BurstJob:
+    host: str
+    port: int
+    connections: int
+    timeout: float
+
+
+def burst_worker(job: BurstJob, channel: Channel) -> None:
+    """Open all connections as fast as possible, read the greetings, hold, then NOOP and QUIT on each."""
+    outcome: dict[str, Any] = {"errors": [], "latencies": []}
+    channel.report("ready")
+    channel.wait(channel.go)
+    sockets = _open_many(job, outcome["errors"])
+    greetings = read_lines(sockets, time.monotonic() + job.timeout)
+    greeted = [sock for sock in sockets if greetings.get(sock, (b"", 0.0))[0].startswith(b"220")]
+    refused = sum(greetings.get(sock, (b"", 0.0))[0].startswith(b"421") for sock in sockets)
+    last_greeting = max((when for _, when in greetings.values()), default=time.monotonic())
+    channel.report("held", {"greeted": len(greeted), "refused": refused, "last_greeting": last_greeting})
+    channel.wait(channel.proceed)
+    sent_at = {}
+    for sock in greeted:
+        sent_at[sock] = time.monotonic()
+        sock.sendall(b"NOOP\r\n")
+    replies = read_lines(greeted, time.monotonic() + job.timeout)
+    answered = [sock for sock in greeted if replies.get(sock, (b"", 0.0))[0].startswith(b"250")]
+    outcome["latencies"] = [replies[sock][1] - sent_at[sock] for sock in answered]
+    for sock in answered:
+        sock.sendall(b"QUIT\r\n")
+    read_lines(answered, time.monotonic() + job.timeout)  # the 221s, so that the server closes first
+    for sock in sockets:
+        sock.close()
+    lost = len(sockets) - len(greeted) - refused
+    if lost or refused or len(answered) < len(greeted):
+        unanswered = len(greeted) - len(answered)
+        outcome["errors"].append(f"{refused} refused, {lost} not greeted, {unanswered} NOOP unanswered")
+    outcome.update(connected=len(sockets), greeted=len(greeted), refused=refused, noop_ok=len(answered))
+    outcome["cpu"] = _own_cpu_seconds()
+    channel.report("done", outcome)
+
+
+def _open_many(job: BurstJob, errors: list[str]) -> list[socket.socket]:
+    sockets = []
+    for _ in range(job.connections):
+        try:
+            sockets.append(socket.create_connection((job.host, job.port), timeout=job.timeout))
+        except OSError as error:
+            errors.append(f"connect: {error}")
+    return sockets
+
+
+def read_lines(sockets: list[socket.socket], deadline: float) -> dict[socket.socket, tuple[bytes, float]]:
+    """Read one line from each socket, all at once; {socket: (line, arrival time)}. EOF gives b""."""
+    pending: dict[socket.socket, bytes] = {sock: b"" for sock in sockets}
+    lines: dict[socket.socket, tuple[bytes, float]] = {}
+    with selectors.DefaultSelector() as selector:
+        for sock in sockets:
+            selector.register(sock, selectors.EVENT_READ)
+        while pending and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=min(1.0, max(0.0, deadline - time.monotonic()))):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                try:
+                    chunk = sock.recv(4096)
+                except OSError:
+                    chunk = b""
+                pending[sock] += chunk
+                if not chunk or b"\n" in pending[sock]:
+                    lines[sock] = (pending.pop(sock), time.monotonic())
+                    selector.unregister(sock)
+    return lines
+
+
+# ------------------------------------------------------------------------- statistics
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile: the smallest value with at least fraction of the values at or below it."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def milliseconds(values: list[float], points: tuple[int, ...]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {f"p{point}": round(percentile(values, point / 100) * 1000, 1) for point in points}
+
+
+@dataclasses.dataclass
+class Usage:
+    """The server's CPU and memory around one measurement."""
+
+    monitor: ProcessMonitor | None
+    cpu_before: tuple[float, float] = (0.0, 0.0)
+    rss_before: float = 0.0
+
+    def start(self) -> None:
+        if self.monitor:
+            self.monitor.reset_peak()
+            self.cpu_before = self.monitor.cpu_times()
+            self.rss_before = self.monitor.rss_mib()
+
+    def cpu(self) -> tuple[float, float] | None:
+        """(user, system) seconds since start()."""
+        if not self.monitor:
+            return None
+        user, system = self.monitor.cpu_times()
+        return round(user - self.cpu_before[0], 2), round(system - self.cpu_before[1], 2)
+
+    def peak(self) -> float | None:
+        return round(self.monitor.peak_rss_mib(), 1) if self.monitor else None
+
+
+def make_result(
+    load: Load,
+    target: Target,
+    usage: Usage,
+    outcomes: list[dict[str, Any]],
+    *,
+    messages: int,
+    octets: int | None,
+    seconds: float,
+    notes: dict[str, Any],
+    summary: str,
+) -> Result:
+    """Merge the client processes' outcomes with the server's usage into one Result."""
+    errors = [error for outcome in outcomes for error in outcome["errors"]]
+    user_system = usage.cpu()
+    cpu = round(sum(user_system), 2) if user_system else None
+    return Result(
+        scenario=load.scenario.name,
+        server=target.name,
+        rounds=load.rounds,
+        connections=load.connections,
+        size=load.size,
+        messages=messages,
+        seconds=round(seconds, 6),
+        messages_per_second=round(messages / seconds, 1) if messages and seconds else None,
+        mib_per_second=round(octets / MIB / seconds, 2) if octets is not None and seconds else None,
+        latency_ms=milliseconds([x for outcome in outcomes for x in outcome["latencies"]], (50, 90, 99)),
+        login_ms=milliseconds([x for outcome in outcomes for x in outcome.get("logins", [])], (50, 99)),
+        server_cpu_seconds=cpu,
+        server_cpu_user_system=user_system,
+        cpu_seconds_per_1000=round(cpu / messages * 1000, 2) if cpu is not None and messages else None,
+        peak_rss_mib=usage.peak(),
+        client_cpu_seconds=round(sum(outcome.get("cpu", 0.0) for outcome in outcomes), 2),
+        errors=len(errors),
+        error_samples=errors[:5],
+        notes=notes,
+        summary=summary,
+    )
+
+
+# -------------------------------------------------------------------------- scenarios
+
+
+def drive_senders(
+    target: Target, sessions: list[tuple[str, int]], size: int, args: argparse.Namespace
+) -> tuple[float, list[dict[str, Any]]]:
+    """Run the sessions from --processes client processes; return (start time, outcomes)."""
+    jobs = [
+        SendJob(target.host, target.port, target.password, args.timeout, hand, size)
+        for hand in split(sessions, args.processes)
+    ]
+    with Fleet(send_worker, jobs, args.max_seconds) as fleet:
+        started = fleet.release()
+        return started, fleet.collect("done")
+
+
+def run_send(load: Load, target: Target, args: argparse.Namespace) -> Result:
+    """Scenarios 1, 2, 3 and 5: every connection logs in and sends its messages."""
+    sessions = [(target.users[number % len(target.users)], load.messages) for number in range(load.connections)]
+    usage = Usage(target.monitor)
+    usage.start()
+    started, outcomes = drive_senders(target, sessions, load.size, args)
+    seconds = max(end for outcome in outcomes for end in outcome["ends"]) - started
+    messages = sum(len(outcome["latencies"]) for outcome in outcomes)
+    login_ends = [end for outcome in outcomes for end in outcome["login_ends"]]
+    notes: dict[str, Any] = {"all_logged_in_s": round(max(login_ends) - started, 3) if login_ends else None}
+    summary = f"all logged in after {notes['all_logged_in_s']} s"
+    if load.scenario.name == "huge":  # the rate of the transfer itself (MAIL to 250), not of the login
+        seconds = sum(x for outcome in outcomes for x in outcome["latencies"]) or seconds
+        growth = round(usage.monitor.peak_rss_mib() - usage.rss_before, 1) if usage.monitor else None
+        notes["rss_growth_mib"] = growth
+        summary = f"stored in {seconds:.2f} s (MAIL to 250), RSS growth {growth} MiB"
+    octets = messages * load.size
+    figures = {"messages": messages, "octets": octets, "seconds": seconds, "notes": notes, "summary": summary}
+    return make_result(load, target, usage, outcomes, **figures)
+
+
+def run_burst(load: Load, target: Target, args: argparse.Namespace) -> Result:
+    """Scenario 4: open every connection at once, hold them, read the RSS, then NOOP on each."""
+    jobs = [
+        BurstJob(target.host, target.port, len(hand), args.timeout)
+        for hand in split(list(range(load.connections)), args.processes)
+    ]
+    usage = Usage(target.monitor)
+    usage.start()
+    with Fleet(burst_worker, jobs, args.max_seconds) as fleet:
+        started = fleet.release()
+        held = fleet.collect("held")
+        time.sleep(args.hold)  # idle sessions: what do they cost while nothing happens?
+        rss_held = round(target.monitor.rss_mib(), 1) if target.monitor else None
+        threads_held = target.monitor.status("Threads") if target.monitor else None
+        fleet.proceed.set()
+        outcomes = fleet.collect("done")
+    greeted = sum(outcome["greeted"] for outcome in outcomes)
+    noop_ok = sum(outcome["noop_ok"] for outcome in outcomes)
+    all_greeted_s = round(max(report["last_greeting"] for report in held) - started, 3)
+    notes = {
+        "greeted": greeted,
+        "refused": sum(outcome["refused"] for outcome in outcomes),
+        "noop_ok": noop_ok,
+        "greeted_within_s": all_greeted_s,
+        "rss_held_mib": rss_held,
+        "threads_held": threads_held,
+    }
+    summary = f"greeted {greeted}/{load.connections} in {all_greeted_s} s, NOOP {noop_ok}, RSS held {rss_held} MiB"
+    figures = {"messages": 0, "octets": None, "seconds": all_greeted_s, "notes": notes, "summary": summary}
+    return make_result(load, target, usage, outcomes, **figures)
+
+
+def run_retr(load: Load, target: Target, args: argparse.Namespace) -> Result:
+    """Scenario 6: fill one mailbox (DELE first, for a running server), then time one RETR."""
+    user, count = target.users[0], load.messages
+    with Client(target.host, target.port, args.timeout) as client:
+        client.login(user, target.password)
+        client.expect(b"DELE\r\n", 250)
+    fillers = min(10, count)  # ten sessions fill it faster than one; all as the same user
+    sessions = [(user, count // fillers + (number < count % fillers)) for number in range(fillers)]
+    if sessions:
+        _, filled = drive_senders(target, sessions, load.size, args)
+        errors = [error for outcome in filled for error in outcome["errors"]]
+        if errors:
+            raise BenchmarkError(f"could not fill the mailbox: {errors[:3]}")
+    usage = Usage(target.monitor)
+    usage.start()
+    outcome: dict[str, Any] = {"errors": [], "latencies": [], "logins": [], "cpu": 0.0}
+    with Client(target.host, target.port, args.timeout) as client:
+        outcome["logins"].append(client.login(user, target.password))
+        started = time.monotonic()
+        received, octets = retrieve_all(client)
+        seconds = time.monotonic() - started
+    outcome["latencies"].append(seconds)
+    if received != count:
+        outcome["errors"].append(f"RETR gave {received} messages, expected {count}")
+    notes: dict[str, Any] = {"retr_s": round(seconds, 3), "retrieved": received}
+    if usage.monitor:
+        notes["rss_growth_mib"] = round(usage.monitor.peak_rss_mib() - usage.rss_before, 1)
+    summary = f"RETR of {received} messages in {seconds:.3f} s, RSS growth {notes.get('rss_growth_mib')} MiB"
+    figures = {"messages": received, "octets": octets, "seconds": seconds, "notes": notes, "summary": summary}
+    return make_result(load, target, usage, [outcome], **figures)
+
+
+def retrieve_all(client: Client) -> tuple[int, int]:
+    """Send RETR and read every block up to its "." line; return (messages, octets)."""
+    line = client.expect(b"RETR\r\n", 250)
+    expected = int(line[4:].split()[0])
+    received = octets = 0
+    while received < expected:
+        line = client.file.readline(MIB)
+        if not line:
+            raise ProtocolError("the server closed the connection during RETR")
+        octets += len(line)
+        received += line == b".\r\n"  # content lines starting with a dot come doubled, so this ends a block
+    return received, octets
+
+
+RUNNERS: dict[str, Callable[[Load, Target, argparse.Namespace], Result]] = {
+    "small": run_send,
+    "large": run_send,
+    "login": run_send,
+    "burst": run_burst,
+    "huge": run_send,
+    "retr": run_retr,
+}
+
+
+def measure(scenario: Scenario, kind: str, args: argparse.Namespace) -> Result:
+    load = Load(
+        scenario,
+        args.connections or scenario.connections,
+        args.messages if args.messages is not None else scenario.messages,
+        args.size or scenario.size,
+        args.rounds,
+    )
+    if scenario.name == "huge":  # one message on one connection by design
+        load = dataclasses.replace(load, connections=1, messages=1)
+    if scenario.name == "retr":  # one RETR; --messages is the mailbox's size
+        load = dataclasses.replace(load, connections=1)
+    if scenario.name == "burst":
+        load = dataclasses.replace(load, messages=0, size=0)
+    log(
+        f"{scenario.number} {scenario.name} ({scenario.title}) on {kind}: {load.connections} connections, "
+        f"{load.messages} messages of {load.size} octets, bcrypt cost {load.rounds}"
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="smtp-bench-", dir=args.workdir) as work,
+        started_target(kind, load, args, Path(work)) as target,
+    ):
+        return RUNNERS[scenario.name](load, target, args)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+    return str(value)
+
+
+COLUMNS = [
+    ("scenario", lambda r: r.scenario),
+    ("server", lambda r: r.server),
+    ("cost", lambda r: r.rounds),
+    ("conns", lambda r: r.connections),
+    ("size", lambda r: r.size),
+    ("msgs", lambda r: r.messages),
+    ("secs", lambda r: r.seconds),
+    ("msgs/s", lambda r: r.messages_per_second),
+    ("MiB/s", lambda r: r.mib_per_second),
+    ("p50 ms", lambda r: (r.latency_ms or {}).get("p50")),
+    ("p90 ms", lambda r: (r.latency_ms or {}).get("p90")),
+    ("p99 ms", lambda r: (r.latency_ms or {}).get("p99")),
+    ("login p50", lambda r: (r.login_ms or {}).get("p50")),
+    ("login p99", lambda r: (r.login_ms or {}).get("p99")),
+    ("CPU s/1k", lambda r: r.cpu_seconds_per_1000),
+    ("peak RSS MiB", lambda r: r.peak_rss_mib),
+    ("errors", lambda r: r.errors),
+    ("notes", lambda r: r.summary),
+]
+
+
+def format_table(results: list[Result]) -> str:
+    rows = [[name for name, _ in COLUMNS]] + [[_cell(get(result)) for _, get in COLUMNS] for result in results]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def comparisons(results: list[Result]) -> list[dict[str, Any]]:
+    """server.py / aiosmtpd for each comparable scenario, run by run (they alternate) and as a median."""
+    compared = []
+    for scenario in SCENARIOS:
+        ours = [r for r in results if r.scenario == scenario.name and r.server == OURS]
+        theirs = [r for r in results if r.scenario == scenario.name and r.server.startswith(AIOSMTPD)]
+        pairs = [(a, b) for a, b in zip(ours, theirs, strict=False) if a.messages_per_second and b.messages_per_second]
+        if not pairs:
+            continue
+        ratios = [round(a.messages_per_second / b.messages_per_second, 2) for a, b in pairs]  # type: ignore[operator]
+        compared.append(
+            {
+                "scenario": scenario.name,
+                "rounds": pairs[0][0].rounds,
+                "ratios": ratios,
+                "median_ratio": round(statistics.median(ratios), 2),
+                "p99_ms": [((a.latency_ms or {}).get("p99"), (b.latency_ms or {}).get("p99")) for a, b in pairs],
+            }
+        )
+    return compared
+
+
+def format_comparisons(compared: list[dict[str, Any]]) -> str:
+    lines = ["server.py / aiosmtpd, messages/s (same as MiB/s: same messages), measured in this run:"]
+    for item in compared:
+        runs = ", ".join(f"{ratio}x" for ratio in item["ratios"])
+        p99 = "; ".join(f"{ours} vs {theirs} ms" for ours, theirs in item["p99_ms"])
+        lines.append(f"  {item['scenario']:6} cost {item['rounds']}: median {item['median_ratio']}x  (runs: {runs})")
+        lines.append(f"  {'':6} p99 latency, server.py vs aiosmtpd: {p99}")
+    return "\n".join(lines)
+
+
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        # Before the run: other work on the machine (the benchmark itself raises it).
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "workdir_filesystem": filesystem_of(Path(args.workdir or tempfile.gettempdir())),
+        "processes": args.processes,
+    }
+
+
+def filesystem_of(path: Path) -> str:
+    """The type of the filesystem holding path (fsync costs differ: tmpfs makes it free)."""
+    best, kind = "", "unknown"
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        mount = fields[1]
+        if str(path.resolve()).startswith(mount) and len(mount) > len(best):
+            best, kind = mount, fields[2]
+    return kind
+
+
+# --------------------------------------------------------------------------- main
+
+
+def aiosmtpd_version() -> str | None:
+    try:
+        return importlib.metadata.version("aiosmtpd")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def aiosmtpd_importable() -> bool:
+    """Importable by a child Python like ours (the baseline runs as `python tests/aiosmtpd_baseline.py`)."""
+    probe = subprocess.run([sys.executable, "-c", "import aiosmtpd.smtp"], capture_output=True, cwd=ROOT, check=False)
+    return probe.returncode == 0
+
+
+def raise_open_files_limit(needed: int) -> None:
+    """The burst holds a socket per connection, on both sides; children inherit the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        new_soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+        if new_soft < needed:
+            log(f"warning: open files limited to {new_soft} (hard limit); the burst needs about {needed}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    names = [scenario.name for scenario in SCENARIOS]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--scenario",
+        default="all",
+        choices=["all", *names, *(str(scenario.number) for scenario in SCENARIOS)],
+        help="which scenario (name or number; default all)",
+    )
+    parser.add_argument("--connections", type=int, help="connections (default: the scenario's)")
+    parser.add_argument("--messages", type=int, help="messages per connection; for retr, the mailbox size")
+    parser.add_argument("--size", type=int, help="message size in octets (default: the scenario's)")
+    parser.add_argument("--rounds", type=int, default=12, help="bcrypt cost of the accounts (default 12)")
+    parser.add_argument("--processes", type=int, default=4, help="client processes (default 4)")
+    parser.add_argument("--repeat", type=int, default=1, help="measure each scenario this many times")
+    parser.add_argument("--compare", choices=[AIOSMTPD], help="also run scenarios 1-2 against aiosmtpd")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument("--hold", type=float, default=2.0, help="seconds the burst's connections stay idle")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds a client waits for one reply")
+    parser.add_argument("--max-seconds", type=float, default=600.0, help="the most one measurement may take")
+    parser.add_argument("--workdir", help="where temporary users files and mailboxes go (default: the temp dir)")
+    parser.add_argument(
+        "--server",
+        type=Path,
+        default=SERVER_SCRIPT,
+        help="the server script to start (default server.py; a changed copy measures a change before it is made)",
+    )
+    target = parser.add_argument_group("a server that is already running (instead of starting server.py)")
+    target.add_argument("--host", default="127.0.0.1")
+    target.add_argument("--port", type=int, default=0)
+    target.add_argument(
+        "--user",
+        action="append",
+        help="account to log in as; repeat it and connections take turns (retr runs DELE on the first!)",
+    )
+    target.add_argument("--password")
+    target.add_argument("--pid", type=int, help="its process id, to read CPU and RSS from /proc")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.port and not (args.user and args.password):
+        parser.error("--port of a running server needs --user and --password")
+    if min(args.processes, args.repeat) < 1 or (args.messages is not None and args.messages < 0):
+        parser.error("--processes and --repeat must be at least 1, --messages at least 0")
+    return args
+
+
+def selected_scenarios(choice: str) -> list[Scenario]:
+    return [s for s in SCENARIOS if choice in ("all", s.name, str(s.number))]
+
+
+def run_all(args: argparse.Namespace, compare: bool) -> tuple[list[Result], list[tuple[str, Exception]]]:
+    """Every selected scenario, --repeat times; aiosmtpd right after server.py, so drift hits both."""
+    results: list[Result] = []
+    failures: list[tuple[str, Exception]] = []
+    for scenario in selected_scenarios(args.scenario):
+        kinds = [OURS, AIOSMTPD] if compare and scenario.comparable else [OURS]
+        for _ in range(args.repeat):
+            for kind in kinds:
+                try:
+                    result = measure(scenario, kind, args)
+                except (BenchmarkError, ProtocolError, OSError) as error:
+                    failures.append((f"{scenario.name} on {kind}", error))
+                    log(f"  failed: {error}")
+                    continue
+                if kind == AIOSMTPD:
+                    result.server = f"{AIOSMTPD} {aiosmtpd_version()}"
+                log(f"  {result.messages_per_second} msgs/s, {result.errors} errors; {result.summary}")
+                results.append(result)
+    return results, failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    raise_open_files_limit(2 * max(args.connections or 0, 1000) + 256)
+    compare = args.compare == AIOSMTPD
+    missing = (
+        "--compare aiosmtpd: aiosmtpd is not installed (it is not a project requirement; "
+        "`pip install aiosmtpd==1.4.6` for the comparison); measuring server.py alone"
+    )
+    aiosmtpd_missing = compare and not aiosmtpd_importable()
+    if aiosmtpd_missing:
+        log(missing)
+    setting = environment(args)
+    results, failures = run_all(args, compare and not aiosmtpd_missing)
+    compared = comparisons(results)
+    if args.json:
+        report = {"environment": setting, "results": [dataclasses.asdict(r) for r in results]}
+        failed = [f"{where}: {error}" for where, error in failures]
+        print(json.dumps({**report, "comparisons": compared, "failures": failed}, indent=2))
+    else:
+        print(format_table(results))
+        if compared:
+            print("\n" + format_comparisons(compared))
+        print(f"\nenvironment: {json.dumps(setting)}")
+    for where, error in failures:
+        log(f"failed: {where}: {error}")
+    if aiosmtpd_missing:
+        log(missing)
+        return EXIT_NO_AIOSMTPD
+    if any(isinstance(error, ServerNotStarted) for _, error in failures):
+        return EXIT_NOT_STARTED
+    return EXIT_SESSION_ERRORS if failures or any(r.errors for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
