@@ -350,8 +350,9 @@ class MailboxStore:
                     maildir.remove(key)
                     deleted += 1
             if deleted:
-                _fsync_directory(Path(maildir._path, "new"))
-                _fsync_directory(Path(maildir._path, "cur"))
+                path = self._maildir(user, create=False)
+                _fsync_directory(path / "new")
+                _fsync_directory(path / "cur")
             return deleted
 
     def clean_temporary_files(self) -> int:
@@ -408,7 +409,6 @@ class Session:
     """What one connection has said so far; STARTTLS starts a fresh one."""
 
     greeting: str | None = None  # the HELO/EHLO argument
-    extended: bool = False  # EHLO rather than HELO
     user: str | None = None  # set by a successful AUTH
     tls: bool = False
     envelope: Envelope | None = None
@@ -585,7 +585,7 @@ class SMTPHandler(socketserver.StreamRequestHandler):
         if not domain:
             self.reply(501, f"Syntax: {'EHLO' if extended else 'HELO'} <domain>")
             return
-        self.session.greeting, self.session.extended, self.session.envelope = domain, extended, None
+        self.session.greeting, self.session.envelope = domain, None
         hello = f"{self.config.hostname} Hello {_printable(domain[:100])}"
         if not extended:
             self.reply(250, hello)
@@ -695,10 +695,11 @@ class SMTPHandler(socketserver.StreamRequestHandler):
             self.reply(*_storage_error(error, self.peer))
             return
         log.info(
-            "%s %s stored message %s (%d bytes, %d recipients)",
+            "%s %s stored message %s from <%s> (%d bytes, %d recipients)",
             self.peer,
             self.session.user,
             key,
+            _printable(envelope.sender),
             delivery.size,
             len(envelope.recipients),
         )
