@@ -695,7 +695,7 @@ class SMTPHandler(socketserver.StreamRequestHandler):
             self.reply(*_storage_error(error, self.peer))
             return
         log.info(
-            "%s %s stored message %s from <%s> (%d bytes, %d recipients)",
+            "%s %s stored message %s from <%s> (%d bytes, recipients: %d)",
             self.peer,
             self.session.user,
             key,
