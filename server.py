@@ -784,11 +784,15 @@ class SMTPHandler(socketserver.StreamRequestHandler):
         end = block.find(b"\r\n.\r\n")
         if end >= 0:
             block = block[: end + 2]  # up to the CRLF before the final "."
-        if not block or (after_crlf and block.startswith(b".\r\n")):
+        if after_crlf and block.startswith(b".\r\n"):
             return b""
-        if len(block) > MAX_TEXT_LINE - 2 and max(map(len, block.split(b"\n"))) > MAX_TEXT_LINE - 2:
-            return b""
-        return self.rfile.read(len(block))
+        longest_safe = MAX_TEXT_LINE - 2  # octets before the LF that cannot be over the limit, CR or dot or not
+        if len(block) > longest_safe:
+            parts = block.split(b"\n")
+            if max(map(len, parts)) > longest_safe:  # cut before the first such line: it goes the careful way
+                first_long = next(number for number, part in enumerate(parts) if len(part) > longest_safe)
+                block = block[: sum(map(len, parts[:first_long])) + first_long]
+        return self.rfile.read(len(block)) if block else b""
 
     def trace_message_line(self, direction: str, line: bytes, left: int) -> int:
         """Log one line of a message in --verbose mode; return how many more may be logged."""

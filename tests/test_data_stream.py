@@ -17,6 +17,8 @@ from conftest import RunningServer, Session
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import server as server_module
+
 MAX_SIZE = 60_000  # small, so that some examples go over it
 TERMINATOR = b"\r\n.\r\n"
 
@@ -98,3 +100,36 @@ def test_data_is_stored_as_the_rules_say(data_server: RunningServer, stream: byt
         assert session.command("DELE")[0] == 250
     finally:
         session.close()
+
+
+def test_a_long_line_sends_only_itself_the_careful_way(
+    start_server: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines near the limit are read one by one, but the short lines around them still go in blocks.
+
+    Were a whole buffer refused for one such line, every line of it would be read alone and
+    the buffer scanned again for each: a sender could make the server do quadratic work.
+    """
+    careful = []
+    take_plain_lines = server_module.SMTPHandler.take_plain_lines
+
+    def counting(handler: server_module.SMTPHandler, after_crlf: bool) -> bytes:
+        block = take_plain_lines(handler, after_crlf)
+        careful.append(not block)
+        return block
+
+    monkeypatch.setattr(server_module.SMTPHandler, "take_plain_lines", counting)
+    server = start_server()
+    message = (b"short line\r\n" * 50 + b"L" * 998 + b"\r\n") * 40  # 998 + CRLF: at the limit, allowed
+    session = Session(server.host, server.port)
+    try:
+        session.read_reply()
+        session.login()
+        session.start_data()
+        session.send(message + b".\r\n")
+        assert session.read_reply()[0] == 250
+    finally:
+        session.close()
+    assert server.stored("alice") == [message.replace(b"\r\n", b"\n")]
+    # 40 long lines, the final ".", and lines cut at the end of a read buffer: far fewer than 2040 lines.
+    assert sum(careful) < 200, f"{sum(careful)} of {len(careful)} reads went line by line"
