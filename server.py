@@ -548,8 +548,9 @@ class SMTPHandler(socketserver.StreamRequestHandler):
         text = "".join(
             f"{code}{'-' if number < len(lines) - 1 else ' '}{line}\r\n" for number, line in enumerate(lines)
         )
-        for line in text.splitlines():
-            self.trace("S:", line)
+        if self.config.verbose:  # each reply is on the hot path: skip the loop when nobody watches
+            for line in text.splitlines():
+                self.trace("S:", line)
         if code >= 500:
             self.errors += 1
         self.connection.sendall(text.encode("utf-8", "replace"))
@@ -591,7 +592,7 @@ class SMTPHandler(socketserver.StreamRequestHandler):
             self.reply(250, hello)
             return
         extensions = []
-        if not (self.config.require_tls and not self.session.tls):
+        if not self.needs_tls_first():
             extensions.append("AUTH PLAIN LOGIN")  # never CRAM-MD5: bcrypt keeps no plaintext
         extensions += [f"SIZE {self.config.max_message_size}", "8BITMIME", "PIPELINING"]
         if self.config.tls_context is not None and not self.session.tls:
@@ -871,7 +872,7 @@ class SMTPHandler(socketserver.StreamRequestHandler):
         if self.session.envelope is not None:
             self.reply(503, "Error: AUTH not allowed during a mail transaction")
             return
-        if self.config.require_tls and not self.session.tls:
+        if self.needs_tls_first():
             self.reply(530, "Must issue a STARTTLS command first")
             return
         address = self.client_address[0]
@@ -952,6 +953,10 @@ class SMTPHandler(socketserver.StreamRequestHandler):
             return None
 
     # -- TLS (RFC 3207) --------------------------------------------------------------
+
+    def needs_tls_first(self) -> bool:
+        """True while --require-tls keeps AUTH out of a session not yet under TLS."""
+        return self.config.require_tls and not self.session.tls
 
     def smtp_STARTTLS(self, argument: str) -> None:
         """STARTTLS
