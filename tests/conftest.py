@@ -33,7 +33,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import server as server_module  # noqa: E402  (needs the path above)
+from mailserver.config import ServerConfig  # noqa: E402  (needs the path above)
+from mailserver.listener import Listener, MailServer, server_tls_context  # noqa: E402
+from mailserver.smtp import SMTPHandler  # noqa: E402
+from mailserver.storage import MailboxStore  # noqa: E402
+from mailserver.users import UserStore  # noqa: E402
 
 USERS = {"alice": "alice-password", "bob": "bob-password", "carol": "carol-password"}
 TEST_ROUNDS = 4  # bcrypt's minimum cost: tests log in often, and cost 12 takes 0.2 s a check
@@ -50,21 +54,22 @@ def write_users_file(path: Path, users: dict[str, str], rounds: int = TEST_ROUND
 class RunningServer:
     """A server running in this process, in a thread of its own."""
 
-    server: server_module.SMTPServer
+    server: MailServer
+    listener: Listener
     users: dict[str, str]
     users_path: Path
     mailboxes_path: Path
 
     @property
     def host(self) -> str:
-        return self.server.server_address[0]
+        return self.listener.server_address[0]
 
     @property
     def port(self) -> int:
-        return self.server.server_address[1]
+        return self.listener.server_address[1]
 
     @property
-    def config(self) -> server_module.ServerConfig:
+    def config(self) -> ServerConfig:
         return self.server.config
 
     def stored(self, user: str) -> list[bytes]:
@@ -78,7 +83,7 @@ class RunningServer:
 
     def stop(self) -> None:
         self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture(scope="session")
@@ -89,20 +94,29 @@ def shared_users_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def start_server(tmp_path: Path, shared_users_file: Path) -> Iterator[Callable[..., RunningServer]]:
-    """A factory: start_server(**ServerConfig fields) starts one more server; all stop after the test."""
+    """A factory: start_server(**ServerConfig fields) starts one more server; all stop after the test.
+
+    implicit_tls=True makes its port an SMTPS one (TLS from the first byte).
+    """
     running: list[RunningServer] = []
 
-    def start(*, users_path: Path | None = None, mailboxes_path: Path | None = None, **config: object) -> RunningServer:
+    def start(
+        *,
+        users_path: Path | None = None,
+        mailboxes_path: Path | None = None,
+        implicit_tls: bool = False,
+        **config: object,
+    ) -> RunningServer:
         config.setdefault("hostname", "mail.test")
         mailboxes = mailboxes_path or tmp_path / f"mailboxes{len(running) or ''}"
-        server = server_module.SMTPServer(
-            ("127.0.0.1", 0),
-            config=server_module.ServerConfig(**config),  # type: ignore[arg-type]
-            users=server_module.UserStore(users_path or shared_users_file),
-            mailboxes=server_module.MailboxStore(mailboxes),
+        server = MailServer(
+            ServerConfig(**config),  # type: ignore[arg-type]
+            UserStore(users_path or shared_users_file),
+            MailboxStore(mailboxes),
         )
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        instance = RunningServer(server, dict(USERS), users_path or shared_users_file, mailboxes)
+        listener = server.listen(("127.0.0.1", 0), SMTPHandler, implicit_tls=implicit_tls)
+        server.serve_in_background(listener, poll_interval=0.05)
+        instance = RunningServer(server, listener, dict(USERS), users_path or shared_users_file, mailboxes)
         running.append(instance)
         return instance
 
@@ -115,6 +129,13 @@ def start_server(tmp_path: Path, shared_users_file: Path) -> Iterator[Callable[.
 def smtp_server(start_server: Callable[..., RunningServer]) -> RunningServer:
     """A server with the default settings and the USERS accounts."""
     return start_server()
+
+
+def store_message(store: MailboxStore, user: str, message: bytes) -> str:
+    """Store message (LF line ends) for user the way DATA does; return its key."""
+    delivery = store.start_delivery(user)
+    delivery.write(message)
+    return delivery.commit()
 
 
 def plain_response(user: bytes | str, password: bytes | str, authzid: bytes | str = "") -> str:
@@ -360,7 +381,7 @@ class Certificate:
 
     def server_context(self) -> ssl.SSLContext:
         """The context server.py builds from --tls-cert and --tls-key."""
-        return server_module.tls_context(str(self.cert), str(self.key))
+        return server_tls_context(str(self.cert), str(self.key))
 
     def client_context(self) -> ssl.SSLContext:
         """A client context that trusts this certificate only, and checks the host name."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import USERS, RunningServer, Session, plain_response, write_users_file
 
-import server as server_module
+from mailserver import users as users_module
 
 ALICE_PLAIN = base64.b64encode(b"\0alice\0alice-password").decode()  # "AGFsaWNlAGFsaWNlLXBhc3N3b3Jk"
 
@@ -184,13 +184,13 @@ def test_wrong_password_with_login_ends_the_connection(greeted: Session) -> None
 def test_unknown_user_costs_the_same_bcrypt_work(smtp_server: RunningServer, monkeypatch) -> None:
     """No timing difference tells which names exist: an unknown name is checked against a hash of the same cost."""
     costs: list[int] = []
-    checkpw = server_module.bcrypt.checkpw
+    checkpw = users_module.bcrypt.checkpw
 
     def spy(password: bytes, hashed: bytes) -> bool:
         costs.append(int(hashed.split(b"$")[2]))
         return checkpw(password, hashed)
 
-    monkeypatch.setattr(server_module.bcrypt, "checkpw", spy)
+    monkeypatch.setattr(users_module.bcrypt, "checkpw", spy)
     for user in ("alice", "nobody"):
         assert not smtp_server.server.users.check(user, b"wrong")
     assert costs == [4, 4]  # the test accounts' cost, once each

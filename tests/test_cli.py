@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, USERS, ServerProcess, Session, wait_for, write_users_file
+from conftest import ROOT, USERS, ServerProcess, Session, store_message, wait_for, write_users_file
 
-from server import MailboxStore, UserStore
+from mailserver.storage import MailboxStore
+from mailserver.users import UserStore
 
 SERVER = str(ROOT / "server.py")
 
@@ -309,7 +310,7 @@ def test_passwd_of_an_unknown_user_fails(tmp_path: Path) -> None:
 
 def test_deluser_keeps_the_mailbox_and_says_so(tmp_path: Path) -> None:
     users = write_users_file(tmp_path / "users.txt", {"alice": "alice-password", "bob": "bob-password"})
-    MailboxStore(tmp_path / "mailboxes").deliver("bob", b"bob's mail\n")
+    store_message(MailboxStore(tmp_path / "mailboxes"), "bob", b"bob's mail\n")
     result = manage(users, "deluser", "bob")
     assert result.returncode == 0, result.stderr
     assert "mailbox" in result.stdout + result.stderr

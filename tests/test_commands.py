@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 from conftest import USERS, RunningServer, Session, wait_for
 
-import server as server_module
+from mailserver.smtp import SMTPHandler
 
 # Every command of the contract, each with a HELP topic of its own.
 COMMANDS = ["AUTH", "DATA", "DELE", "EHLO", "HELO", "HELP", "MAIL", "NOOP", "QUIT", "RCPT", "RETR", "RSET", "VRFY"]
@@ -331,11 +331,11 @@ def test_a_handler_exception_is_answered_and_logged(
 ) -> None:
     """A bug in a command is logged with its traceback and answered 421 or 451, not a silent hang-up."""
 
-    def broken(handler: server_module.SMTPHandler, argument: str) -> None:
+    def broken(handler: SMTPHandler, argument: str) -> None:
         raise RuntimeError("a bug in NOOP")
 
-    monkeypatch.setattr(server_module.SMTPHandler, "smtp_NOOP", broken)
-    with caplog.at_level(logging.ERROR, logger="smtp"):
+    monkeypatch.setattr(SMTPHandler, "smtp_NOOP", broken)
+    with caplog.at_level(logging.ERROR, logger="mailserver"):
         code, _ = session.command("NOOP")
         assert code in (421, 451)
         wait_for(lambda: "RuntimeError: a bug in NOOP" in caplog.text and "Traceback" in caplog.text)

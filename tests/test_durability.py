@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 from conftest import RunningServer, ServerProcess, Session, dot_stuff, wait_for
 
-import server as server_module
+from mailserver import storage
+from mailserver.smtp import SMTPHandler
 
 LOAD_USERS = ("alice", "bob", "carol")
 MESSAGE_SIZES = (300, 3_000, 30_000, 300_000)  # bytes of body: from one packet to more than the 256 KiB write buffer
@@ -334,7 +335,7 @@ def test_250_comes_only_after_fsync_rename_and_directory_fsync(
     smtp_server: RunningServer, logged_in: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events: list[tuple[str, ...]] = []
-    real_fsync, real_rename, real_reply = os.fsync, os.rename, server_module.SMTPHandler.reply
+    real_fsync, real_rename, real_reply = os.fsync, os.rename, SMTPHandler.reply
 
     def fsync(descriptor: int) -> None:
         events.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
@@ -344,13 +345,13 @@ def test_250_comes_only_after_fsync_rename_and_directory_fsync(
         real_rename(source, target)
         events.append(("rename", str(source), str(target)))
 
-    def reply(handler: server_module.SMTPHandler, code: int, *lines: str) -> None:
+    def reply(handler: SMTPHandler, code: int, *lines: str) -> None:
         events.append(("reply", str(code)))
         real_reply(handler, code, *lines)
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "rename", rename)
-    monkeypatch.setattr(server_module.SMTPHandler, "reply", reply)
+    monkeypatch.setattr(SMTPHandler, "reply", reply)
     code, text = send_message(logged_in, make_message("synced", 1_000, random.Random(3)))
     assert code == 250
     key = text[0].rsplit(" ", 1)[-1]
@@ -395,7 +396,7 @@ def disk_full_after(room: int) -> Fault:
             return open(file, mode, buffering, **options)  # type: ignore[call-overload]
 
         with monkeypatch.context() as patch:
-            patch.setattr(server_module, "open", filling_open, raising=False)
+            patch.setattr(storage, "open", filling_open, raising=False)
             yield
 
     return fault

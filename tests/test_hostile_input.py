@@ -25,7 +25,7 @@ from conftest import USERS, RunningServer, Session
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import server as server_module
+from mailserver.smtp import parse_path
 
 REPLY_LINE = re.compile(rb"\d{3}[ -][^\r\n]*\r\n")
 RETR_REPLY = re.compile(rb"250 (\d+) messages? follows?\r\n")
@@ -112,7 +112,7 @@ path_arguments = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(argument=path_arguments, keyword=st.sampled_from(["FROM:", "TO:"]), allow_null=st.booleans())
 def test_parse_path_never_raises_and_returns_only_valid_paths(argument: str, keyword: str, allow_null: bool) -> None:
-    parsed = server_module._parse_path(argument, keyword, allow_null=allow_null)
+    parsed = parse_path(argument, keyword, allow_null=allow_null)
     if parsed is None:
         return  # refused: the caller answers 501
     address, parameters = parsed
@@ -151,7 +151,7 @@ def test_parse_path_accepts_every_valid_address(local: str, domain: str, spaces:
     address = f"{local}@{domain}"
     if len(local) > MAX_LOCAL_PART or len(address) + 2 > MAX_PATH:
         return
-    parsed = server_module._parse_path(f"{keyword.lower()}{spaces}<{address}> SIZE=100", keyword, allow_null=False)
+    parsed = parse_path(f"{keyword.lower()}{spaces}<{address}> SIZE=100", keyword, allow_null=False)
     assert parsed == (address, ["SIZE=100"])
 
 

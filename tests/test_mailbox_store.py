@@ -6,8 +6,9 @@ import mailbox
 from pathlib import Path
 
 import pytest
+from conftest import store_message
 
-from server import MailboxStore
+from mailserver.storage import MailboxStore
 
 
 @pytest.fixture
@@ -30,24 +31,24 @@ def test_root_is_created(tmp_path: Path) -> None:
 
 
 def test_deliver_and_read_back(store: MailboxStore) -> None:
-    key = store.deliver("alice", b"Subject: hi\n\nhello\n")
+    key = store_message(store, "alice", b"Subject: hi\n\nhello\n")
     assert isinstance(key, str) and key
     assert read_all(store, "alice") == [b"Subject: hi\n\nhello\n"]
 
 
 def test_messages_oldest_first(store: MailboxStore) -> None:
     for number in range(20):  # several within the same clock tick
-        store.deliver("alice", f"message {number}\n".encode())
+        store_message(store, "alice", f"message {number}\n".encode())
     assert read_all(store, "alice") == [f"message {n}\n".encode() for n in range(20)]
 
 
 def test_keys_are_unique(store: MailboxStore) -> None:
-    keys = {store.deliver("alice", b"x\n") for _ in range(30)}
+    keys = {store_message(store, "alice", b"x\n") for _ in range(30)}
     assert len(keys) == 30
 
 
 def test_maildir_layout(store: MailboxStore) -> None:
-    key = store.deliver("alice", b"one\n")
+    key = store_message(store, "alice", b"one\n")
     maildir = store.root / "alice"
     assert sorted(p.name for p in maildir.iterdir()) == ["cur", "new", "tmp"]
     assert [p.name for p in (maildir / "new").iterdir()] == [key]
@@ -56,7 +57,9 @@ def test_maildir_layout(store: MailboxStore) -> None:
 
 
 def test_readable_by_python_mailbox(store: MailboxStore) -> None:
-    keys = [store.deliver("alice", f"Subject: {n}\nTo: bob@example.org\n\nbody {n}\n".encode()) for n in range(3)]
+    keys = [
+        store_message(store, "alice", f"Subject: {n}\nTo: bob@example.org\n\nbody {n}\n".encode()) for n in range(3)
+    ]
     box = mailbox.Maildir(store.root / "alice", create=False)
     assert sorted(box.keys()) == sorted(keys)
     for number, key in enumerate(keys):
@@ -67,7 +70,7 @@ def test_readable_by_python_mailbox(store: MailboxStore) -> None:
 
 
 def test_lf_line_ends_on_disk(store: MailboxStore) -> None:
-    store.deliver("alice", b"Subject: x\n\nline one\nline two\n")
+    store_message(store, "alice", b"Subject: x\n\nline one\nline two\n")
     [path] = (store.root / "alice" / "new").iterdir()
     assert path.read_bytes() == b"Subject: x\n\nline one\nline two\n"
 
@@ -78,16 +81,16 @@ def test_messages_of_a_user_without_mailbox(store: MailboxStore) -> None:
 
 
 def test_each_user_has_a_mailbox_of_their_own(store: MailboxStore) -> None:
-    store.deliver("alice", b"a\n")
-    store.deliver("bob", b"b\n")
+    store_message(store, "alice", b"a\n")
+    store_message(store, "bob", b"b\n")
     assert read_all(store, "alice") == [b"a\n"]
     assert read_all(store, "bob") == [b"b\n"]
 
 
 def test_delete_all(store: MailboxStore) -> None:
     for _ in range(3):
-        store.deliver("alice", b"x\n")
-    store.deliver("bob", b"y\n")
+        store_message(store, "alice", b"x\n")
+    store_message(store, "bob", b"y\n")
     assert store.delete_all("alice") == 3
     assert read_all(store, "alice") == []
     assert store.delete_all("alice") == 0
@@ -100,8 +103,8 @@ def test_delete_all_without_mailbox(store: MailboxStore) -> None:
 
 def test_messages_a_reader_moved_to_cur_are_still_listed(store: MailboxStore) -> None:
     """A Maildir reader (mutt) marks mail read by moving it to cur/: it is still the user's mail."""
-    store.deliver("alice", b"first\n")
-    store.deliver("alice", b"second\n")
+    store_message(store, "alice", b"first\n")
+    store_message(store, "alice", b"second\n")
     maildir = store.root / "alice"
     first = min(p.name for p in (maildir / "new").iterdir())
     (maildir / "new" / first).rename(maildir / "cur" / f"{first}:2,S")
@@ -112,7 +115,7 @@ def test_messages_a_reader_moved_to_cur_are_still_listed(store: MailboxStore) ->
 @pytest.mark.parametrize("user", ["", ".", "..", "../alice", "a/b", ".hidden", "-dash", "n" * 65, "a b", "/etc"])
 def test_bad_usernames_are_refused(store: MailboxStore, tmp_path: Path, user: str) -> None:
     with pytest.raises(ValueError):
-        store.deliver(user, b"x\n")
+        store_message(store, user, b"x\n")
     with pytest.raises(ValueError), store.messages(user):
         pass
     with pytest.raises(ValueError):
@@ -122,8 +125,8 @@ def test_bad_usernames_are_refused(store: MailboxStore, tmp_path: Path, user: st
 
 
 def test_clean_temporary_files(store: MailboxStore) -> None:
-    store.deliver("alice", b"kept\n")
-    store.deliver("bob", b"kept too\n")
+    store_message(store, "alice", b"kept\n")
+    store_message(store, "bob", b"kept too\n")
     (store.root / "alice" / "tmp" / "1700000000.M1P1Q1.host").write_bytes(b"half a mess")
     (store.root / "bob" / "tmp" / "1700000000.M2P1Q2.host").write_bytes(b"")
     assert store.clean_temporary_files() == 2

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import pytest
 from conftest import USERS, RunningServer, Session
 
-import server as server_module
+from mailserver.smtp import SMTPHandler
 
 MAX_RECIPIENTS = 100
 
@@ -424,16 +424,16 @@ def test_250_only_once_the_message_is_in_new(
 ) -> None:
     """At the moment the server sends DATA's 250, the whole message is in new/ and nothing is left in tmp/."""
     seen: list[tuple[int, dict[str, list[str]], list[bytes]]] = []
-    reply = server_module.SMTPHandler.reply
+    reply = SMTPHandler.reply
     maildir = smtp_server.mailboxes_path / "alice"
 
-    def spy(handler: server_module.SMTPHandler, code: int, *lines: str) -> None:
+    def spy(handler: SMTPHandler, code: int, *lines: str) -> None:
         if (maildir / "new").is_dir():
             contents = [path.read_bytes() for path in sorted((maildir / "new").iterdir())]
             seen.append((code, maildir_listing(smtp_server, "alice"), contents))
         reply(handler, code, *lines)
 
-    monkeypatch.setattr(server_module.SMTPHandler, "reply", spy)
+    monkeypatch.setattr(SMTPHandler, "reply", spy)
     assert send_message(logged_in, b"durable\r\n")[0] == 250
     code, listing, stored = seen[-1]
     assert code == 250

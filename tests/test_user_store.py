@@ -10,8 +10,7 @@ import bcrypt
 import pytest
 from conftest import TEST_ROUNDS, wait_for, write_users_file
 
-import server as server_module
-from server import UsersFileError, UserStore, parse_users
+from mailserver.users import UsersFileError, UserStore, parse_users, rewrite_users_file
 
 
 def hashed(password: str) -> str:
@@ -183,7 +182,7 @@ def test_malformed_edit_keeps_the_last_good_table(
 ) -> None:
     store = UserStore(users_file)
     users_file.write_text(f"alice:{HASH}\nthis line is broken\n")
-    with caplog.at_level(logging.ERROR, logger="smtp"):
+    with caplog.at_level(logging.ERROR, logger="mailserver"):
         assert store.check("alice", b"alice-password")  # the old table
         assert "bob" in store
     assert f"{users_file}:2" in caplog.text  # logged, naming file and line
@@ -202,6 +201,6 @@ def test_removed_file_keeps_the_last_good_table(users_file: Path, instant_reload
 
 def test_deleted_account_can_no_longer_log_in(users_file: Path, instant_reload: None) -> None:
     store = UserStore(users_file)
-    server_module.rewrite_users_file(users_file, "bob", None)
+    rewrite_users_file(users_file, "bob", None)
     assert not store.check("bob", b"bob-password")
     assert store.check("alice", b"alice-password")

@@ -1,0 +1,355 @@
+"""Listening and sessions: what every protocol of the server shares.
+
+- `MailServer` is the whole server, one per process: the settings, the accounts, the
+  mailboxes, the connection caps, the login throttle and the deadline watchdog. Every
+  listener hands its sessions these same objects, so no limit is per port.
+- `Listener` is one listening port (socketserver's thread per connection); it checks the
+  caps before a thread is started.
+- `LineHandler` is one session of a line-based protocol: read a bounded command line,
+  call `<prefix><VERB>`, repeat. `SMTPHandler` builds on it.
+
+Methods for the caller: `MailServer.listen()`, `serve_forever()`, `close()`, and the
+context manager. Methods a protocol overrides: `greet()`, `reply_line_too_long()`,
+`reply_unknown_command()`, `closing()`, `tls_started()` and `refusal()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import socketserver
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, ClassVar, NoReturn
+
+from .config import ServerConfig
+from .limits import ConnectionTable, LoginThrottle
+from .logs import log, wire_line
+
+if TYPE_CHECKING:
+    from .storage import MailboxStore
+    from .users import UserStore
+
+MAX_ERRORS = 10  # error replies in one session before we hang up, like Postfix's hard error limit
+
+
+class Hangup(Exception):
+    """Raised inside a session to end it; whatever reply was due has been sent."""
+
+
+def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """The TLS settings of the server, from --tls-cert and --tls-key."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+class LineHandler(socketserver.StreamRequestHandler):
+    """One session of a line-based protocol: read a command line, call `<prefix><VERB>`, repeat.
+
+    A command method gets the text after the verb, replies and returns; raising
+    Hangup ends the session.
+    """
+
+    server: Listener
+    command_prefix: ClassVar[str]  # "smtp_": the command NOOP is the method smtp_NOOP
+    max_command_line: ClassVar[int]  # octets, CRLF included
+    longer_lines: ClassVar[dict[str, int]] = {}  # verbs allowed a longer command line, and how long
+    disable_nagle_algorithm = True  # replies are whole writes; don't let Nagle delay them
+    rbufsize = 64 * 1024  # fewer system calls while a big message streams in
+
+    # -- what a protocol provides ------------------------------------------------------
+
+    def greet(self) -> None:
+        """Send the greeting."""
+        raise NotImplementedError
+
+    def reply_line_too_long(self) -> None:
+        raise NotImplementedError
+
+    def reply_unknown_command(self) -> None:
+        raise NotImplementedError
+
+    def closing(self, reason: str) -> None:
+        """Tell the client the server is closing the connection, and why."""
+        raise NotImplementedError
+
+    def tls_started(self) -> None:
+        """Called once TLS is up: forget what was said in clear text."""
+
+    @classmethod
+    def refusal(cls, hostname: str, reason: str) -> bytes:
+        """The line that turns a client away before its session starts (over the caps)."""
+        raise NotImplementedError
+
+    # -- the session's life -------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.mail = self.server.mail
+        self.config: ServerConfig = self.mail.config
+        self.timeout = self.config.timeout  # read by StreamRequestHandler.setup
+        super().setup()
+        self.peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        self.tls_active = False
+        self.errors = 0
+        self.deadline: float | None = None  # watched by the server's watchdog
+        self.interrupted: str | None = None  # why the server cut our reads short
+        self.mail.connections.register(self)
+
+    def finish(self) -> None:
+        self.mail.connections.unregister(self)
+        with contextlib.suppress(OSError):
+            super().finish()
+        if self.connection is not self.request:  # TLS replaced the socket
+            with contextlib.suppress(OSError):
+                self.connection.close()
+
+    def handle(self) -> None:
+        log.info("%s connected", self.peer)
+        try:
+            if self.server.implicit_tls:
+                self.start_tls()
+            self.greet()
+            while True:
+                self.handle_one_command()
+        except Hangup:
+            pass
+        except OSError as error:  # reset, broken pipe, a client that stopped reading
+            log.info("%s connection lost: %s", self.peer, error)
+        except Exception:
+            # A bug of ours: log it, and tell the client rather than vanish.
+            log.exception("%s internal error", self.peer)
+            with contextlib.suppress(OSError, Hangup):
+                self.closing("Internal error")
+        finally:
+            log.info("%s disconnected", self.peer)
+
+    def handle_one_command(self) -> None:
+        """Read one command line and run its method; hang up after too many errors."""
+        line = self.read_line(max([self.max_command_line, *self.longer_lines.values()]))
+        verb = line.split(b" ", 1)[0].decode("ascii", "replace").upper() if line is not None else ""
+        if line is None or len(line) + 2 > self.longer_lines.get(verb, self.max_command_line):
+            self.reply_line_too_long()
+        else:
+            command = line.decode("utf-8", "replace")
+            self.trace("C:", command)
+            _, _, argument = command.partition(" ")
+            method = self.command(verb)
+            if method is None:
+                self.reply_unknown_command()
+            else:
+                method(argument.strip())
+        if self.errors >= MAX_ERRORS:
+            self.closing("Too many errors")
+            raise Hangup
+
+    def command(self, verb: str) -> Callable[[str], None] | None:
+        """The method for verb (any case), or None; the one lookup behind dispatch and HELP."""
+        if not (verb.isascii() and verb.isalpha()):
+            return None
+        return getattr(self, self.command_prefix + verb.upper(), None)
+
+    @classmethod
+    def commands(cls) -> list[str]:
+        """Every verb this protocol knows, sorted."""
+        prefix = cls.command_prefix
+        return sorted(name.removeprefix(prefix) for name in dir(cls) if name.startswith(prefix))
+
+    # -- reading, with deadlines -----------------------------------------------------------
+
+    def read_line(self, limit: int) -> bytes | None:
+        """Return the next line without its line end, or None if it was over limit octets.
+
+        An over-long line is read to its end and thrown away. End of input, a timeout
+        or an interruption by the server raises Hangup after the closing reply (if due).
+        """
+        with self.time_limit(self.config.timeout):
+            line = self.rfile.readline(limit + 1)
+            too_long = len(line) > limit
+            while too_long and line and not line.endswith(b"\n") and not self.interrupted:
+                line = self.rfile.readline(64 * 1024)  # discard the rest, a bounded piece at a time
+        self.end_if_gone(line)
+        return None if too_long else line.rstrip(b"\r\n")
+
+    @contextlib.contextmanager
+    def time_limit(self, seconds: float) -> Iterator[None]:
+        """Let the watchdog cut the block off after seconds; a timeout ends the session with the closing reply."""
+        self.deadline = time.monotonic() + seconds
+        try:
+            yield
+        except TimeoutError:
+            self.interrupted = self.interrupted or "Timeout"
+            self.hang_up()
+        finally:
+            self.deadline = None
+
+    def end_if_gone(self, line: bytes) -> None:
+        """Hang up if line shows the client gone (no line end) or the server interrupting us."""
+        if self.interrupted or not line.endswith(b"\n"):
+            self.hang_up()
+
+    def hang_up(self) -> NoReturn:
+        """End the session: with the closing reply if the server cut it short, silently if the client went."""
+        if self.interrupted:
+            with contextlib.suppress(OSError):
+                self.closing(self.interrupted)
+        raise Hangup
+
+    def interrupt(self, reason: str) -> None:
+        """Called from another thread: make the pending read end, so the session says why and closes."""
+        self.interrupted = reason
+        with contextlib.suppress(OSError):
+            # socket.socket's own shutdown: SSLSocket's would also drop the TLS layer.
+            socket.socket.shutdown(self.connection, socket.SHUT_RD)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def send_lines(self, text: str) -> None:
+        """Write reply text (CRLF ends included) in one call; trace its lines with --verbose."""
+        if self.config.verbose:  # on the hot path: skip the loop when nobody watches
+            for line in text.splitlines():
+                self.trace("S:", line)
+        self.connection.sendall(text.encode("utf-8", "replace"))
+
+    def trace(self, direction: str, line: str) -> None:
+        if self.config.verbose:
+            wire_line(self.peer, direction, line)
+
+    # -- TLS (RFC 3207, RFC 2595) ------------------------------------------------------------
+
+    def start_tls(self) -> None:
+        """Wrap the connection in TLS and forget everything said before (RFC 3207 4.2)."""
+        context = self.config.tls_context
+        assert context is not None
+        try:
+            with self.time_limit(self.config.timeout):
+                self.connection = context.wrap_socket(self.connection, server_side=True)
+        except (OSError, ValueError) as error:
+            log.warning("%s TLS handshake failed: %s", self.peer, error)
+            raise Hangup from None
+        # Plaintext the client pipelined after STARTTLS stays in the old buffer: dropped
+        # (RFC 3207 5, and the STARTTLS command injection attack of CVE-2011-0411).
+        with contextlib.suppress(OSError):
+            self.rfile.close()
+        self.rfile = self.connection.makefile("rb", self.rbufsize)
+        self.tls_active = True
+        self.tls_started()
+
+
+class Listener(socketserver.ThreadingTCPServer):
+    """One listening port of the server: a thread per connection, the caps checked before it starts."""
+
+    # Restarting the server must not wait out TIME_WAIT sockets of the last run.
+    allow_reuse_address = True
+    # Handler threads must not keep the process alive: MailServer.close() interrupts them itself.
+    daemon_threads = True
+    block_on_close = False
+    # The listen backlog: a whole class connecting at once must not be dropped (default is 5).
+    request_queue_size = 1024
+
+    def __init__(
+        self, address: tuple[str, int], handler_class: type[LineHandler], mail: MailServer, *, implicit_tls: bool
+    ) -> None:
+        self.mail = mail
+        self.implicit_tls = implicit_tls  # TLS from the first byte (SMTPS, RFC 8314)
+        super().__init__(address, handler_class)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
+        refusal = self.mail.connections.admit(client_address[0])
+        if refusal is not None:
+            log.warning("%s:%s refused: %s", client_address[0], client_address[1], refusal)
+            if not self.implicit_tls:  # a TLS client would not understand plaintext
+                with contextlib.suppress(OSError):
+                    request.sendall(self.RequestHandlerClass.refusal(self.mail.config.hostname, refusal))  # type: ignore[attr-defined]
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:  # e.g. no more threads: free the slot, drop the connection
+            self.mail.connections.release(client_address[0])
+            self.shutdown_request(request)
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.mail.connections.release(client_address[0])
+
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:  # type: ignore[override]
+        log.exception("%s:%s unexpected error", client_address[0], client_address[1])
+
+
+class MailServer:
+    """The whole server: one per process, its state shared by every listener.
+
+    Methods for the caller: listen() binds a port, serve_forever() serves them all
+    until shutdown(), close() stops listening and gives open sessions a moment to
+    finish. It is also a context manager.
+    """
+
+    shutdown_grace = 2.0  # seconds close() waits for sessions to finish
+    watchdog_interval = 0.25  # seconds between looks for sessions past their deadline
+
+    def __init__(self, config: ServerConfig, users: UserStore, mailboxes: MailboxStore) -> None:
+        self.config = config
+        self.users = users
+        self.mailboxes = mailboxes
+        self.connections = ConnectionTable(config.max_connections, config.max_connections_per_ip)
+        self.login_throttle = LoginThrottle(config.max_login_failures, config.login_failure_window)
+        self.listeners: list[Listener] = []
+        self._serving: list[Listener] = []  # shutdown() must wait only for listeners that serve
+        self._closing = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch_deadlines, name="watchdog", daemon=True)
+        self._watchdog.start()
+
+    def listen(
+        self, address: tuple[str, int], handler_class: type[LineHandler], *, implicit_tls: bool = False
+    ) -> Listener:
+        """Bind one more port, whose sessions share this server's caps, throttle and deadlines."""
+        listener = Listener(address, handler_class, self, implicit_tls=implicit_tls)
+        self.listeners.append(listener)
+        return listener
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Serve every listener (the first in this thread) until shutdown()."""
+        first, *others = self.listeners
+        for listener in others:
+            self.serve_in_background(listener, poll_interval)
+        self._serving.append(first)
+        first.serve_forever(poll_interval)
+
+    def serve_in_background(self, listener: Listener, poll_interval: float = 0.5) -> None:
+        """Serve listener in a thread of its own until shutdown()."""
+        self._serving.append(listener)
+        threading.Thread(target=listener.serve_forever, args=(poll_interval,), daemon=True).start()
+
+    def shutdown(self) -> None:
+        """Make every serve_forever() return; call it from another thread."""
+        for listener in self._serving:
+            listener.shutdown()
+        self._serving.clear()
+
+    def close(self) -> None:
+        """Stop listening, tell open sessions we are going, and wait a moment for them."""
+        for listener in self.listeners:
+            listener.server_close()
+        self._closing.set()
+        self.connections.interrupt_all("Service shutting down")
+        self.connections.wait_until_idle(self.shutdown_grace)
+
+    def __enter__(self) -> MailServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _watch_deadlines(self) -> None:
+        while not self._closing.wait(self.watchdog_interval):
+            self.connections.expire_overdue()

@@ -1,0 +1,579 @@
+"""The SMTP session: one `smtp_<VERB>` method per command, its docstring its HELP text.
+
+The commands of the seed (RFC 821's HELO, MAIL, RCPT, DATA, HELP, NOOP, QUIT, and the
+extra RETR and DELE), the extensions real clients expect (EHLO, AUTH PLAIN/LOGIN,
+SIZE, 8BITMIME, PIPELINING, STARTTLS), RSET and VRFY. The first line of a docstring
+is the syntax, the rest what the command does; HELP shows them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import dataclasses
+import errno
+import functools
+import inspect
+import io
+import re
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, ClassVar, NamedTuple
+
+from .data import MAX_TEXT_LINE, DataReader, DataState, MessageTrace, dot_stuffed
+from .listener import Hangup, LineHandler
+from .logs import log, printable
+
+MAX_COMMAND_LINE = 512  # RFC 5321 4.5.3.1.4, CRLF included
+MAX_AUTH_LINE = 12288  # RFC 4954 4: an AUTH response line may be this long
+MAX_RECIPIENTS = 100  # RFC 5321 4.5.3.1.8: the minimum a server must accept
+MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
+MAX_DOMAIN = 255  # RFC 5321 4.5.3.1.2
+MAX_PATH = 256  # RFC 5321 4.5.3.1.3, angle brackets included
+STORED_CHUNK = 256 * 1024  # RETR reads a stored message this much at a time
+
+# RFC 5321 4.1.2: Mailbox = Local-part "@" ( Domain / address-literal ).
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LOCAL_PART = rf"(?:{_ATOM}(?:\.{_ATOM})*|\"(?:[\x20-\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*\")"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[\x21-\x5a\x5e-\x7e]+\])"
+POSTMASTER = "postmaster"  # RFC 5321 4.5.1: must be accepted without a domain
+# RFC 5321 4.1.2: "<" [ Mailbox / "postmaster" ] ">" [ SP parameters ]; one pattern, so a quoted ">" is no end.
+PATH = re.compile(
+    rf"<(?P<address>(?P<local>{_LOCAL_PART})@(?P<domain>{_DOMAIN})|(?i:{POSTMASTER})|)>(?P<parameters>(?: .*)?)"
+)
+
+
+class Reply(NamedTuple):
+    """One SMTP reply, for the replies that code branches on or sends from several places."""
+
+    code: int
+    text: str
+
+
+OK = Reply(250, "OK")
+NEED_AUTH = Reply(530, "Authentication required")
+NEED_MAIL = Reply(503, "Error: need MAIL command")
+
+
+@dataclasses.dataclass
+class Envelope:
+    """One mail transaction: started by MAIL, dropped by RSET, HELO/EHLO and the end of DATA."""
+
+    sender: str
+    recipients: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Session:
+    """What one connection has said so far; STARTTLS starts a fresh one."""
+
+    greeting: str | None = None  # the HELO/EHLO argument
+    user: str | None = None  # set by a successful AUTH
+    envelope: Envelope | None = None
+
+
+class Credentials(NamedTuple):
+    authorization_id: str
+    user: str
+    password: bytes
+
+
+Command = Callable[["SMTPHandler", str], None]
+
+
+def requires_login(command: Command) -> Command:
+    """Guard: the command answers 530 until the client has logged in."""
+
+    @functools.wraps(command)
+    def guarded(self: SMTPHandler, argument: str) -> None:
+        if not self.session.user:
+            self.reply(*NEED_AUTH)
+            return
+        command(self, argument)
+
+    return guarded
+
+
+def requires_transaction(command: Command) -> Command:
+    """Guard: the command answers 503 outside a transaction that MAIL started (and 530 before login)."""
+
+    @functools.wraps(command)
+    def guarded(self: SMTPHandler, argument: str) -> None:
+        if self.session.envelope is None:
+            self.reply(*NEED_MAIL)
+            return
+        command(self, argument)
+
+    return requires_login(guarded)
+
+
+class SMTPHandler(LineHandler):
+    """One SMTP session. A command method gets the text after the verb, replies with
+    self.reply() and returns; raising Hangup ends the session."""
+
+    command_prefix = "smtp_"
+    max_command_line = MAX_COMMAND_LINE
+    longer_lines: ClassVar[dict[str, int]] = {"AUTH": MAX_AUTH_LINE}  # AUTH's initial response may be that long
+
+    # -- what LineHandler asks of a protocol --------------------------------------------
+
+    def setup(self) -> None:
+        super().setup()
+        self.session = Session()
+
+    def greet(self) -> None:
+        self.reply(220, f"{self.config.hostname} Service ready")
+
+    def reply_line_too_long(self) -> None:
+        self.reply(500, "Error: line too long")
+
+    def reply_unknown_command(self) -> None:
+        self.reply(500, "Error: command not recognized")
+
+    def closing(self, reason: str) -> None:
+        self.reply(421, f"{self.config.hostname} {reason}, closing transmission channel")
+
+    def tls_started(self) -> None:
+        self.session = Session()  # RFC 3207 4.2: forget everything said in clear text
+
+    @classmethod
+    def refusal(cls, hostname: str, reason: str) -> bytes:
+        return f"421 {hostname} {reason}, closing transmission channel\r\n".encode()
+
+    def reply(self, code: int, *lines: str) -> None:
+        """Send one reply: `code-line` for all lines but the last, then `code line`."""
+        lines = lines or ("",)
+        last = len(lines) - 1
+        if code >= 500:
+            self.errors += 1
+        self.send_lines("".join(f"{code}{'-' if n < last else ' '}{line}\r\n" for n, line in enumerate(lines)))
+
+    # -- the commands of RFC 821 and the seed ----------------------------------------
+
+    def smtp_HELO(self, argument: str) -> None:
+        """HELO <domain>
+
+        Say who you are; the server answers 250. Clears any mail transaction.
+        """
+        self.hello(argument, extended=False)
+
+    def smtp_EHLO(self, argument: str) -> None:
+        """EHLO <domain>
+
+        Like HELO, and the server lists the extensions it supports.
+        """
+        self.hello(argument, extended=True)
+
+    def hello(self, domain: str, *, extended: bool) -> None:
+        if not domain:
+            self.reply(501, f"Syntax: {'EHLO' if extended else 'HELO'} <domain>")
+            return
+        self.session.greeting, self.session.envelope = domain, None
+        hello = f"{self.config.hostname} Hello {printable(domain[:100])}"
+        if extended:
+            self.reply(250, hello, *self.extensions())
+        else:
+            self.reply(250, hello)
+
+    def extensions(self) -> list[str]:
+        """The EHLO keywords of this session."""
+        extensions = []
+        if not self.needs_tls_first():
+            extensions.append("AUTH PLAIN LOGIN")  # never CRAM-MD5: bcrypt keeps no plaintext
+        extensions += [f"SIZE {self.config.max_message_size}", "8BITMIME", "PIPELINING"]
+        if self.config.tls_context is not None and not self.tls_active:
+            extensions.append("STARTTLS")
+        extensions.append("HELP")
+        return extensions
+
+    @requires_login
+    def smtp_MAIL(self, argument: str) -> None:
+        """MAIL FROM:<address> [SIZE=<bytes>] [BODY=7BIT|8BITMIME]
+
+        Start a new message from <address> (<> for none).
+        """
+        if self.session.envelope is not None:
+            self.reply(503, "Error: nested MAIL command")
+            return
+        parsed = parse_path(argument, "FROM:", allow_null=True)
+        if parsed is None:
+            self.reply(501, "Syntax: MAIL FROM:<address> [SIZE=<bytes>] [BODY=7BIT|8BITMIME]")
+            return
+        address, parameters = parsed
+        for parameter in parameters:
+            keyword, _, value = parameter.partition("=")
+            keyword = keyword.upper()
+            if keyword == "SIZE" and value.isdigit() and value.isascii():
+                if int(value) > self.config.max_message_size:
+                    self.reply(552, f"Message size exceeds the limit of {self.config.max_message_size} bytes")
+                    return
+            elif keyword == "BODY" and value.upper() in ("7BIT", "8BITMIME"):
+                pass  # we store bytes as they come; nothing to convert
+            else:
+                self.reply(555, f"MAIL parameter not recognized: {printable(parameter[:40])}")
+                return
+        self.session.envelope = Envelope(sender=address)
+        self.reply(*OK)
+
+    @requires_transaction
+    def smtp_RCPT(self, argument: str) -> None:
+        """RCPT TO:<address>
+
+        Add a recipient to the message started by MAIL.
+        """
+        envelope = self.session.envelope
+        assert envelope is not None  # the guard saw to it
+        parsed = parse_path(argument, "TO:", allow_null=False)
+        if parsed is None:
+            self.reply(501, "Syntax: RCPT TO:<address>")
+            return
+        address, parameters = parsed
+        if parameters:
+            self.reply(555, f"RCPT parameter not recognized: {printable(parameters[0][:40])}")
+            return
+        if len(envelope.recipients) >= MAX_RECIPIENTS:
+            self.reply(452, f"Too many recipients (at most {MAX_RECIPIENTS})")
+            return
+        envelope.recipients.append(address)
+        self.reply(*OK)
+
+    @requires_transaction
+    def smtp_DATA(self, argument: str) -> None:
+        """DATA
+
+        Send the message itself, ended by a line holding a single dot.
+        """
+        envelope, user = self.session.envelope, self.session.user
+        assert envelope is not None and user is not None  # the guard saw to it
+        if not envelope.recipients:
+            self.reply(503, "Error: need RCPT command")
+            return
+        if argument:
+            self.reply(501, "Syntax: DATA")
+            return
+        self.session.envelope = None  # whatever happens now, the transaction is over
+        try:
+            delivery = self.mail.mailboxes.start_delivery(user)
+        except OSError as error:
+            self.reply(*self.storage_error(error))
+            return
+        try:
+            self.reply(354, "Start mail input; end with <CRLF>.<CRLF>")
+            reader = DataReader(self.rfile, delivery.write, self.config.max_message_size, self.message_tracer("C:"))
+            with self.time_limit(self.config.data_timeout):
+                try:
+                    state = reader.read()
+                except EOFError:
+                    self.hang_up()  # the client went, or the server cut the data off
+        except BaseException:
+            delivery.abort()
+            raise
+        if state is not DataState.NORMAL:
+            delivery.abort()
+            self.reply(*self.data_refusal(reader))
+            return
+        try:
+            key = delivery.commit()
+        except OSError as error:
+            self.reply(*self.storage_error(error))
+            return
+        log.info(
+            "%s %s stored message %s from <%s> (%d bytes, %s)",
+            self.peer,
+            user,
+            key,
+            printable(envelope.sender),
+            delivery.size,
+            plural(len(envelope.recipients), "recipient"),
+        )
+        self.reply(250, f"OK: stored as {key}")
+
+    def data_refusal(self, reader: DataReader) -> Reply:
+        """The one reply for data that ended with a problem."""
+        if reader.state is DataState.LINE_TOO_LONG:
+            return Reply(500, f"Error: line longer than {MAX_TEXT_LINE} octets")
+        if reader.state is DataState.TOO_BIG:
+            return Reply(552, f"Message size exceeds the limit of {reader.max_size} bytes")
+        assert reader.storage_error is not None
+        return self.storage_error(reader.storage_error)
+
+    def storage_error(self, error: OSError) -> Reply:
+        """Log a disk error and return the reply that tells the client to try again later."""
+        log.error("%s could not store a message: %s", self.peer, error)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return Reply(452, "Insufficient system storage")
+        return Reply(451, "Requested action aborted: local error in processing")
+
+    def message_tracer(self, direction: str) -> Callable[[str], None] | None:
+        """With --verbose, a function that logs lines of a message as direction; else None."""
+        if not self.config.verbose:
+            return None
+        return functools.partial(self.trace, direction)
+
+    def smtp_RSET(self, argument: str) -> None:
+        """RSET
+
+        Abandon the message being sent; the login stays.
+        """
+        self.session.envelope = None
+        self.reply(*OK)
+
+    def smtp_NOOP(self, argument: str) -> None:
+        """NOOP
+
+        Do nothing; the server answers 250 OK.
+        """
+        self.reply(*OK)
+
+    def smtp_VRFY(self, argument: str) -> None:
+        """VRFY <address>
+
+        Not answered, so as not to tell which users exist (RFC 5321 3.5.3).
+        """
+        if not argument:
+            self.reply(501, "Syntax: VRFY <address>")
+            return
+        self.reply(252, "Cannot VRFY user, but will accept message and attempt delivery")
+
+    def smtp_HELP(self, argument: str) -> None:
+        """HELP [<command>]
+
+        List the commands, or explain one.
+        """
+        if not argument:
+            self.reply(214, "Commands: " + " ".join(self.commands()), "HELP <command> explains one")
+            return
+        method = self.command(argument)
+        if method is None:
+            self.reply(504, f"HELP topic not recognized: {printable(argument[:40])}")
+            return
+        text = inspect.cleandoc(method.__doc__ or argument.upper())  # python -OO drops docstrings
+        self.reply(214, *(line for line in text.splitlines() if line))
+
+    def smtp_QUIT(self, argument: str) -> None:
+        """QUIT
+
+        End the session; the server answers 221 and closes the connection.
+        """
+        self.reply(221, f"{self.config.hostname} Service closing transmission channel")
+        raise Hangup
+
+    # -- login (RFC 4954) -----------------------------------------------------------
+
+    def smtp_AUTH(self, argument: str) -> None:
+        """AUTH PLAIN|LOGIN [<initial-response>]
+
+        Log in. A wrong username or password ends the connection.
+        """
+        if not self.session.greeting:
+            self.reply(503, "Error: send HELO or EHLO first")
+            return
+        if self.session.user:
+            self.reply(503, "Error: already authenticated")
+            return
+        if self.session.envelope is not None:
+            self.reply(503, "Error: AUTH not allowed during a mail transaction")
+            return
+        if self.needs_tls_first():
+            self.reply(530, "Must issue a STARTTLS command first")
+            return
+        address = self.client_address[0]
+        if self.mail.login_throttle.blocked(address):
+            log.warning("%s AUTH refused: too many failed logins from %s", self.peer, address)
+            self.reply(454, "4.7.0 Too many failed logins, try again later")
+            return
+        mechanism, _, initial = argument.partition(" ")
+        if not mechanism:
+            self.reply(501, "Syntax: AUTH PLAIN|LOGIN [<initial-response>]")
+            return
+        method = getattr(self, "auth_" + mechanism.upper(), None) if mechanism.isalpha() else None
+        if method is None:
+            self.reply(504, "Unrecognized authentication type; use PLAIN or LOGIN")
+            return
+        credentials = method(initial.strip() or None)
+        if credentials is None:
+            return  # cancelled or malformed, already answered
+        self.finish_login(credentials)
+
+    def finish_login(self, credentials: Credentials) -> None:
+        users, address = self.mail.users, self.client_address[0]
+        wanted_identity = credentials.authorization_id in ("", credentials.user)
+        if users.check(credentials.user, credentials.password) and wanted_identity:
+            self.session.user = credentials.user
+            log.info("%s login %s", self.peer, credentials.user)
+            self.reply(235, "2.7.0 Authentication successful")
+            return
+        self.mail.login_throttle.record(address)
+        # A name that is not an account may be a password typed into the wrong field: never log it.
+        who = credentials.user if credentials.user in users else "an unknown user"
+        log.warning("%s login failed for %s", self.peer, who)
+        self.reply(535, "5.7.8 Authentication credentials invalid")
+        raise Hangup  # the seed: a wrong username or password ends the connection
+
+    def auth_PLAIN(self, initial: str | None) -> Credentials | None:
+        """RFC 4616: base64 of authzid NUL authcid NUL password."""
+        response = self.auth_response(initial, b"")
+        if response is None:
+            return None
+        parts = response.split(b"\0")
+        if len(parts) != 3:
+            self.reply(501, "Malformed PLAIN response")
+            return None
+        return Credentials(username_text(parts[0]), username_text(parts[1]), parts[2])
+
+    def auth_LOGIN(self, initial: str | None) -> Credentials | None:
+        """The de-facto LOGIN mechanism: username and password in two base64 answers."""
+        user = self.auth_response(initial, b"Username:")
+        if user is None:
+            return None
+        password = self.auth_response(None, b"Password:")
+        if password is None:
+            return None
+        return Credentials("", username_text(user), password)
+
+    def auth_response(self, initial: str | None, prompt: bytes) -> bytes | None:
+        """Return the decoded initial response, or ask with a 334; None after a 501."""
+        if initial is None:
+            self.reply(334, base64.b64encode(prompt).decode())
+            line = self.read_line(MAX_AUTH_LINE)
+            if line is None:
+                self.reply(501, "Error: authentication line too long")
+                return None
+            answer = line.decode("ascii", "replace").strip()
+            self.trace("C:", "********")
+        else:
+            answer = initial
+        if answer == "*":
+            self.reply(501, "Authentication cancelled")
+            return None
+        if answer == "=":  # RFC 4954 4: an empty initial response
+            return b""
+        try:
+            return base64.b64decode(answer, validate=True)
+        except (binascii.Error, ValueError):
+            self.reply(501, "Error: invalid base64")
+            return None
+
+    # -- TLS (RFC 3207) --------------------------------------------------------------
+
+    def needs_tls_first(self) -> bool:
+        """True while --require-tls keeps AUTH out of a session not yet under TLS."""
+        return self.config.require_tls and not self.tls_active
+
+    def smtp_STARTTLS(self, argument: str) -> None:
+        """STARTTLS
+
+        Switch this connection to TLS; then say EHLO again.
+        """
+        if self.config.tls_context is None:
+            self.reply(454, "TLS not available")
+            return
+        if self.tls_active:
+            self.reply(503, "Error: TLS already active")
+            return
+        if argument:
+            self.reply(501, "Syntax: STARTTLS")
+            return
+        self.reply(220, "Ready to start TLS")
+        self.start_tls()
+
+    # -- the seed's extra commands ----------------------------------------------------
+
+    @requires_login
+    def smtp_RETR(self, argument: str) -> None:
+        """RETR
+
+        Send back every message you sent, oldest first: a 250 with the count, then each message ended by a "." line.
+        """
+        if argument:
+            self.reply(504, "RETR takes no parameter")
+            return
+        assert self.session.user is not None
+        with contextlib.ExitStack() as cleanup:
+            try:
+                messages = cleanup.enter_context(self.mail.mailboxes.messages(self.session.user))
+            except OSError as error:
+                self.reply(*self.storage_error(error))
+                return
+            count = len(messages)
+            self.reply(250, f"{count} {'message follows' if count == 1 else 'messages follow'}")
+            for open_message in messages:
+                self.send_message(open_message)
+
+    def send_message(self, open_message: Callable[[], BinaryIO]) -> None:
+        """Send one stored message as DATA sends it: CRLF ends, leading dots doubled, then "."."""
+        try:
+            message = open_message()
+        except (KeyError, FileNotFoundError):
+            # A Maildir reader moved it meanwhile: an empty block keeps the count true.
+            log.warning("%s a message vanished during RETR", self.peer)
+            message = io.BytesIO()
+        tracer = self.message_tracer("S:")
+        trace = MessageTrace(tracer) if tracer else None
+        with message:
+            for piece in dot_stuffed(self.stored_chunks(message)):
+                if trace and trace.lines_left:
+                    trace.lines(piece)
+                self.connection.sendall(piece)
+        if trace:
+            trace.end()
+
+    def stored_chunks(self, message: BinaryIO) -> Iterator[bytes]:
+        """The pieces of a stored message; a disk error ends the session with 421."""
+        while True:
+            try:
+                chunk = message.read(STORED_CHUNK)
+            except OSError:
+                # Mid-RETR there is no way to say 451 and go on: the count was promised.
+                log.exception("%s could not read a stored message", self.peer)
+                self.closing("Local error in processing")
+                raise Hangup from None
+            if not chunk:
+                return
+            yield chunk
+
+    @requires_login
+    def smtp_DELE(self, argument: str) -> None:
+        """DELE
+
+        Delete every message you sent; the 250 says how many.
+        """
+        if argument:
+            self.reply(504, "DELE takes no parameter")
+            return
+        assert self.session.user is not None
+        try:
+            deleted = self.mail.mailboxes.delete_all(self.session.user)
+        except OSError as error:
+            self.reply(*self.storage_error(error))
+            return
+        log.info("%s %s deleted %s", self.peer, self.session.user, plural(deleted, "message"))
+        self.reply(250, f"{plural(deleted, 'message')} deleted")
+
+
+def parse_path(argument: str, keyword: str, *, allow_null: bool) -> tuple[str, list[str]] | None:
+    """Parse `FROM:<address> PARAM...` (or TO:); return (address, params) or None if malformed.
+
+    MAIL may name the null path <> (bounces); RCPT may name <postmaster> without a domain.
+    """
+    if argument[: len(keyword)].upper() != keyword:
+        return None
+    match = PATH.fullmatch(argument[len(keyword) :].lstrip())  # "FROM: <a@b>" is common enough to accept
+    if match is None:
+        return None
+    address, local, domain = match["address"], match["local"], match["domain"]
+    if local is None and (address == "") != allow_null:
+        return None  # <> in RCPT, or <postmaster> in MAIL
+    if len(address) + 2 > MAX_PATH or (local and (len(local) > MAX_LOCAL_PART or len(domain) > MAX_DOMAIN)):
+        return None
+    return address, match["parameters"].split()
+
+
+def username_text(raw: bytes) -> str:
+    """Decode a username from AUTH; undecodable bytes can match no account."""
+    return raw.decode("utf-8", "replace")
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -1,0 +1,142 @@
+"""Accounts: users.txt (`name:bcrypt-hash` per line), the login check, and the edits of adduser/passwd/deluser.
+
+No password is kept or logged: users.txt holds bcrypt hashes only, and `UserStore.check`
+answers yes or no.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import bcrypt
+
+from .logs import log
+
+USERNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")  # names folders: no "/", no leading "."
+BCRYPT_HASH = re.compile(r"\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}")
+BCRYPT_MAX_PASSWORD = 72  # bcrypt ignores (bcrypt 5 refuses) longer passwords
+DEFAULT_ROUNDS = 12  # bcrypt's own default cost: about 0.2 s a check
+
+
+def hash_password(password: str, rounds: int = DEFAULT_ROUNDS) -> str:
+    """Return the bcrypt hash of password, as stored in users.txt."""
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+
+
+class UsersFileError(ValueError):
+    """users.txt cannot be read or has a malformed line; the message names file and line."""
+
+
+def parse_users(path: Path) -> dict[str, bytes]:
+    """Return {name: bcrypt hash} from a users file; raise UsersFileError naming the bad line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsersFileError(f"{path}: cannot read users file: {error}") from None
+    table: dict[str, bytes] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, colon, hashed = line.partition(":")
+        if not colon:
+            raise UsersFileError(f"{path}:{number}: expected name:bcrypt-hash")
+        if not USERNAME.fullmatch(name):
+            raise UsersFileError(f"{path}:{number}: bad username {name!r}")
+        if not BCRYPT_HASH.fullmatch(hashed):
+            raise UsersFileError(f"{path}:{number}: not a bcrypt hash for {name!r}")
+        table[name] = hashed.encode()
+    return table
+
+
+class UserStore:
+    """The accounts of users.txt, reloaded when the file changes."""
+
+    reload_interval = 1.0  # seconds between stat() calls: edits show up within about a second
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._table = parse_users(self.path)
+        self._stamp = self._file_stamp()
+        self._next_stat = time.monotonic() + self.reload_interval
+        self._dummy_hash = self._make_dummy_hash()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._current()
+
+    def __len__(self) -> int:
+        return len(self._current())
+
+    def check(self, name: str, password: bytes) -> bool:
+        """Return True if name exists and password is its password.
+
+        An unknown name costs the same bcrypt work as a wrong password, so timing
+        does not tell which names exist.
+        """
+        hashed = self._current().get(name)
+        if hashed is None or len(password) > BCRYPT_MAX_PASSWORD:
+            bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], self._dummy_hash)
+            return False
+        return bcrypt.checkpw(password, hashed)
+
+    def _current(self) -> dict[str, bytes]:
+        now = time.monotonic()
+        if now >= self._next_stat:
+            with self._lock:
+                if now >= self._next_stat:
+                    self._next_stat = now + self.reload_interval
+                    self._reload_if_changed()
+        return self._table
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def _reload_if_changed(self) -> None:
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            self._table = parse_users(self.path)
+        except UsersFileError as error:
+            log.error("%s; keeping the previous %d accounts", error, len(self._table))
+            return
+        self._dummy_hash = self._make_dummy_hash()
+        log.info("reloaded %s: %d accounts", self.path, len(self._table))
+
+    def _make_dummy_hash(self) -> bytes:
+        """A hash with the accounts' cost, checked against when the name is unknown."""
+        costs = [int(hashed[4:6]) for hashed in self._table.values()]
+        rounds = max(costs, default=DEFAULT_ROUNDS)
+        return bcrypt.hashpw(b"no such user", bcrypt.gensalt(rounds))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Replace path's content so that a reader sees the old or the new file, never half."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+def rewrite_users_file(path: Path, name: str, new_hash: str | None) -> None:
+    """Set the hash of name (adding the line if needed), or remove name if new_hash is None.
+
+    Comments and other lines are kept as they are.
+    """
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    kept = [line for line in lines if line.strip().partition(":")[0] != name]
+    if new_hash is not None:
+        kept.append(f"{name}:{new_hash}")
+    _atomic_write_text(path, "".join(line + "\n" for line in kept))
