@@ -41,6 +41,7 @@ import ssl
 import sys
 from collections.abc import Callable
 from email.message import EmailMessage
+from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 2525
@@ -91,29 +92,19 @@ class MailClient(smtplib.SMTP):
 
     def __init__(
         self,
+        host: str = "",
+        port: int = 0,
         *,
         trace: Trace | None = None,
         timeout: float = SOCKET_TIMEOUT,
-        implicit_tls: ssl.SSLContext | None = None,
+        **options: Any,
     ) -> None:
+        """Connect to host:port if host is given, as smtplib.SMTP does; options go to smtplib."""
         # Set before connecting: smtplib reads the greeting through getreply.
         self.trace = trace
         self.last_reply: tuple[int, bytes] = (0, b"")
-        self.implicit_tls = implicit_tls
         # socket.getfqdn(), smtplib's default EHLO name, can stall on DNS.
-        super().__init__(local_hostname=socket.gethostname(), timeout=timeout)
-
-    def connect(self, host: str = "localhost", port: int = 0, source_address: object = None) -> tuple[int, bytes]:
-        # starttls() checks the certificate against self._host, which only __init__ sets.
-        self._host = host
-        return super().connect(host, port, source_address)
-
-    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        """Connect; with implicit_tls, speak TLS from the first byte (SMTPS, RFC 8314), as SMTP_SSL does."""
-        sock = super()._get_socket(host, port, timeout)
-        if self.implicit_tls is None:
-            return sock
-        return self.implicit_tls.wrap_socket(sock, server_hostname=host)
+        super().__init__(host, port, local_hostname=socket.gethostname(), timeout=timeout, **options)
 
     def send(self, s: str | bytes) -> None:
         """Send ``s`` to the server, tracing it first."""
@@ -214,6 +205,10 @@ class MailClient(smtplib.SMTP):
             self.trace(f"   {note}")
 
 
+class MailClientTLS(MailClient, smtplib.SMTP_SSL):
+    """MailClient speaking TLS from the first byte (SMTPS, RFC 8314); pass context=."""
+
+
 def command_for_trace(command: str) -> str:
     """Return ``command`` with its verb in capitals and any AUTH payload masked.
 
@@ -295,8 +290,8 @@ def is_address(address: str) -> bool:
     return ADDRESS.fullmatch(address) is not None and len(local_part) <= MAX_LOCAL_PART and len(address) + 2 <= MAX_PATH
 
 
-class Session:
-    """One logged-in user at one server, and how to end it politely."""
+class Account:
+    """The user's account at one server: how to reach it, the connection, and how to end it politely."""
 
     def __init__(
         self,
@@ -318,20 +313,19 @@ class Session:
 
     def connect(self) -> MailClient:
         """Open a fresh connection, read the greeting, and return the client."""
-        client = MailClient(trace=self.trace, implicit_tls=self.tls if self.implicit_tls else None)
         try:
-            code, greeting = client.connect(self.host, self.port)
+            if self.implicit_tls:
+                client = MailClientTLS(self.host, self.port, trace=self.trace, context=self.tls)
+            else:
+                client = MailClient(self.host, self.port, trace=self.trace)
         except (smtplib.SMTPException, ssl.SSLError):
             raise
         except OSError as error:
             message = f"Cannot connect to {self.host}:{self.port} — is the server running? (python server.py)"
             raise CannotConnectError(message) from error
-        if code != 220:
-            client.close()
-            raise smtplib.SMTPConnectError(code, greeting)
         self.client = client
         # RFC 5321 4.3.1: the greeting starts with the server's name.
-        self.server_name = decode(greeting).split(" ", 1)[0] or self.host
+        self.server_name = decode(client.last_reply[1]).split(" ", 1)[0] or self.host
         if self.tls is not None and not self.implicit_tls:
             client.starttls(context=self.tls)  # raises SMTPNotSupportedError if not offered
         return client
@@ -394,9 +388,9 @@ class Session:
 # Each returns True to show the menu again, False to end the session.
 
 
-def send_mail(session: Session) -> bool:
+def send_mail(account: Account) -> bool:
     """Menu 1: build a message from the answers and send it."""
-    default_sender = f"{session.user}@{session.server_name}"
+    default_sender = f"{account.user}@{account.server_name}"
     sender = ask_address(f"From [{default_sender}]: ", default_sender)
     recipients = ask_recipients()
     subject = ask("Subject: ")
@@ -404,7 +398,7 @@ def send_mail(session: Session) -> bool:
     message = build_message(sender, recipients, subject, read_body())
     # RFC 6152: 8-bit text (UTF-8 written as is) must be declared in MAIL.
     options = ["BODY=8BITMIME"] if message["Content-Transfer-Encoding"] == "8bit" else []
-    client = active_client(session)
+    client = active_client(account)
     try:
         refused = client.send_message(message, sender, recipients, mail_options=options)
     except smtplib.SMTPRecipientsRefused as error:
@@ -480,9 +474,9 @@ def print_refused(refused: dict[str, tuple[int, bytes]]) -> None:
         print(f"  {address}: {format_reply(code, text)}")
 
 
-def retrieve_mail(session: Session) -> bool:
+def retrieve_mail(account: Account) -> bool:
     """Menu 2: show every message this user sent, decoded."""
-    messages = active_client(session).retr()
+    messages = active_client(account).retr()
     if not messages:
         print("No messages.")
         return True
@@ -536,9 +530,9 @@ def describe_part(part: EmailMessage) -> str:
     return f"[{part.get_content_type()} part{f' {name!r}' if name else ''} not shown]"
 
 
-def delete_mail(session: Session) -> bool:
+def delete_mail(account: Account) -> bool:
     """Menu 3: after a yes, delete all this user's messages."""
-    client = active_client(session)
+    client = active_client(account)
     count = len(client.retr())  # the protocol has no other way to count
     if count == 0:
         print("No messages.")
@@ -550,19 +544,19 @@ def delete_mail(session: Session) -> bool:
     return True
 
 
-def quit_session(session: Session) -> bool:
+def quit_session(account: Account) -> bool:
     """Menu 4: QUIT and show the server's goodbye."""
-    session.close()
+    account.close()
     return False
 
 
-def active_client(session: Session) -> MailClient:
-    if session.client is None:
+def active_client(account: Account) -> MailClient:
+    if account.client is None:
         raise smtplib.SMTPServerDisconnected("not connected")
-    return session.client
+    return account.client
 
 
-MENU: dict[str, tuple[str, Callable[[Session], bool]]] = {
+MENU: dict[str, tuple[str, Callable[[Account], bool]]] = {
     "1": ("Send a message", send_mail),
     "2": ("Retrieve my messages", retrieve_mail),
     "3": ("Delete my messages", delete_mail),
@@ -570,7 +564,7 @@ MENU: dict[str, tuple[str, Callable[[Session], bool]]] = {
 }
 
 
-def run_menu(session: Session) -> None:
+def run_menu(account: Account) -> None:
     """Show the menu and run choices until Quit."""
     keep_going = True
     while keep_going:
@@ -579,7 +573,7 @@ def run_menu(session: Session) -> None:
             print(f"  {key}. {label}")
         action = choose_action()
         try:
-            keep_going = action(session)
+            keep_going = action(account)
         except smtplib.SMTPServerDisconnected:
             raise
         except smtplib.SMTPResponseException as error:
@@ -588,7 +582,7 @@ def run_menu(session: Session) -> None:
             print(f"Error: {error}")
 
 
-def choose_action() -> Callable[[Session], bool]:
+def choose_action() -> Callable[[Account], bool]:
     """Ask until the answer is one of the MENU keys."""
     while True:
         choice = ask("Choose: ").strip()
@@ -624,36 +618,34 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ssl.SSLError) as error:
         print(f"Cannot use --cafile {args.cafile}: {error}", file=sys.stderr)
         return 2
-    session = Session(args.host, args.port, print if args.trace else None, tls, implicit_tls=args.tls)
+    account = Account(args.host, args.port, print if args.trace else None, tls, implicit_tls=args.tls)
     try:
-        session.log_in(args.user)
-        run_menu(session)
+        account.log_in(args.user)
+        run_menu(account)
     except EOFError:  # Ctrl-D, or the end of a script
         print()
-        session.close()
-        return 0
     except KeyboardInterrupt:  # Ctrl-C
         print()
-        session.close()
         return 130
-    except smtplib.SMTPServerDisconnected as error:
-        print(f"Connection closed by server: {error}", file=sys.stderr)
+    except (CannotConnectError, LoginFailedError, smtplib.SMTPException, ssl.SSLError) as error:
+        print(error_message(error), file=sys.stderr)
         return 1
-    except (CannotConnectError, LoginFailedError) as error:
-        print(error, file=sys.stderr)
-        session.close()
-        return 1
-    except smtplib.SMTPConnectError as error:
-        print(f"The server refused the connection: {format_reply(error.smtp_code, error.smtp_error)}", file=sys.stderr)
-        return 1
-    except smtplib.SMTPException as error:  # anything else smtplib can raise: no traceback
-        print(f"SMTP error: {error}", file=sys.stderr)
-        session.close()
-        return 1
-    except ssl.SSLError as error:  # e.g. a certificate we were not told to trust (--cafile)
-        print(f"TLS failed: {error}", file=sys.stderr)
-        return 1
+    finally:
+        account.close()  # QUIT if still connected
     return 0
+
+
+def error_message(error: Exception) -> str:
+    """One line that says what went wrong, for the errors that end the client."""
+    if isinstance(error, smtplib.SMTPServerDisconnected):
+        return f"Connection closed by server: {error}"
+    if isinstance(error, smtplib.SMTPConnectError):
+        return f"The server refused the connection: {format_reply(error.smtp_code, error.smtp_error)}"
+    if isinstance(error, smtplib.SMTPException):  # anything else smtplib can raise
+        return f"SMTP error: {error}"
+    if isinstance(error, ssl.SSLError):  # e.g. a certificate we were not told to trust (--cafile)
+        return f"TLS failed: {error}"
+    return str(error)
 
 
 if __name__ == "__main__":
