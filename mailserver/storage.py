@@ -24,7 +24,13 @@ from .users import USERNAME
 
 
 def fsync_directory(path: Path) -> None:
-    """Make a rename or unlink inside directory path survive a crash."""
+    """Make a rename or unlink inside directory path survive a crash.
+
+    Windows has no O_DIRECTORY and cannot open a directory to fsync it; there NTFS
+    journals the rename itself, so there is nothing to do.
+    """
+    if not hasattr(os, "O_DIRECTORY"):
+        return
     descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(descriptor)
