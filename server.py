@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, action="store_true", help=help_text)
             continue
         if default is not None:
-            help_text += f" (default {default})"
+            help_text += f" (default {default:g})" if isinstance(default, float) else f" (default {default})"
         parser.add_argument(flag, type=field.metadata["type"], default=default, metavar=field.metadata["metavar"],
                             help=help_text)  # fmt: skip
     commands = parser.add_subparsers(dest="command", metavar="{adduser,passwd,deluser}")

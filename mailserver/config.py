@@ -28,7 +28,7 @@ class ServerConfig:
     """The settings of one server process, shared by all its listeners; the command line fills them in."""
 
     host: str = option("127.0.0.1", "address to listen on")
-    port: int = option(2525, "SMTP port (0 picks a free one)")
+    port: int = option(2525, "SMTP port; 0 picks a free one")
     hostname: str = option(socket.gethostname(), "the server's name, in the greeting and the replies")
     users: str = option("users.txt", "the accounts file", metavar="FILE")
     mailboxes: str = option("mailboxes", "where mail is stored", metavar="DIR")
