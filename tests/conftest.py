@@ -150,7 +150,7 @@ def dot_stuff(message: bytes) -> bytes:
     return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
 
-class Session:
+class RawSession:
     """A raw socket to the server, for transcripts and for input no real client would send."""
 
     def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
@@ -244,12 +244,12 @@ class Session:
 
 
 @pytest.fixture
-def connect(smtp_server: RunningServer) -> Iterator[Callable[..., Session]]:
-    """connect(server=smtp_server) opens a Session and reads the greeting; all close after the test."""
-    sessions: list[Session] = []
+def connect(smtp_server: RunningServer) -> Iterator[Callable[..., RawSession]]:
+    """connect(server=smtp_server) opens a RawSession and reads the greeting; all close after the test."""
+    sessions: list[RawSession] = []
 
-    def open_session(server: RunningServer = smtp_server, greeting: bool = True) -> Session:
-        session = Session(server.host, server.port)
+    def open_session(server: RunningServer = smtp_server, greeting: bool = True) -> RawSession:
+        session = RawSession(server.host, server.port)
         sessions.append(session)
         if greeting:
             code, _ = session.read_reply()
@@ -262,14 +262,14 @@ def connect(smtp_server: RunningServer) -> Iterator[Callable[..., Session]]:
 
 
 @pytest.fixture
-def session(connect: Callable[..., Session]) -> Session:
-    """A connected Session to smtp_server, greeting already read."""
+def session(connect: Callable[..., RawSession]) -> RawSession:
+    """A connected RawSession to smtp_server, greeting already read."""
     return connect()
 
 
 @pytest.fixture
-def logged_in(connect: Callable[..., Session]) -> Session:
-    """A Session after EHLO and a successful AUTH as alice."""
+def logged_in(connect: Callable[..., RawSession]) -> RawSession:
+    """A RawSession after EHLO and a successful AUTH as alice."""
     session = connect()
     session.login()
     return session
@@ -404,14 +404,14 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
     return Certificate(cert, key)
 
 
-def read_retr(session: Session) -> list[list[str]]:
+def read_retr(session: RawSession) -> list[list[str]]:
     """Send RETR on a logged-in session; return each message as its lines of text."""
     return [message.decode("utf-8").split("\r\n")[:-1] for message in session.retr()]
 
 
 def retrieve(host: str, port: int, user: str = "alice") -> list[list[str]]:
     """Log in as user over a plain socket and RETR: every message user sent, as lines."""
-    session = Session(host, port)
+    session = RawSession(host, port)
     try:
         assert session.read_reply()[0] == 220
         session.login(user)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, USERS, RunningServer, ServerProcess, Session, plain_response, wait_for
+from conftest import ROOT, USERS, RawSession, RunningServer, ServerProcess, plain_response, wait_for
 
 ATTACKER, BYSTANDER = "127.0.0.2", "127.0.0.1"
 SLOW_SECONDS = 10.0  # a slow client gives up by itself after this long
@@ -30,8 +30,8 @@ USERNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")  # issue 2's rule for
 BCRYPT_HASH = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")
 
 
-class SessionFrom(Session):
-    """A Session whose socket is bound to a given loopback address, to look like another client."""
+class SessionFrom(RawSession):
+    """A RawSession whose socket is bound to a given loopback address, to look like another client."""
 
     def __init__(self, host: str, port: int, source: str) -> None:
         self.sock = socket.create_connection((host, port), timeout=10, source_address=(source, 0))
@@ -53,7 +53,7 @@ def connect_from() -> Iterator[Callable[[RunningServer, str], SessionFrom]]:
         session.close()
 
 
-def try_login(session: Session, password: str) -> int:
+def try_login(session: RawSession, password: str) -> int:
     """EHLO and AUTH PLAIN as alice; return AUTH's reply code."""
     assert session.read_reply()[0] == 220
     assert session.command("EHLO client.test")[0] == 250
@@ -135,7 +135,7 @@ def test_connections_over_the_caps_get_421_and_no_handler(
 # ------------------------------------------------------------------------- slow clients
 
 
-def trickle(session: Session, chunks: list[bytes], every: float, started: float) -> tuple[float, bytes]:
+def trickle(session: RawSession, chunks: list[bytes], every: float, started: float) -> tuple[float, bytes]:
     """Send one chunk every `every` seconds until the server answers or closes (or SLOW_SECONDS pass).
 
     Return how long after `started` the server stopped us, and what it said.
@@ -210,7 +210,7 @@ def test_a_slow_data_transfer_is_cut_off_at_the_data_timeout(
 # ------------------------------------------------------------------------- error limit
 
 
-def test_the_tenth_error_of_a_session_is_followed_by_421_and_the_close(logged_in: Session) -> None:
+def test_the_tenth_error_of_a_session_is_followed_by_421_and_the_close(logged_in: RawSession) -> None:
     # Any 5xx counts: unknown verbs, syntax errors, bad sequences, bad HELP topics.
     mistakes = ["XYZZY", "MAIL FROM:nobody", "RCPT TO:<x@y.example>", "HELP FLY", "DATA", "RETR now"]
     mistakes += ["HELO", "MAIL FROM:<a@b.example> COLOR=red", "VRFY"]
@@ -239,8 +239,8 @@ def test_the_log_shows_no_password_and_no_auth_payload(server_process: Callable[
     }
     payloads |= {base64.b64encode(text.encode()).decode() for text in ("alice", alice, "carol", carol)}  # LOGIN's
 
-    def session() -> Session:
-        opened = Session("127.0.0.1", server.port)
+    def session() -> RawSession:
+        opened = RawSession("127.0.0.1", server.port)
         assert opened.read_reply()[0] == 220
         assert opened.command("EHLO secrets.test")[0] == 250
         return opened

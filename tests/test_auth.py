@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import USERS, RunningServer, Session, plain_response, write_users_file
+from conftest import USERS, RawSession, RunningServer, plain_response, write_users_file
 
 from mailserver import users as users_module
 
@@ -23,25 +23,25 @@ def b64(raw: bytes | str) -> str:
 
 
 @pytest.fixture
-def greeted(session: Session) -> Session:
+def greeted(session: RawSession) -> RawSession:
     """A session after EHLO, not logged in."""
     assert session.command("EHLO client.test")[0] == 250
     return session
 
 
-def assert_logged_in(session: Session) -> None:
+def assert_logged_in(session: RawSession) -> None:
     assert session.command("MAIL FROM:<alice@example.org>")[0] == 250
     assert session.command("RSET")[0] == 250
 
 
-def assert_not_logged_in(session: Session) -> None:
+def assert_not_logged_in(session: RawSession) -> None:
     assert session.command("MAIL FROM:<alice@example.org>")[0] == 530
 
 
 # ------------------------------------------------------------------------ PLAIN
 
 
-def test_plain_with_initial_response(greeted: Session) -> None:
+def test_plain_with_initial_response(greeted: RawSession) -> None:
     greeted.expect(f"""
         C: AUTH PLAIN {ALICE_PLAIN}
         S: 235 *
@@ -49,7 +49,7 @@ def test_plain_with_initial_response(greeted: Session) -> None:
     assert_logged_in(greeted)
 
 
-def test_plain_with_empty_challenge(greeted: Session) -> None:
+def test_plain_with_empty_challenge(greeted: RawSession) -> None:
     greeted.expect(f"""
         C: AUTH PLAIN
         S: 334*
@@ -59,14 +59,14 @@ def test_plain_with_empty_challenge(greeted: Session) -> None:
     assert_logged_in(greeted)
 
 
-def test_plain_with_authzid_equal_to_the_user(greeted: Session) -> None:
+def test_plain_with_authzid_equal_to_the_user(greeted: RawSession) -> None:
     greeted.expect(f"""
         C: AUTH PLAIN {plain_response("alice", "alice-password", authzid="alice")}
         S: 235 *
     """)
 
 
-def test_plain_with_another_authzid_is_refused(greeted: Session) -> None:
+def test_plain_with_another_authzid_is_refused(greeted: RawSession) -> None:
     """Alice's right password, asking to act as bob: 535, and the connection ends."""
     greeted.expect(f"""
         C: AUTH PLAIN {plain_response("alice", "alice-password", authzid="bob")}
@@ -78,7 +78,7 @@ def test_plain_with_another_authzid_is_refused(greeted: Session) -> None:
 # ------------------------------------------------------------------------ LOGIN
 
 
-def test_login_with_challenges(greeted: Session) -> None:
+def test_login_with_challenges(greeted: RawSession) -> None:
     greeted.expect(f"""
         C: AUTH LOGIN
         S: 334 VXNlcm5hbWU6
@@ -90,7 +90,7 @@ def test_login_with_challenges(greeted: Session) -> None:
     assert greeted.command("MAIL FROM:<bob@example.org>")[0] == 250
 
 
-def test_login_with_initial_response(greeted: Session) -> None:
+def test_login_with_initial_response(greeted: RawSession) -> None:
     greeted.expect(f"""
         C: AUTH LOGIN {b64("carol")}
         S: 334 UGFzc3dvcmQ6
@@ -101,12 +101,12 @@ def test_login_with_initial_response(greeted: Session) -> None:
 
 
 @pytest.mark.parametrize("mechanism", ["plain", "Plain", "pLaIn"])
-def test_mechanism_names_are_case_insensitive_plain(greeted: Session, mechanism: str) -> None:
+def test_mechanism_names_are_case_insensitive_plain(greeted: RawSession, mechanism: str) -> None:
     assert greeted.command(f"AUTH {mechanism} {ALICE_PLAIN}")[0] == 235
 
 
 @pytest.mark.parametrize("mechanism", ["login", "Login"])
-def test_mechanism_names_are_case_insensitive_login(greeted: Session, mechanism: str) -> None:
+def test_mechanism_names_are_case_insensitive_login(greeted: RawSession, mechanism: str) -> None:
     greeted.expect(f"""
         C: AUTH {mechanism} {b64("alice")}
         S: 334 *
@@ -161,7 +161,7 @@ def test_smtplib_login_with_a_wrong_password(smtp_server: RunningServer) -> None
         ("", "alice-password"),
     ],
 )
-def test_wrong_credentials_end_the_connection(greeted: Session, user: str, password: str) -> None:
+def test_wrong_credentials_end_the_connection(greeted: RawSession, user: str, password: str) -> None:
     greeted.expect(f"""
         C: AUTH PLAIN {plain_response(user, password)}
         S: 535 *
@@ -169,7 +169,7 @@ def test_wrong_credentials_end_the_connection(greeted: Session, user: str, passw
     assert greeted.closed_by_server()
 
 
-def test_wrong_password_with_login_ends_the_connection(greeted: Session) -> None:
+def test_wrong_password_with_login_ends_the_connection(greeted: RawSession) -> None:
     greeted.expect(f"""
         C: AUTH LOGIN
         S: 334 *
@@ -235,7 +235,7 @@ def test_a_password_beyond_72_bytes_is_not_truncated(long_password_server: Runni
     ],
     ids=["73-bytes", "right-prefix-114-bytes", "1-KiB", "not-utf8", "control-chars", "non-ascii"],
 )
-def test_long_and_odd_passwords_get_535(greeted: Session, smtp_server: RunningServer, password: bytes) -> None:
+def test_long_and_odd_passwords_get_535(greeted: RawSession, smtp_server: RunningServer, password: bytes) -> None:
     """Sent in answer to the 334, where lines may be long (RFC 4954 4)."""
     greeted.expect(f"""
         C: AUTH PLAIN
@@ -252,7 +252,7 @@ def test_long_and_odd_passwords_get_535(greeted: Session, smtp_server: RunningSe
     [b"z" * 1024, b"pass\x00word", b"\x00", b"\xff" * 80],
     ids=["1-KiB", "nul-inside", "nul-only", "80-bytes-0xff"],
 )
-def test_long_and_odd_passwords_with_login_get_535(greeted: Session, password: bytes) -> None:
+def test_long_and_odd_passwords_with_login_get_535(greeted: RawSession, password: bytes) -> None:
     """LOGIN can carry bytes PLAIN cannot, such as NUL."""
     greeted.expect(f"""
         C: AUTH LOGIN {b64("alice")}
@@ -263,7 +263,7 @@ def test_long_and_odd_passwords_with_login_get_535(greeted: Session, password: b
     assert greeted.closed_by_server()
 
 
-def test_long_password_with_initial_response_gets_535(greeted: Session) -> None:
+def test_long_password_with_initial_response_gets_535(greeted: RawSession) -> None:
     """The 100-byte password fits in a 512-octet command line: 535, not a crash."""
     greeted.expect(f"""
         C: AUTH PLAIN {plain_response("alice", "p" * 100)}
@@ -289,7 +289,7 @@ def test_smtplib_login_with_a_1_kib_password(smtp_server: RunningServer) -> None
 
 
 @pytest.mark.parametrize("user", [b"\xff\xfe", b"alice\x01", b"../alice", b"a" * 300])
-def test_odd_usernames_get_535(greeted: Session, user: bytes) -> None:
+def test_odd_usernames_get_535(greeted: RawSession, user: bytes) -> None:
     greeted.expect(f"""
         C: AUTH PLAIN
         S: 334*
@@ -308,7 +308,7 @@ def long_plain_response(length: int) -> str:
     return plain_response("alice", "w" * (length // 4 * 3 - len(b"\0alice\0")))
 
 
-def test_auth_response_line_up_to_12288_octets_is_read(greeted: Session) -> None:
+def test_auth_response_line_up_to_12288_octets_is_read(greeted: RawSession) -> None:
     """The longest base64 line within 12 288 octets, CRLF included, is decoded and checked: 535."""
     response = long_plain_response(12284)  # + CRLF = 12286 octets: the next multiple of 4 would not fit
     assert len(response) + 2 <= 12288
@@ -321,7 +321,7 @@ def test_auth_response_line_up_to_12288_octets_is_read(greeted: Session) -> None
     assert greeted.closed_by_server()
 
 
-def test_auth_line_with_initial_response_up_to_12288_octets_is_read(greeted: Session) -> None:
+def test_auth_line_with_initial_response_up_to_12288_octets_is_read(greeted: RawSession) -> None:
     """The 512-octet command limit does not apply to AUTH lines."""
     response = long_plain_response(12272)
     assert len(f"AUTH PLAIN {response}\r\n") <= 12288
@@ -332,7 +332,7 @@ def test_auth_line_with_initial_response_up_to_12288_octets_is_read(greeted: Ses
     assert greeted.closed_by_server()
 
 
-def test_auth_response_line_over_12288_octets_is_refused(greeted: Session) -> None:
+def test_auth_response_line_over_12288_octets_is_refused(greeted: RawSession) -> None:
     greeted.expect(f"""
         C: AUTH PLAIN
         S: 334*
@@ -346,7 +346,7 @@ def test_auth_response_line_over_12288_octets_is_refused(greeted: Session) -> No
     """)
 
 
-def test_auth_line_with_initial_response_over_12288_octets_is_refused(greeted: Session) -> None:
+def test_auth_line_with_initial_response_over_12288_octets_is_refused(greeted: RawSession) -> None:
     code, _ = greeted.command(f"AUTH PLAIN {long_plain_response(12288)}")
     assert code in (500, 501)
     assert_not_logged_in(greeted)  # the excess was discarded, not read as commands
@@ -356,7 +356,7 @@ def test_auth_line_with_initial_response_over_12288_octets_is_refused(greeted: S
 # ---------------------------------------------------------- cancel, bad base64
 
 
-def test_cancel_plain(greeted: Session) -> None:
+def test_cancel_plain(greeted: RawSession) -> None:
     greeted.expect("""
         C: AUTH PLAIN
         S: 334*
@@ -368,7 +368,7 @@ def test_cancel_plain(greeted: Session) -> None:
 
 
 @pytest.mark.parametrize("step", ["username", "password"])
-def test_cancel_login(greeted: Session, step: str) -> None:
+def test_cancel_login(greeted: RawSession, step: str) -> None:
     greeted.expect("""
         C: AUTH LOGIN
         S: 334 VXNlcm5hbWU6
@@ -398,7 +398,7 @@ def test_cancel_login(greeted: Session, step: str) -> None:
         ALICE_PLAIN[:-1],  # cut short
     ],
 )
-def test_bad_base64_in_initial_response(greeted: Session, response: str) -> None:
+def test_bad_base64_in_initial_response(greeted: RawSession, response: str) -> None:
     greeted.expect(f"""
         C: AUTH PLAIN {response}
         S: 501 *
@@ -408,7 +408,7 @@ def test_bad_base64_in_initial_response(greeted: Session, response: str) -> None
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
-def test_bad_base64_after_challenge(greeted: Session, mechanism: str) -> None:
+def test_bad_base64_after_challenge(greeted: RawSession, mechanism: str) -> None:
     greeted.expect(f"""
         C: AUTH {mechanism}
         S: 334 *
@@ -423,7 +423,7 @@ def test_bad_base64_after_challenge(greeted: Session, mechanism: str) -> None:
 
 
 @pytest.mark.parametrize("mechanism", ["CRAM-MD5", "XOAUTH2", "GSSAPI", "DIGEST-MD5", "PLAINX", "NTLM"])
-def test_unknown_mechanism(greeted: Session, mechanism: str) -> None:
+def test_unknown_mechanism(greeted: RawSession, mechanism: str) -> None:
     greeted.expect(f"""
         C: AUTH {mechanism}
         S: 504 *
@@ -432,7 +432,7 @@ def test_unknown_mechanism(greeted: Session, mechanism: str) -> None:
     """)
 
 
-def test_auth_before_hello(session: Session) -> None:
+def test_auth_before_hello(session: RawSession) -> None:
     session.expect(f"""
         C: AUTH PLAIN {ALICE_PLAIN}
         S: 503 *
@@ -443,7 +443,7 @@ def test_auth_before_hello(session: Session) -> None:
     """)
 
 
-def test_auth_after_helo_works(session: Session) -> None:
+def test_auth_after_helo_works(session: RawSession) -> None:
     session.expect(f"""
         C: HELO client.test
         S: 250 *
@@ -453,7 +453,7 @@ def test_auth_after_helo_works(session: Session) -> None:
 
 
 @pytest.mark.parametrize("second", [ALICE_PLAIN, plain_response("bob", "bob-password")])
-def test_auth_twice(logged_in: Session, second: str) -> None:
+def test_auth_twice(logged_in: RawSession, second: str) -> None:
     logged_in.expect(f"""
         C: AUTH PLAIN {second}
         S: 503 *
@@ -467,7 +467,7 @@ def test_auth_twice(logged_in: Session, second: str) -> None:
 
 
 @pytest.mark.parametrize("line", ["MAIL FROM:<alice@example.org>", "RCPT TO:<bob@example.org>", "DATA", "RETR", "DELE"])
-def test_530_before_login(greeted: Session, smtp_server: RunningServer, line: str) -> None:
+def test_530_before_login(greeted: RawSession, smtp_server: RunningServer, line: str) -> None:
     greeted.expect(f"""
         C: {line}
         S: 530 *
@@ -476,11 +476,11 @@ def test_530_before_login(greeted: Session, smtp_server: RunningServer, line: st
 
 
 @pytest.mark.parametrize("line", ["MAIL FROM:<alice@example.org>", "RETR", "DELE"])
-def test_530_before_hello(session: Session, line: str) -> None:
+def test_530_before_hello(session: RawSession, line: str) -> None:
     assert session.command(line)[0] == 530
 
 
-def test_530_after_a_cancelled_login(greeted: Session) -> None:
+def test_530_after_a_cancelled_login(greeted: RawSession) -> None:
     greeted.expect("""
         C: AUTH LOGIN
         S: 334 *
@@ -493,7 +493,7 @@ def test_530_after_a_cancelled_login(greeted: Session) -> None:
     """)
 
 
-def test_no_message_stored_without_login(greeted: Session, smtp_server: RunningServer) -> None:
+def test_no_message_stored_without_login(greeted: RawSession, smtp_server: RunningServer) -> None:
     """DATA refused before login, then its would-be lines are just unknown commands."""
     greeted.expect("""
         C: MAIL FROM:<alice@example.org>

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, USERS, ServerProcess, Session, store_message, wait_for, write_users_file
+from conftest import ROOT, USERS, RawSession, ServerProcess, store_message, wait_for, write_users_file
 
 from mailserver.storage import MailboxStore
 from mailserver.users import UserStore
@@ -47,7 +47,7 @@ PATIENT = ("--max-login-failures", "1000")
 
 
 def can_log_in(port: int, user: str, password: str) -> bool:
-    session = Session("127.0.0.1", port)
+    session = RawSession("127.0.0.1", port)
     try:
         session.read_reply()
         session.command("EHLO client.test")
@@ -93,7 +93,7 @@ def test_serving_line_names_the_real_port(server_process: Callable[..., ServerPr
     process = server_process()
     port = port_of(process.log)
     assert port != 0 and port == process.port
-    session = Session("127.0.0.1", port)
+    session = RawSession("127.0.0.1", port)
     try:
         assert session.read_reply() == (220, ["mail.test Service ready"])
     finally:
@@ -149,12 +149,12 @@ def test_malformed_users_file_names_the_line(tmp_path: Path, bad_line: str) -> N
 
 def test_command_line_options_reach_the_server(server_process: Callable[..., ServerProcess]) -> None:
     process = server_process("--max-message-size", "1234", "--max-connections", "1", "--timeout", "1")
-    first, second = Session("127.0.0.1", process.port), None
+    first, second = RawSession("127.0.0.1", process.port), None
     try:
         first.read_reply()
         code, lines = first.command("EHLO client.test")
         assert code == 250 and "SIZE 1234" in lines
-        second = Session("127.0.0.1", process.port)
+        second = RawSession("127.0.0.1", process.port)
         assert second.read_reply()[0] == 421  # over --max-connections
         assert first.read_reply()[0] == 421  # idle past --timeout
         assert first.closed_by_server()
@@ -386,7 +386,7 @@ def test_signal_with_open_sessions(tmp_path: Path, shared_users_file: Path, sign
     """Sessions in flight are finished or dropped within a couple of seconds, then exit 0."""
     with running_server(tmp_path, shared_users_file) as (process, log_path):
         port = port_of(log_path.read_text())
-        idle, busy = Session("127.0.0.1", port), Session("127.0.0.1", port)
+        idle, busy = RawSession("127.0.0.1", port), RawSession("127.0.0.1", port)
         try:
             idle.read_reply()
             busy.read_reply()
@@ -413,7 +413,7 @@ def test_verbose_logs_the_dialogue_with_auth_masked(server_process: Callable[...
     process = server_process("--verbose")
     token = base64.b64encode(b"\0alice\0alice-password").decode()
     user, password = base64.b64encode(b"bob").decode(), base64.b64encode(b"bob-password").decode()
-    first, second = Session("127.0.0.1", process.port), Session("127.0.0.1", process.port)
+    first, second = RawSession("127.0.0.1", process.port), RawSession("127.0.0.1", process.port)
     try:
         first.read_reply()
         first.expect(f"""

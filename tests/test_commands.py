@@ -11,7 +11,7 @@ import smtplib
 from collections.abc import Callable
 
 import pytest
-from conftest import USERS, RunningServer, Session, wait_for
+from conftest import USERS, RawSession, RunningServer, wait_for
 
 from mailserver.smtp import SMTPHandler
 
@@ -20,7 +20,7 @@ COMMANDS = ["AUTH", "DATA", "DELE", "EHLO", "HELO", "HELP", "MAIL", "NOOP", "QUI
 TOO_LONG = "x" * 600  # makes any command line longer than 512 octets
 
 
-def make_errors(session: Session, count: int) -> None:
+def make_errors(session: RawSession, count: int) -> None:
     """Send count unknown commands, each answered 500: steps towards the 10-error limit."""
     for _ in range(count):
         assert session.command("BOGUS")[0] == 500
@@ -29,7 +29,7 @@ def make_errors(session: Session, count: int) -> None:
 # ---------------------------------------------------------------------- greeting
 
 
-def test_greeting_names_the_host(connect: Callable[..., Session]) -> None:
+def test_greeting_names_the_host(connect: Callable[..., RawSession]) -> None:
     session = connect(greeting=False)
     session.expect("""
         S: 220 mail.test Service ready
@@ -47,14 +47,14 @@ def test_greeting_uses_the_configured_hostname(start_server: Callable[..., Runni
 # ------------------------------------------------------------------- HELO / EHLO
 
 
-def test_helo(session: Session) -> None:
+def test_helo(session: RawSession) -> None:
     session.expect("""
         C: HELO client.test
         S: 250 mail.test*
     """)
 
 
-def test_ehlo_advertises_the_extensions(session: Session) -> None:
+def test_ehlo_advertises_the_extensions(session: RawSession) -> None:
     code, lines = session.command("EHLO client.test")
     assert code == 250
     assert lines[0].startswith("mail.test")
@@ -70,7 +70,7 @@ def test_ehlo_size_is_the_configured_limit(start_server: Callable[..., RunningSe
     assert "SIZE 12345" in lines
 
 
-def test_ehlo_as_multiline_reply(session: Session) -> None:
+def test_ehlo_as_multiline_reply(session: RawSession) -> None:
     session.expect("""
         C: EHLO client.test
         S: 250-mail.test*
@@ -85,7 +85,7 @@ def test_ehlo_as_multiline_reply(session: Session) -> None:
 
 
 @pytest.mark.parametrize("verb", ["HELO", "EHLO"])
-def test_hello_without_domain_is_a_syntax_error(session: Session, verb: str) -> None:
+def test_hello_without_domain_is_a_syntax_error(session: RawSession, verb: str) -> None:
     session.expect(f"""
         C: {verb}
         S: 501 *
@@ -105,7 +105,7 @@ def test_smtplib_ehlo_sees_the_extensions(smtp_server: RunningServer) -> None:
 # ---------------------------------------------------------------------------- HELP
 
 
-def test_help_lists_every_command(session: Session) -> None:
+def test_help_lists_every_command(session: RawSession) -> None:
     code, lines = session.command("HELP")
     assert code == 214
     listed = " ".join(lines).split()
@@ -114,18 +114,18 @@ def test_help_lists_every_command(session: Session) -> None:
 
 
 @pytest.mark.parametrize("topic", COMMANDS)
-def test_help_on_a_command_gives_its_syntax_and_meaning(session: Session, topic: str) -> None:
+def test_help_on_a_command_gives_its_syntax_and_meaning(session: RawSession, topic: str) -> None:
     code, lines = session.command(f"HELP {topic}")
     assert code == 214
     assert lines[0].startswith(topic), lines  # the syntax first
     assert len(lines) >= 2, lines  # then what it does
 
 
-def test_help_topics_are_case_insensitive(session: Session) -> None:
+def test_help_topics_are_case_insensitive(session: RawSession) -> None:
     assert session.command("HELP mail") == session.command("HELP MAIL") == session.command("HELP Mail")
 
 
-def test_help_on_an_unknown_topic(session: Session) -> None:
+def test_help_on_an_unknown_topic(session: RawSession) -> None:
     session.expect("""
         C: HELP FROBNICATE
         S: 504 *
@@ -137,21 +137,21 @@ def test_help_on_an_unknown_topic(session: Session) -> None:
 # ----------------------------------------------------------------- NOOP, RSET, VRFY
 
 
-def test_noop(session: Session) -> None:
+def test_noop(session: RawSession) -> None:
     session.expect("""
         C: NOOP
         S: 250 *
     """)
 
 
-def test_rset(session: Session) -> None:
+def test_rset(session: RawSession) -> None:
     session.expect("""
         C: RSET
         S: 250 *
     """)
 
 
-def test_vrfy_neither_confirms_nor_denies(session: Session) -> None:
+def test_vrfy_neither_confirms_nor_denies(session: RawSession) -> None:
     session.expect("""
         C: VRFY alice
         S: 252 *
@@ -161,19 +161,19 @@ def test_vrfy_neither_confirms_nor_denies(session: Session) -> None:
 
 
 @pytest.mark.parametrize("line", ["HELO client.test", "EHLO client.test", "HELP", "NOOP", "RSET", "VRFY alice"])
-def test_commands_that_work_before_login(session: Session, line: str) -> None:
+def test_commands_that_work_before_login(session: RawSession, line: str) -> None:
     code, _ = session.command(line)
     assert code in (214, 250, 252)
 
 
-def test_auth_works_before_login(session: Session) -> None:
+def test_auth_works_before_login(session: RawSession) -> None:
     session.login()  # EHLO, then AUTH: nothing refused for want of a login
 
 
 # ---------------------------------------------------------------------------- QUIT
 
 
-def test_quit_says_goodbye_and_closes(session: Session) -> None:
+def test_quit_says_goodbye_and_closes(session: RawSession) -> None:
     session.expect("""
         C: QUIT
         S: 221 mail.test *
@@ -181,7 +181,7 @@ def test_quit_says_goodbye_and_closes(session: Session) -> None:
     assert session.closed_by_server()
 
 
-def test_quit_before_helo(connect: Callable[..., Session]) -> None:
+def test_quit_before_helo(connect: Callable[..., RawSession]) -> None:
     session = connect()
     assert session.command("QUIT")[0] == 221
     assert session.closed_by_server()
@@ -198,14 +198,14 @@ def test_quit_with_smtplib(smtp_server: RunningServer) -> None:
 
 
 @pytest.mark.parametrize("line", ["FROBNICATE", "EXPN staff", "TURN", "MAIL1 FROM:<a@b.org>", "12345", "\u00e9HLO x"])
-def test_unknown_verb(session: Session, line: str) -> None:
+def test_unknown_verb(session: RawSession, line: str) -> None:
     code, _ = session.command(line)
     assert code == 500
     assert session.command("NOOP")[0] == 250  # the session goes on
 
 
 @pytest.mark.parametrize("line", ["", " ", "\t"])
-def test_empty_line(session: Session, line: str) -> None:
+def test_empty_line(session: RawSession, line: str) -> None:
     session.expect(f"""
         C: {line}
         S: 500 *
@@ -217,7 +217,7 @@ def test_empty_line(session: Session, line: str) -> None:
 # ------------------------------------------------------------- case-insensitivity
 
 
-def test_verbs_are_case_insensitive(session: Session) -> None:
+def test_verbs_are_case_insensitive(session: RawSession) -> None:
     session.expect("""
         C: ehlo client.test
         S: 250-mail.test*
@@ -242,7 +242,7 @@ def test_verbs_are_case_insensitive(session: Session) -> None:
     """)
 
 
-def test_transaction_verbs_are_case_insensitive(logged_in: Session, smtp_server: RunningServer) -> None:
+def test_transaction_verbs_are_case_insensitive(logged_in: RawSession, smtp_server: RunningServer) -> None:
     logged_in.expect("""
         C: mail from:<alice@example.org>
         S: 250 *
@@ -266,7 +266,7 @@ def test_transaction_verbs_are_case_insensitive(logged_in: Session, smtp_server:
     """)
 
 
-def test_auth_verb_is_case_insensitive(session: Session) -> None:
+def test_auth_verb_is_case_insensitive(session: RawSession) -> None:
     session.expect("""
         C: EHLO client.test
         S: 250-*
@@ -283,14 +283,14 @@ def test_auth_verb_is_case_insensitive(session: Session) -> None:
 # ------------------------------------------------------------------ pipelining
 
 
-def test_pipelined_commands_get_their_replies_in_order(session: Session) -> None:
+def test_pipelined_commands_get_their_replies_in_order(session: RawSession) -> None:
     session.send("HELO client.test\r\nNOOP\r\nVRFY x\r\nBOGUS\r\nHELP NOOP\r\nRSET\r\nQUIT\r\n")
     codes = [session.read_reply()[0] for _ in range(7)]
     assert codes == [250, 250, 252, 500, 214, 250, 221]
     assert session.closed_by_server()
 
 
-def test_pipelined_mail_transaction(logged_in: Session, smtp_server: RunningServer) -> None:
+def test_pipelined_mail_transaction(logged_in: RawSession, smtp_server: RunningServer) -> None:
     """RFC 2920: MAIL, RCPT and DATA may go in one packet; the message follows the 354."""
     logged_in.send(
         "MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\nRCPT TO:<carol@example.org>\r\nDATA\r\n"
@@ -301,7 +301,7 @@ def test_pipelined_mail_transaction(logged_in: Session, smtp_server: RunningServ
     assert smtp_server.stored("alice") == [b"Subject: pipelined\n\nbody\n"]
 
 
-def test_pipelined_login_and_whole_session_in_one_packet(session: Session, smtp_server: RunningServer) -> None:
+def test_pipelined_login_and_whole_session_in_one_packet(session: RawSession, smtp_server: RunningServer) -> None:
     session.send(
         "EHLO client.test\r\n"
         "AUTH PLAIN AGFsaWNlAGFsaWNlLXBhc3N3b3Jk\r\n"
@@ -327,7 +327,7 @@ def test_pipelined_login_and_whole_session_in_one_packet(session: Session, smtp_
 
 
 def test_a_handler_exception_is_answered_and_logged(
-    session: Session, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    session: RawSession, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A bug in a command is logged with its traceback and answered 421 or 451, not a silent hang-up."""
 
@@ -344,7 +344,7 @@ def test_a_handler_exception_is_answered_and_logged(
 # ---------------------------------------------- the seed's reply-code table (4.2)
 
 
-def test_seed_table_connection_success_220(connect: Callable[..., Session]) -> None:
+def test_seed_table_connection_success_220(connect: Callable[..., RawSession]) -> None:
     """CONNECTION ESTABLISHMENT  S: 220"""
     connect(greeting=False).expect("""
         S: 220 mail.test *
@@ -363,7 +363,7 @@ def test_seed_table_connection_failure_421(start_server: Callable[..., RunningSe
     assert first.command("NOOP")[0] == 250  # the admitted session is not disturbed
 
 
-def test_seed_table_helo(session: Session) -> None:
+def test_seed_table_helo(session: RawSession) -> None:
     """HELO  S: 250  E: 500, 504, 421
 
     504 has no case in the contract: HELO takes one parameter and a missing one is 501.
@@ -381,7 +381,7 @@ def test_seed_table_helo(session: Session) -> None:
     assert session.closed_by_server()
 
 
-def test_seed_table_mail(logged_in: Session) -> None:
+def test_seed_table_mail(logged_in: RawSession) -> None:
     """MAIL  S: 250  E: 500, 504
 
     The contract answers an unknown MAIL parameter with 555 (RFC 5321), the seed's 504.
@@ -396,7 +396,7 @@ def test_seed_table_mail(logged_in: Session) -> None:
     """)
 
 
-def test_seed_table_rcpt(logged_in: Session) -> None:
+def test_seed_table_rcpt(logged_in: RawSession) -> None:
     """RCPT  S: 250  E: 500, 421"""
     logged_in.command("MAIL FROM:<mytest@mail.gr>")
     make_errors(logged_in, 8)
@@ -412,7 +412,7 @@ def test_seed_table_rcpt(logged_in: Session) -> None:
     assert logged_in.closed_by_server()
 
 
-def test_seed_table_data(logged_in: Session, smtp_server: RunningServer) -> None:
+def test_seed_table_data(logged_in: RawSession, smtp_server: RunningServer) -> None:
     """DATA  I: 354 -> data -> S: 250  E: 500, 421"""
     logged_in.expect("""
         C: MAIL FROM:<mytest@mail.gr>
@@ -463,7 +463,7 @@ def test_seed_table_data_421_when_the_data_stalls(start_server: Callable[..., Ru
     assert server.stored("alice") == []
 
 
-def test_seed_table_help(session: Session) -> None:
+def test_seed_table_help(session: RawSession) -> None:
     """HELP  S: 211, 214  E: 500, 504, 421"""
     make_errors(session, 7)
     session.expect(f"""
@@ -484,7 +484,7 @@ def test_seed_table_help(session: Session) -> None:
     assert session.closed_by_server()
 
 
-def test_seed_table_noop(session: Session) -> None:
+def test_seed_table_noop(session: RawSession) -> None:
     """NOOP  S: 250  E: 500, 421"""
     make_errors(session, 8)
     session.expect(f"""
@@ -499,7 +499,7 @@ def test_seed_table_noop(session: Session) -> None:
     assert session.closed_by_server()
 
 
-def test_seed_table_quit(session: Session) -> None:
+def test_seed_table_quit(session: RawSession) -> None:
     """QUIT  S: 221  E: 500"""
     session.expect(f"""
         C: QUIT {TOO_LONG}
@@ -513,7 +513,7 @@ def test_seed_table_quit(session: Session) -> None:
 # ----------------------------------------------------------- the seed's section 8
 
 
-def test_seed_section_8_example(logged_in: Session, smtp_server: RunningServer) -> None:
+def test_seed_section_8_example(logged_in: RawSession, smtp_server: RunningServer) -> None:
     """The seed's example, after the login its section 7 asks for."""
     logged_in.expect("""
         C: MAIL FROM:<mytest@mail.gr>

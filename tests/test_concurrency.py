@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import RunningServer, Session, dot_stuff, write_users_file
+from conftest import RawSession, RunningServer, dot_stuff, write_users_file
 
 USERS = {f"user{number}": f"password-{number}" for number in range(5)}
 SENDERS_PER_USER = 10  # 50 sending sessions in all
@@ -34,14 +34,14 @@ def identity(message: bytes) -> tuple[int, int]:
     return int(sender), int(number)
 
 
-def open_session(server: RunningServer, user: str) -> Session:
-    session = Session(server.host, server.port, timeout=TIME_LIMIT)
+def open_session(server: RunningServer, user: str) -> RawSession:
+    session = RawSession(server.host, server.port, timeout=TIME_LIMIT)
     assert session.read_reply()[0] == 220
     session.login(user, USERS[user])
     return session
 
 
-def delete_all(session: Session) -> int:
+def delete_all(session: RawSession) -> int:
     code, text = session.command("DELE")
     assert code == 250, text
     return int(text[0].split()[0])

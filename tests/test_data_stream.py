@@ -18,7 +18,7 @@ import io
 from collections.abc import Callable
 
 import pytest
-from conftest import RunningServer, Session
+from conftest import RawSession, RunningServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -211,7 +211,7 @@ def data_server(start_server: Callable[..., RunningServer]) -> RunningServer:
 @given(stream=messages(), pieces=st.lists(st.integers(1, 70_000), max_size=6))
 def test_a_server_stores_what_the_rules_say(data_server: RunningServer, stream: bytes, pieces: list[int]) -> None:
     expected, code, _ = model(stream)
-    session = Session(data_server.host, data_server.port)
+    session = RawSession(data_server.host, data_server.port)
     try:
         session.read_reply()
         session.login()

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RunningServer, ServerProcess, Session, dot_stuff, wait_for
+from conftest import RawSession, RunningServer, ServerProcess, dot_stuff, wait_for
 
 from mailserver import storage
 from mailserver.smtp import SMTPHandler
@@ -68,12 +68,12 @@ def tag_of(message: bytes) -> str:
     return first[len("Message-Id: <") : -len("@load.test>")]
 
 
-def log_in(session: Session, user: str) -> None:
+def log_in(session: RawSession, user: str) -> None:
     session.read_reply()  # the greeting
     session.login(user)
 
 
-def send_message(session: Session, message: bytes) -> tuple[int, list[str]]:
+def send_message(session: RawSession, message: bytes) -> tuple[int, list[str]]:
     """MAIL, RCPT, DATA and the message; return the last reply (DATA's own if it was not 354)."""
     for command, expected in (("MAIL FROM:<alice@example.org>", 250), ("RCPT TO:<bob@example.org>", 250)):
         code, text = session.command(command)
@@ -86,7 +86,7 @@ def send_message(session: Session, message: bytes) -> tuple[int, list[str]]:
 
 
 def retrieve_as(port: int, user: str) -> list[bytes]:
-    session = Session("127.0.0.1", port)
+    session = RawSession("127.0.0.1", port)
     try:
         log_in(session, user)
         return session.retr()
@@ -150,7 +150,7 @@ class Load:
         rng = random.Random(name)
         session = None
         try:
-            session = Session("127.0.0.1", self.port)
+            session = RawSession("127.0.0.1", self.port)
             log_in(session, user)
             for number in range(MAX_MESSAGES_PER_CLIENT):
                 if self.stop.is_set() or time.monotonic() > self.deadline:
@@ -168,7 +168,7 @@ class Load:
                 session.close()
 
     @staticmethod
-    def _send(session: Session, attempt: Attempt, chunk_size: int) -> None:
+    def _send(session: RawSession, attempt: Attempt, chunk_size: int) -> None:
         for command, expected in (
             ("MAIL FROM:<load@example.org>", 250),
             ("RCPT TO:<sink@example.org>", 250),
@@ -188,7 +188,7 @@ class Load:
     def _hold(self, name: str, user: str) -> None:
         session = None
         try:
-            session = Session("127.0.0.1", self.port)
+            session = RawSession("127.0.0.1", self.port)
             log_in(session, user)
             attempt = Attempt(user, name, make_message(name, 2_000, random.Random(name)))
             self.attempts.append(attempt)
@@ -271,7 +271,7 @@ def test_tmp_leftovers_are_never_retrieved_and_are_removed_at_start_up(
     mailboxes = tmp_path / "mailboxes"
     running = start_server(mailboxes_path=mailboxes)
     whole = make_message("whole", 500, random.Random(1))
-    session = Session(running.host, running.port)
+    session = RawSession(running.host, running.port)
     log_in(session, "alice")
     assert send_message(session, whole)[0] == 250
     # What a crash mid-delivery leaves: a half-written file in tmp/, named like a real delivery.
@@ -332,7 +332,7 @@ def test_sigterm_under_load_keeps_acknowledged_drops_the_rest_and_exits_quickly(
 
 
 def test_250_comes_only_after_fsync_rename_and_directory_fsync(
-    smtp_server: RunningServer, logged_in: Session, monkeypatch: pytest.MonkeyPatch
+    smtp_server: RunningServer, logged_in: RawSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events: list[tuple[str, ...]] = []
     real_fsync, real_rename, real_reply = os.fsync, os.rename, SMTPHandler.reply
@@ -453,8 +453,8 @@ FAULTS: dict[str, tuple[Fault, int]] = {  # the fault, and the size of the messa
 def test_storage_fault_is_answered_4xx_stores_nothing_and_the_session_goes_on(
     fault: str,
     smtp_server: RunningServer,
-    logged_in: Session,
-    connect: Callable[..., Session],
+    logged_in: RawSession,
+    connect: Callable[..., RawSession],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     make_fault, size = FAULTS[fault]

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import USERS, RunningServer, Session
+from conftest import USERS, RawSession, RunningServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -51,7 +51,7 @@ def server_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
 
 
-def read_reply(session: Session) -> tuple[int, bytes]:
+def read_reply(session: RawSession) -> tuple[int, bytes]:
     """One reply, each line checked against ^\\d{3}[ -][^\\r\\n]*\\r\\n; return (code, last line)."""
     while True:
         line = session.file.readline(100_000)
@@ -61,7 +61,7 @@ def read_reply(session: Session) -> tuple[int, bytes]:
             return int(line[:3]), line
 
 
-def skip_retrieved(session: Session, last_line: bytes) -> None:
+def skip_retrieved(session: RawSession, last_line: bytes) -> None:
     """After `250 N messages follow`, read the N dot-ended blocks."""
     if match := RETR_REPLY.fullmatch(last_line):
         for _ in range(int(match[1])):
@@ -191,7 +191,7 @@ def test_command_dispatch_over_a_socket_answers_every_line_well_formed(
     @settings(max_examples=250, deadline=None)
     @given(lines=st.lists(command_lines, min_size=1, max_size=6), log_in=st.booleans())
     def one_session(lines: list[bytes], log_in: bool) -> None:
-        session = Session(server.host, server.port)
+        session = RawSession(server.host, server.port)
         try:
             assert read_reply(session)[0] == 220
             if log_in:
@@ -279,7 +279,7 @@ def test_auth_decoding_takes_any_response_and_lets_only_the_right_password_in(
         answers=st.lists(auth_responses, max_size=2),
     )
     def one_login(mechanism: str, initial: str | None, answers: list[str]) -> None:
-        session = Session(server.host, server.port)
+        session = RawSession(server.host, server.port)
         try:
             assert read_reply(session)[0] == 220
             assert session.command("EHLO hostile.test")[0] == 250
@@ -482,7 +482,7 @@ def test_socket_fuzzer_leaves_the_server_up_and_answering_well_formed(
     assert not [path for path in tmp_path.rglob("*") if path.name in ("etc", "passwd", "..")]
 
     # The server is alive and a normal session works.
-    session = Session(server.host, server.port)
+    session = RawSession(server.host, server.port)
     try:
         assert read_reply(session)[0] == 220
         session.login()
@@ -518,7 +518,7 @@ def test_socket_fuzzer_leaves_the_server_up_and_answering_well_formed(
 
 @pytest.mark.parametrize("sequence", [b"\n.\n", b"\n.\r\n", b"\r\n.\n"], ids=["LF.LF", "LF.CRLF", "CRLF.LF"])
 def test_smuggled_end_of_data_does_not_end_the_message(
-    sequence: bytes, smtp_server: RunningServer, logged_in: Session
+    sequence: bytes, smtp_server: RunningServer, logged_in: RawSession
 ) -> None:
     """A receiver that took `sequence` for the end of the data would run the smuggled transaction."""
     logged_in.expect("""

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from conftest import USERS, Certificate, RunningServer, Session, require_tool, retrieve
+from conftest import USERS, Certificate, RawSession, RunningServer, require_tool, retrieve
 
 # The lines a client sends, chosen to trip careless clients and servers: a lone "." and
 # leading dots (dot-stuffing), blank lines, spaces at both ends, 8-bit text (8BITMIME).
@@ -174,7 +174,7 @@ def test_smtplib_smtps(servers: Servers, certificate: Certificate) -> None:
 
 def test_plain_socket_session(smtp_server: RunningServer) -> None:
     """A whole dialogue typed by hand, as with telnet: AUTH LOGIN's challenges, dot-stuffing by the sender."""
-    session = Session(smtp_server.host, smtp_server.port)
+    session = RawSession(smtp_server.host, smtp_server.port)
     try:
         session.expect("""
             S: 220 mail.test *

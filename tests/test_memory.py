@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, Session
+from conftest import RawSession, ServerProcess
 
 MiB = 1024 * 1024
 ALLOWED_GROWTH = 20 * MiB
@@ -26,9 +26,9 @@ def memory(pid: int) -> dict[str, int]:
     return {name: int(fields[name].split()[0]) * 1024 for name in ("VmRSS", "VmHWM")}
 
 
-def warmed_up(server: ServerProcess) -> Session:
+def warmed_up(server: ServerProcess) -> RawSession:
     """A logged-in session after one small message, RETR and DELE: the code paths are loaded."""
-    session = Session("127.0.0.1", server.port, timeout=60)
+    session = RawSession("127.0.0.1", server.port, timeout=60)
     assert session.read_reply()[0] == 220
     session.login()
     session.start_data()
@@ -89,7 +89,7 @@ def test_a_50_mib_line_without_newline_is_read_in_bounded_memory(
         session.send(b"NOOP ")
     elif place == "auth-answer":
         session.close()
-        session = Session("127.0.0.1", server.port, timeout=60)
+        session = RawSession("127.0.0.1", server.port, timeout=60)
         session.read_reply()
         assert session.command("EHLO memory.test")[0] == 250
         assert session.command("AUTH LOGIN")[0] == 334

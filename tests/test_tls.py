@@ -18,7 +18,7 @@ import ssl
 from collections.abc import Callable
 
 import pytest
-from conftest import USERS, Certificate, RunningServer, ServerProcess, Session, read_retr, retrieve, wait_for
+from conftest import USERS, Certificate, RawSession, RunningServer, ServerProcess, read_retr, retrieve, wait_for
 
 ALICE_PLAIN = base64.b64encode(f"\0alice\0{USERS['alice']}".encode()).decode()
 
@@ -26,14 +26,14 @@ ALICE_PLAIN = base64.b64encode(f"\0alice\0{USERS['alice']}".encode()).decode()
 # ------------------------------------------------------------------ shared helpers
 
 
-def start_tls(session: Session, context: ssl.SSLContext) -> None:
+def start_tls(session: RawSession, context: ssl.SSLContext) -> None:
     """Do the client's side of the handshake, after `220 Ready to start TLS` (or at once, for SMTPS)."""
     session.file.close()  # it may not hold bytes from before the handshake
     session.sock = context.wrap_socket(session.sock, server_hostname="localhost")
     session.file = session.sock.makefile("rb")
 
 
-def read_until_closed(session: Session, timeout: float = 5.0) -> bytes:
+def read_until_closed(session: RawSession, timeout: float = 5.0) -> bytes:
     """Whatever the server sends until it closes the connection (a timeout fails the test)."""
     session.sock.settimeout(timeout)
     received = b""
@@ -43,7 +43,7 @@ def read_until_closed(session: Session, timeout: float = 5.0) -> bytes:
     return received
 
 
-def ehlo_keywords(session: Session) -> list[str]:
+def ehlo_keywords(session: RawSession) -> list[str]:
     """Send EHLO; return the extension keywords it advertises (first word of each line but the first)."""
     code, lines = session.command("EHLO client.test")
     assert code == 250, lines
@@ -63,7 +63,7 @@ def tls_server(start_server: Callable[..., RunningServer], certificate: Certific
 
 
 def test_starttls_is_advertised_only_when_configured(
-    smtp_server: RunningServer, tls_server: RunningServer, connect: Callable[..., Session]
+    smtp_server: RunningServer, tls_server: RunningServer, connect: Callable[..., RawSession]
 ) -> None:
     plain = connect(smtp_server)
     assert "STARTTLS" not in ehlo_keywords(plain)
@@ -75,7 +75,7 @@ def test_starttls_is_advertised_only_when_configured(
 
 
 def test_starttls_then_the_whole_session_runs_encrypted(
-    tls_server: RunningServer, connect: Callable[..., Session], certificate: Certificate
+    tls_server: RunningServer, connect: Callable[..., RawSession], certificate: Certificate
 ) -> None:
     session = connect(tls_server)
     ehlo_keywords(session)
@@ -107,7 +107,7 @@ def test_starttls_then_the_whole_session_runs_encrypted(
 
 
 def test_starttls_resets_the_session(
-    tls_server: RunningServer, connect: Callable[..., Session], certificate: Certificate
+    tls_server: RunningServer, connect: Callable[..., RawSession], certificate: Certificate
 ) -> None:
     """RFC 3207 4.2: after the handshake the server forgets the greeting and the login."""
     session = connect(tls_server)
@@ -133,7 +133,7 @@ def test_starttls_resets_the_session(
 
 
 def test_starttls_inside_tls_is_refused(
-    tls_server: RunningServer, connect: Callable[..., Session], certificate: Certificate
+    tls_server: RunningServer, connect: Callable[..., RawSession], certificate: Certificate
 ) -> None:
     session = connect(tls_server)
     ehlo_keywords(session)
@@ -152,7 +152,7 @@ def test_starttls_inside_tls_is_refused(
 
 
 def test_plaintext_pipelined_after_starttls_is_discarded(
-    tls_server: RunningServer, connect: Callable[..., Session], certificate: Certificate
+    tls_server: RunningServer, connect: Callable[..., RawSession], certificate: Certificate
 ) -> None:
     """RFC 3207 5 (and CVE-2011-0411): what came in clear text before the handshake is not run after it.
 
@@ -173,7 +173,7 @@ def test_plaintext_pipelined_after_starttls_is_discarded(
 
 
 def test_a_failed_handshake_ends_that_connection_only(
-    tls_server: RunningServer, connect: Callable[..., Session]
+    tls_server: RunningServer, connect: Callable[..., RawSession]
 ) -> None:
     bystander = connect(tls_server)
     bystander.login()
@@ -197,7 +197,7 @@ def test_a_failed_handshake_ends_that_connection_only(
 
 
 def test_a_client_silent_after_starttls_is_cut_off(
-    start_server: Callable[..., RunningServer], connect: Callable[..., Session], certificate: Certificate
+    start_server: Callable[..., RunningServer], connect: Callable[..., RawSession], certificate: Certificate
 ) -> None:
     server = start_server(tls_context=certificate.server_context(), timeout=0.5)
     session = connect(server)
@@ -217,7 +217,7 @@ def test_a_client_silent_after_starttls_is_cut_off(
 
 
 def test_require_tls_refuses_login_before_starttls(
-    start_server: Callable[..., RunningServer], connect: Callable[..., Session], certificate: Certificate
+    start_server: Callable[..., RunningServer], connect: Callable[..., RawSession], certificate: Certificate
 ) -> None:
     server = start_server(tls_context=certificate.server_context(), require_tls=True)
     session = connect(server)
@@ -285,7 +285,7 @@ def test_server_py_serves_implicit_tls_beside_the_plain_port(
 
 
 def test_implicit_tls_listener_speaks_tls_from_the_first_byte(
-    start_server: Callable[..., RunningServer], connect: Callable[..., Session], certificate: Certificate
+    start_server: Callable[..., RunningServer], connect: Callable[..., RawSession], certificate: Certificate
 ) -> None:
     server = start_server(tls_context=certificate.server_context(), implicit_tls=True)
     session = connect(server, greeting=False)
@@ -308,7 +308,7 @@ def test_implicit_tls_listener_speaks_tls_from_the_first_byte(
 
 def startup_log(process: ServerProcess) -> str:
     """The log once the server has taken a first session: every start-up line comes before that."""
-    session = Session("127.0.0.1", process.port)  # loopback, even when it listens on 0.0.0.0
+    session = RawSession("127.0.0.1", process.port)  # loopback, even when it listens on 0.0.0.0
     try:
         assert session.read_reply()[0] == 220
     finally:

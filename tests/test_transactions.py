@@ -7,7 +7,7 @@ import smtplib
 from collections.abc import Iterable
 
 import pytest
-from conftest import USERS, RunningServer, Session
+from conftest import USERS, RawSession, RunningServer
 
 from mailserver.smtp import SMTPHandler
 
@@ -15,7 +15,7 @@ MAX_RECIPIENTS = 100
 
 
 def send_message(
-    session: Session,
+    session: RawSession,
     data: bytes,
     sender: str = "alice@example.org",
     recipients: Iterable[str] = ("bob@example.org",),
@@ -37,7 +37,7 @@ def maildir_listing(server: RunningServer, user: str) -> dict[str, list[str]]:
 # ---------------------------------------------------------------------------- MAIL
 
 
-def test_mail_rcpt_data(logged_in: Session, smtp_server: RunningServer) -> None:
+def test_mail_rcpt_data(logged_in: RawSession, smtp_server: RunningServer) -> None:
     logged_in.expect("""
         C: MAIL FROM:<alice@example.org>
         S: 250 *
@@ -54,7 +54,7 @@ def test_mail_rcpt_data(logged_in: Session, smtp_server: RunningServer) -> None:
     assert smtp_server.stored("alice") == [b"Subject: hello\n\nHi Bob.\n"]
 
 
-def test_null_reverse_path(logged_in: Session, smtp_server: RunningServer) -> None:
+def test_null_reverse_path(logged_in: RawSession, smtp_server: RunningServer) -> None:
     logged_in.expect("""
         C: MAIL FROM:<>
         S: 250 *
@@ -83,18 +83,18 @@ def test_null_reverse_path(logged_in: Session, smtp_server: RunningServer) -> No
         "BODY=7BIT SIZE=20",
     ],
 )
-def test_mail_parameters(logged_in: Session, parameters: str) -> None:
+def test_mail_parameters(logged_in: RawSession, parameters: str) -> None:
     logged_in.expect(f"""
         C: MAIL FROM:<alice@example.org> {parameters}
         S: 250 *
     """)
 
 
-def test_mail_parameters_with_null_sender(logged_in: Session) -> None:
+def test_mail_parameters_with_null_sender(logged_in: RawSession) -> None:
     assert logged_in.command("MAIL FROM:<> SIZE=10 BODY=8BITMIME")[0] == 250
 
 
-def test_declared_size_over_the_limit(logged_in: Session) -> None:
+def test_declared_size_over_the_limit(logged_in: RawSession) -> None:
     logged_in.expect("""
         C: MAIL FROM:<alice@example.org> SIZE=10485761
         S: 552 *
@@ -117,7 +117,7 @@ def test_declared_size_against_a_configured_limit(start_server, connect) -> None
 
 
 @pytest.mark.parametrize("parameter", ["FROBNICATE=1", "SMTPUTF8", "RET=FULL", "X"])
-def test_unknown_mail_parameter(logged_in: Session, parameter: str) -> None:
+def test_unknown_mail_parameter(logged_in: RawSession, parameter: str) -> None:
     logged_in.expect(f"""
         C: MAIL FROM:<alice@example.org> {parameter}
         S: 555 *
@@ -146,14 +146,14 @@ def test_unknown_mail_parameter(logged_in: Session, parameter: str) -> None:
         "MAIL FROM:<alice@-example.org>",
     ],
 )
-def test_mail_syntax_error_states_the_syntax(logged_in: Session, line: str) -> None:
+def test_mail_syntax_error_states_the_syntax(logged_in: RawSession, line: str) -> None:
     code, lines = logged_in.command(line)
     assert code == 501
     assert "MAIL FROM:<" in " ".join(lines)
     assert logged_in.command("MAIL FROM:<alice@example.org>")[0] == 250  # no transaction was started
 
 
-def test_mail_inside_a_transaction(logged_in: Session) -> None:
+def test_mail_inside_a_transaction(logged_in: RawSession) -> None:
     logged_in.expect("""
         C: MAIL FROM:<alice@example.org>
         S: 250 *
@@ -166,7 +166,7 @@ def test_mail_inside_a_transaction(logged_in: Session) -> None:
     """)
 
 
-def test_mail_after_a_finished_transaction(logged_in: Session) -> None:
+def test_mail_after_a_finished_transaction(logged_in: RawSession) -> None:
     assert send_message(logged_in, b"first\r\n")[0] == 250
     assert send_message(logged_in, b"second\r\n")[0] == 250
 
@@ -188,7 +188,7 @@ def test_mail_after_a_finished_transaction(logged_in: Session) -> None:
         "x@y",
     ],
 )
-def test_rcpt_accepts_any_valid_address(logged_in: Session, address: str) -> None:
+def test_rcpt_accepts_any_valid_address(logged_in: RawSession, address: str) -> None:
     logged_in.command("MAIL FROM:<alice@example.org>")
     logged_in.expect(f"""
         C: RCPT TO:<{address}>
@@ -196,7 +196,7 @@ def test_rcpt_accepts_any_valid_address(logged_in: Session, address: str) -> Non
     """)
 
 
-def test_rcpt_before_mail(logged_in: Session) -> None:
+def test_rcpt_before_mail(logged_in: RawSession) -> None:
     logged_in.expect("""
         C: RCPT TO:<bob@example.org>
         S: 503 *
@@ -218,7 +218,7 @@ def test_rcpt_before_mail(logged_in: Session) -> None:
         "RCPT TO:<bob@example..org>",
     ],
 )
-def test_rcpt_syntax_error(logged_in: Session, line: str) -> None:
+def test_rcpt_syntax_error(logged_in: RawSession, line: str) -> None:
     logged_in.command("MAIL FROM:<alice@example.org>")
     logged_in.expect(f"""
         C: {line}
@@ -228,7 +228,7 @@ def test_rcpt_syntax_error(logged_in: Session, line: str) -> None:
     """)
 
 
-def test_rcpt_local_part_limit(logged_in: Session) -> None:
+def test_rcpt_local_part_limit(logged_in: RawSession) -> None:
     """RFC 5321 4.5.3.1.1: a local part of up to 64 octets."""
     logged_in.command("MAIL FROM:<alice@example.org>")
     logged_in.expect(f"""
@@ -239,7 +239,7 @@ def test_rcpt_local_part_limit(logged_in: Session) -> None:
     """)
 
 
-def test_mail_local_part_limit(logged_in: Session) -> None:
+def test_mail_local_part_limit(logged_in: RawSession) -> None:
     logged_in.expect(f"""
         C: MAIL FROM:<{"l" * 65}@example.org>
         S: 501 *
@@ -259,7 +259,7 @@ def path_of_length(length: int) -> str:
     return address
 
 
-def test_rcpt_path_limit(logged_in: Session) -> None:
+def test_rcpt_path_limit(logged_in: RawSession) -> None:
     """A path of up to 256 octets; the domain limit of 255 is within it."""
     logged_in.command("MAIL FROM:<alice@example.org>")
     logged_in.expect(f"""
@@ -272,7 +272,7 @@ def test_rcpt_path_limit(logged_in: Session) -> None:
     """)
 
 
-def test_mail_path_limit(logged_in: Session) -> None:
+def test_mail_path_limit(logged_in: RawSession) -> None:
     logged_in.expect(f"""
         C: MAIL FROM:<{path_of_length(257)}>
         S: 501 *
@@ -281,7 +281,7 @@ def test_mail_path_limit(logged_in: Session) -> None:
     """)
 
 
-def test_100_recipients_then_452(logged_in: Session, smtp_server: RunningServer) -> None:
+def test_100_recipients_then_452(logged_in: RawSession, smtp_server: RunningServer) -> None:
     logged_in.command("MAIL FROM:<alice@example.org>")
     for number in range(MAX_RECIPIENTS):
         assert logged_in.command(f"RCPT TO:<r{number}@example.org>")[0] == 250
@@ -299,7 +299,7 @@ def test_100_recipients_then_452(logged_in: Session, smtp_server: RunningServer)
     assert smtp_server.stored("alice") == [b"to a hundred\n"]
 
 
-def test_recipient_limit_is_per_transaction(logged_in: Session) -> None:
+def test_recipient_limit_is_per_transaction(logged_in: RawSession) -> None:
     for _ in range(2):
         logged_in.command("MAIL FROM:<alice@example.org>")
         for number in range(MAX_RECIPIENTS):
@@ -310,7 +310,7 @@ def test_recipient_limit_is_per_transaction(logged_in: Session) -> None:
 # ---------------------------------------------------------------------------- DATA
 
 
-def test_data_without_mail(logged_in: Session) -> None:
+def test_data_without_mail(logged_in: RawSession) -> None:
     logged_in.expect("""
         C: DATA
         S: 503 *
@@ -319,7 +319,7 @@ def test_data_without_mail(logged_in: Session) -> None:
     """)
 
 
-def test_data_without_recipient(logged_in: Session) -> None:
+def test_data_without_recipient(logged_in: RawSession) -> None:
     logged_in.expect("""
         C: MAIL FROM:<alice@example.org>
         S: 250 *
@@ -334,7 +334,7 @@ def test_data_without_recipient(logged_in: Session) -> None:
     """)
 
 
-def test_data_after_only_refused_recipients(logged_in: Session) -> None:
+def test_data_after_only_refused_recipients(logged_in: RawSession) -> None:
     logged_in.expect("""
         C: MAIL FROM:<alice@example.org>
         S: 250 *
@@ -345,7 +345,7 @@ def test_data_after_only_refused_recipients(logged_in: Session) -> None:
     """)
 
 
-def test_leading_dots_are_unstuffed(logged_in: Session, smtp_server: RunningServer) -> None:
+def test_leading_dots_are_unstuffed(logged_in: RawSession, smtp_server: RunningServer) -> None:
     logged_in.expect("""
         C: MAIL FROM:<alice@example.org>
         S: 250 *
@@ -364,7 +364,7 @@ def test_leading_dots_are_unstuffed(logged_in: Session, smtp_server: RunningServ
     assert smtp_server.stored("alice") == [b".one dot\n..\n.\nnot stuffed by a sloppy client\nmiddle . dot\n"]
 
 
-def test_dot_line_ended_by_bare_lf_does_not_end_the_data(logged_in: Session, smtp_server: RunningServer) -> None:
+def test_dot_line_ended_by_bare_lf_does_not_end_the_data(logged_in: RawSession, smtp_server: RunningServer) -> None:
     """SMTP smuggling: only <CRLF>.<CRLF> ends the data, so the smuggled MAIL stays message text."""
     smuggled = b"hello\r\n.\nMAIL FROM:<mallory@example.org>\r\nRCPT TO:<victim@example.org>\r\n"
     assert send_message(logged_in, smuggled)[0] == 250
@@ -378,25 +378,25 @@ def test_dot_line_ended_by_bare_lf_does_not_end_the_data(logged_in: Session, smt
     [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n"],
     ids=["LF.LF", "LF.CRLF", "CRLF.LF", "CR.CRLF"],
 )
-def test_only_crlf_dot_crlf_ends_the_data(logged_in: Session, smtp_server: RunningServer, ending: bytes) -> None:
+def test_only_crlf_dot_crlf_ends_the_data(logged_in: RawSession, smtp_server: RunningServer, ending: bytes) -> None:
     assert send_message(logged_in, b"text" + ending + b"after\r\n")[0] == 250
     assert logged_in.command("NOOP")[0] == 250
     [stored] = smtp_server.stored("alice")
     assert stored.endswith(b"after\n")
 
 
-def test_bare_lf_elsewhere_is_a_line_end(logged_in: Session, smtp_server: RunningServer) -> None:
+def test_bare_lf_elsewhere_is_a_line_end(logged_in: RawSession, smtp_server: RunningServer) -> None:
     assert send_message(logged_in, b"Subject: bare\n\nline one\nline two\r\n")[0] == 250
     assert smtp_server.stored("alice") == [b"Subject: bare\n\nline one\nline two\n"]
     assert logged_in.retr() == [b"Subject: bare\r\n\r\nline one\r\nline two\r\n"]
 
 
-def test_leading_dot_after_bare_lf_is_unstuffed(logged_in: Session, smtp_server: RunningServer) -> None:
+def test_leading_dot_after_bare_lf_is_unstuffed(logged_in: RawSession, smtp_server: RunningServer) -> None:
     assert send_message(logged_in, b"one\n..two\r\n")[0] == 250
     assert smtp_server.stored("alice") == [b"one\n.two\n"]
 
 
-def test_message_with_several_recipients_is_stored_once(logged_in: Session, smtp_server: RunningServer) -> None:
+def test_message_with_several_recipients_is_stored_once(logged_in: RawSession, smtp_server: RunningServer) -> None:
     recipients = ["bob@example.org", "carol@example.org", "dave@elsewhere.example", "alice@example.org"]
     assert send_message(logged_in, b"to many\r\n", recipients=recipients)[0] == 250
     assert smtp_server.stored("alice") == [b"to many\n"]
@@ -404,12 +404,12 @@ def test_message_with_several_recipients_is_stored_once(logged_in: Session, smtp
     assert logged_in.retr() == [b"to many\r\n"]
 
 
-def test_same_recipient_twice_stores_once(logged_in: Session, smtp_server: RunningServer) -> None:
+def test_same_recipient_twice_stores_once(logged_in: RawSession, smtp_server: RunningServer) -> None:
     assert send_message(logged_in, b"twice\r\n", recipients=["bob@example.org"] * 2)[0] == 250
     assert len(smtp_server.stored("alice")) == 1
 
 
-def test_eight_bit_body(logged_in: Session, smtp_server: RunningServer) -> None:
+def test_eight_bit_body(logged_in: RawSession, smtp_server: RunningServer) -> None:
     body = "Subject: =?utf-8?q?gr=C3=BC=C3=9Fe?=\r\n\r\nGrüße, Ελλάδα, 日本\r\n".encode()
     assert logged_in.command("MAIL FROM:<alice@example.org> BODY=8BITMIME")[0] == 250
     assert logged_in.command("RCPT TO:<bob@example.org>")[0] == 250
@@ -420,7 +420,7 @@ def test_eight_bit_body(logged_in: Session, smtp_server: RunningServer) -> None:
 
 
 def test_250_only_once_the_message_is_in_new(
-    logged_in: Session, smtp_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+    logged_in: RawSession, smtp_server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """At the moment the server sends DATA's 250, the whole message is in new/ and nothing is left in tmp/."""
     seen: list[tuple[int, dict[str, list[str]], list[bytes]]] = []
@@ -441,7 +441,7 @@ def test_250_only_once_the_message_is_in_new(
     assert stored == [b"durable\n"]
 
 
-def test_transaction_is_cleared_after_data(logged_in: Session) -> None:
+def test_transaction_is_cleared_after_data(logged_in: RawSession) -> None:
     assert send_message(logged_in, b"done\r\n")[0] == 250
     logged_in.expect("""
         C: RCPT TO:<bob@example.org>
@@ -456,7 +456,7 @@ def test_transaction_is_cleared_after_data(logged_in: Session) -> None:
 
 @pytest.mark.parametrize("line", ["RSET", "HELO client.test", "EHLO client.test"])
 def test_reset_clears_the_transaction_and_keeps_the_login(
-    logged_in: Session, smtp_server: RunningServer, line: str
+    logged_in: RawSession, smtp_server: RunningServer, line: str
 ) -> None:
     logged_in.command("MAIL FROM:<alice@example.org>")
     logged_in.command("RCPT TO:<bob@example.org>")
@@ -482,7 +482,7 @@ def test_reset_clears_the_transaction_and_keeps_the_login(
 
 
 @pytest.mark.parametrize("line", ["RSET", "HELO client.test", "EHLO client.test"])
-def test_reset_keeps_a_login_made_before_any_transaction(logged_in: Session, line: str) -> None:
+def test_reset_keeps_a_login_made_before_any_transaction(logged_in: RawSession, line: str) -> None:
     assert logged_in.command(line)[0] == 250
     assert logged_in.command("MAIL FROM:<alice@example.org>")[0] == 250
 
@@ -490,7 +490,7 @@ def test_reset_keeps_a_login_made_before_any_transaction(logged_in: Session, lin
 # ---------------------------------------------------------------------------- RETR
 
 
-def test_retr_with_no_messages(logged_in: Session) -> None:
+def test_retr_with_no_messages(logged_in: RawSession) -> None:
     logged_in.expect("""
         C: RETR
         S: 250 0 *
@@ -499,7 +499,7 @@ def test_retr_with_no_messages(logged_in: Session) -> None:
     """)
 
 
-def test_retr_format(logged_in: Session) -> None:
+def test_retr_format(logged_in: RawSession) -> None:
     send_message(logged_in, b"Subject: one\r\n\r\n..dotted\r\n")
     send_message(logged_in, b"Subject: two\r\n\r\nsecond\r\n")
     logged_in.expect("""
@@ -518,13 +518,13 @@ def test_retr_format(logged_in: Session) -> None:
     """)
 
 
-def test_retr_count_line_for_one_message(logged_in: Session) -> None:
+def test_retr_count_line_for_one_message(logged_in: RawSession) -> None:
     send_message(logged_in, b"only\r\n")
     code, lines = logged_in.command("RETR")
     assert code == 250 and lines[0].split()[0] == "1"
 
 
-def test_retr_oldest_first(logged_in: Session) -> None:
+def test_retr_oldest_first(logged_in: RawSession) -> None:
     for number in range(5):
         send_message(logged_in, f"Subject: {number}\r\n\r\nmessage {number}\r\n".encode())
     assert logged_in.retr() == [f"Subject: {n}\r\n\r\nmessage {n}\r\n".encode() for n in range(5)]
@@ -556,7 +556,7 @@ ROUND_TRIP = {
 
 
 @pytest.mark.parametrize("message", ROUND_TRIP.values(), ids=ROUND_TRIP.keys())
-def test_retr_returns_exactly_what_data_accepted(logged_in: Session, message: bytes) -> None:
+def test_retr_returns_exactly_what_data_accepted(logged_in: RawSession, message: bytes) -> None:
     wire = b"".join(b"." + line if line.startswith(b".") else line for line in message.splitlines(keepends=True))
     assert send_message(logged_in, wire)[0] == 250
     assert logged_in.retr() == [message]
@@ -571,7 +571,7 @@ def test_round_trip_with_smtplib(smtp_server: RunningServer) -> None:
 
 
 @pytest.mark.parametrize("line", ["RETR 1", "RETR all", "DELE 1", "DELE *"])
-def test_retr_and_dele_take_no_argument(logged_in: Session, smtp_server: RunningServer, line: str) -> None:
+def test_retr_and_dele_take_no_argument(logged_in: RawSession, smtp_server: RunningServer, line: str) -> None:
     send_message(logged_in, b"keep me\r\n")
     logged_in.expect(f"""
         C: {line}
@@ -580,7 +580,7 @@ def test_retr_and_dele_take_no_argument(logged_in: Session, smtp_server: Running
     assert smtp_server.stored("alice") == [b"keep me\n"]
 
 
-def test_retr_is_readable_by_the_stored_maildir(logged_in: Session, smtp_server: RunningServer) -> None:
+def test_retr_is_readable_by_the_stored_maildir(logged_in: RawSession, smtp_server: RunningServer) -> None:
     send_message(logged_in, b"Subject: mailbox\r\n\r\nbody\r\n")
     box = mailbox.Maildir(smtp_server.mailboxes_path / "alice", factory=None, create=False)
     [message] = list(box)
@@ -591,7 +591,7 @@ def test_retr_is_readable_by_the_stored_maildir(logged_in: Session, smtp_server:
 # ---------------------------------------------------------------------------- DELE
 
 
-def test_dele_counts_and_deletes(logged_in: Session, smtp_server: RunningServer) -> None:
+def test_dele_counts_and_deletes(logged_in: RawSession, smtp_server: RunningServer) -> None:
     for number in range(3):
         send_message(logged_in, f"{number}\r\n".encode())
     logged_in.expect("""
@@ -605,13 +605,13 @@ def test_dele_counts_and_deletes(logged_in: Session, smtp_server: RunningServer)
     assert smtp_server.stored("alice") == []
 
 
-def test_dele_with_one_message(logged_in: Session) -> None:
+def test_dele_with_one_message(logged_in: RawSession) -> None:
     send_message(logged_in, b"one\r\n")
     code, lines = logged_in.command("DELE")
     assert code == 250 and lines[0].split()[0] == "1"
 
 
-def test_dele_with_nothing_stored(logged_in: Session) -> None:
+def test_dele_with_nothing_stored(logged_in: RawSession) -> None:
     logged_in.expect("""
         C: DELE
         S: 250 0 *
@@ -628,7 +628,7 @@ def test_dele_touches_only_the_users_messages(smtp_server: RunningServer, connec
     assert smtp_server.stored("bob") == [b"bob's\n"]
 
 
-def test_sending_after_dele(logged_in: Session) -> None:
+def test_sending_after_dele(logged_in: RawSession) -> None:
     send_message(logged_in, b"old\r\n")
     assert logged_in.command("DELE")[0] == 250
     send_message(logged_in, b"new\r\n")
