@@ -153,8 +153,10 @@ def dot_stuff(message: bytes) -> bytes:
 class RawSession:
     """A raw socket to the server, for transcripts and for input no real client would send."""
 
-    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, host: str, port: int, timeout: float = 10.0, source_address: str | None = None) -> None:
+        """source_address: the local address to connect from (say 127.0.0.2, to look like another client)."""
+        source = None if source_address is None else (source_address, 0)
+        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=source)
         self.file = self.sock.makefile("rb")
 
     def send(self, data: bytes | str) -> None:

@@ -12,7 +12,6 @@ import base64
 import re
 import select
 import smtplib
-import socket
 import subprocess
 import sys
 import threading
@@ -30,21 +29,13 @@ USERNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")  # issue 2's rule for
 BCRYPT_HASH = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")
 
 
-class SessionFrom(RawSession):
-    """A RawSession whose socket is bound to a given loopback address, to look like another client."""
-
-    def __init__(self, host: str, port: int, source: str) -> None:
-        self.sock = socket.create_connection((host, port), timeout=10, source_address=(source, 0))
-        self.file = self.sock.makefile("rb")
-
-
 @pytest.fixture
-def connect_from() -> Iterator[Callable[[RunningServer, str], SessionFrom]]:
+def connect_from() -> Iterator[Callable[[RunningServer, str], RawSession]]:
     """connect_from(server, address) opens a session from address; the greeting is left unread."""
-    sessions: list[SessionFrom] = []
+    sessions: list[RawSession] = []
 
-    def open_session(server: RunningServer, source: str) -> SessionFrom:
-        session = SessionFrom(server.host, server.port, source)
+    def open_session(server: RunningServer, source: str) -> RawSession:
+        session = RawSession(server.host, server.port, source_address=source)
         sessions.append(session)
         return session
 
@@ -68,7 +59,7 @@ def handler_threads() -> int:
 
 
 def test_failed_logins_throttle_the_attacking_address_and_not_another(
-    start_server: Callable[..., RunningServer], connect_from: Callable[[RunningServer, str], SessionFrom]
+    start_server: Callable[..., RunningServer], connect_from: Callable[[RunningServer, str], RawSession]
 ) -> None:
     server = start_server(max_login_failures=3, login_failure_window=60)
     for _ in range(3):
@@ -83,7 +74,7 @@ def test_failed_logins_throttle_the_attacking_address_and_not_another(
 
 
 def test_the_throttle_lets_the_address_in_again_after_the_window(
-    start_server: Callable[..., RunningServer], connect_from: Callable[[RunningServer, str], SessionFrom]
+    start_server: Callable[..., RunningServer], connect_from: Callable[[RunningServer, str], RawSession]
 ) -> None:
     server = start_server(max_login_failures=2, login_failure_window=1.0)
     for _ in range(2):
@@ -96,7 +87,7 @@ def test_the_throttle_lets_the_address_in_again_after_the_window(
 
 
 def test_connections_over_the_caps_get_421_and_no_handler(
-    start_server: Callable[..., RunningServer], connect_from: Callable[[RunningServer, str], SessionFrom]
+    start_server: Callable[..., RunningServer], connect_from: Callable[[RunningServer, str], RawSession]
 ) -> None:
     server = start_server(max_connections=5, max_connections_per_ip=3)
     flood = [connect_from(server, ATTACKER) for _ in range(3)]
@@ -159,7 +150,7 @@ def trickle(session: RawSession, chunks: list[bytes], every: float, started: flo
 
 
 def test_a_one_byte_at_a_time_command_line_is_cut_off_at_the_timeout_and_frees_its_slot(
-    start_server: Callable[..., RunningServer], connect_from: Callable[[RunningServer, str], SessionFrom]
+    start_server: Callable[..., RunningServer], connect_from: Callable[[RunningServer, str], RawSession]
 ) -> None:
     # A byte every 0.4 s never lets the 1.5 s idle timeout expire: only the ceiling on a whole
     # command line (the server's watchdog) can end this.
@@ -183,7 +174,7 @@ def test_a_one_byte_at_a_time_command_line_is_cut_off_at_the_timeout_and_frees_i
 
 
 def test_a_slow_data_transfer_is_cut_off_at_the_data_timeout(
-    start_server: Callable[..., RunningServer], connect_from: Callable[[RunningServer, str], SessionFrom]
+    start_server: Callable[..., RunningServer], connect_from: Callable[[RunningServer, str], RawSession]
 ) -> None:
     # A line every 0.3 s keeps each read within the 1 s timeout; only data_timeout ends it.
     server = start_server(timeout=1, data_timeout=2)
