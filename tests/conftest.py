@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import bcrypt
@@ -190,16 +190,58 @@ class RawSession:
         code, text = self.command(f"AUTH PLAIN {plain_response(user, password)}")
         assert code == 235, text
 
-    def start_data(self) -> None:
-        """MAIL, RCPT and DATA, up to the 354: what follows is the message."""
-        self.expect("""
-            C: MAIL FROM:<alice@example.org>
-            S: 250 *
-            C: RCPT TO:<bob@example.org>
-            S: 250 *
-            C: DATA
-            S: 354 *
-        """)
+    def start_data(
+        self,
+        sender: str = "alice@example.org",
+        recipients: Iterable[str] = ("bob@example.org",),
+        *,
+        mail_parameters: str = "",
+        pipelined: bool = False,
+    ) -> None:
+        """MAIL, RCPT and DATA, up to the 354: what follows is the message.
+
+        Each MAIL and RCPT must get 250 and DATA 354; sender "" is the null reverse-path <>.
+        pipelined sends the commands in one packet (RFC 2920) before reading their replies.
+        """
+        code, text = self._mail_rcpt_data(sender, recipients, mail_parameters, pipelined)
+        assert code == 354, f"DATA: {code} {text}"
+
+    def send_message(
+        self,
+        data: bytes,
+        sender: str = "alice@example.org",
+        recipients: Iterable[str] = ("bob@example.org",),
+        *,
+        mail_parameters: str = "",
+        data_may_be_refused: bool = False,
+    ) -> tuple[int, list[str]]:
+        """MAIL, RCPT, DATA, then data as it goes on the wire (dot-stuffed, CRLF ends) and the final dot.
+
+        Return the reply to the message. MAIL and RCPT must get 250, and DATA 354 unless
+        data_may_be_refused: then a DATA refused at once returns DATA's own reply.
+        """
+        code, text = self._mail_rcpt_data(sender, recipients, mail_parameters, pipelined=False)
+        if code != 354:
+            assert data_may_be_refused, f"DATA: {code} {text}"
+            return code, text
+        self.send(data + b".\r\n")
+        return self.read_reply()
+
+    def _mail_rcpt_data(
+        self, sender: str, recipients: Iterable[str], mail_parameters: str, pipelined: bool
+    ) -> tuple[int, list[str]]:
+        """MAIL and RCPT, each of which must get 250, then DATA; return DATA's reply, whatever it is."""
+        envelope = [f"MAIL FROM:<{sender}> {mail_parameters}".rstrip()]
+        envelope += [f"RCPT TO:<{recipient}>" for recipient in recipients]
+        if pipelined:
+            self.send("".join(f"{line}\r\n" for line in [*envelope, "DATA"]))
+            replies = [self.read_reply() for _ in envelope]
+            assert [code for code, _ in replies] == [250] * len(envelope), list(zip(envelope, replies, strict=True))
+            return self.read_reply()
+        for line in envelope:
+            code, text = self.command(line)
+            assert code == 250, f"{line}: {code} {text}"
+        return self.command("DATA")
 
     def retr(self) -> list[bytes]:
         """RETR; return each message as DATA sent it (CRLF ends), with the dot-stuffing undone."""

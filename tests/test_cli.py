@@ -391,9 +391,7 @@ def test_signal_with_open_sessions(tmp_path: Path, shared_users_file: Path, sign
             idle.read_reply()
             busy.read_reply()
             busy.login()
-            busy.command("MAIL FROM:<alice@example.org>")
-            busy.command("RCPT TO:<bob@example.org>")
-            assert busy.command("DATA")[0] == 354
+            busy.start_data()
             busy.send("half a message\r\n")
             process.send_signal(signum)
             assert process.wait(timeout=5) == 0

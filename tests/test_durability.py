@@ -73,18 +73,6 @@ def log_in(session: RawSession, user: str) -> None:
     session.login(user)
 
 
-def send_message(session: RawSession, message: bytes) -> tuple[int, list[str]]:
-    """MAIL, RCPT, DATA and the message; return the last reply (DATA's own if it was not 354)."""
-    for command, expected in (("MAIL FROM:<alice@example.org>", 250), ("RCPT TO:<bob@example.org>", 250)):
-        code, text = session.command(command)
-        assert code == expected, f"{command}: {code} {text}"
-    code, text = session.command("DATA")
-    if code != 354:
-        return code, text
-    session.send(dot_stuff(message) + b".\r\n")
-    return session.read_reply()
-
-
 def retrieve_as(port: int, user: str) -> list[bytes]:
     session = RawSession("127.0.0.1", port)
     try:
@@ -192,14 +180,7 @@ class Load:
             log_in(session, user)
             attempt = Attempt(user, name, make_message(name, 2_000, random.Random(name)))
             self.attempts.append(attempt)
-            session.expect("""
-                C: MAIL FROM:<held@example.org>
-                S: 250 *
-                C: RCPT TO:<sink@example.org>
-                S: 250 *
-                C: DATA
-                S: 354 *
-            """)
+            session.start_data("held@example.org", ["sink@example.org"])
             data = dot_stuff(attempt.message)
             session.send(data[: len(data) // 2])
             self.holder = attempt
@@ -273,7 +254,7 @@ def test_tmp_leftovers_are_never_retrieved_and_are_removed_at_start_up(
     whole = make_message("whole", 500, random.Random(1))
     session = RawSession(running.host, running.port)
     log_in(session, "alice")
-    assert send_message(session, whole)[0] == 250
+    assert session.send_message(dot_stuff(whole))[0] == 250
     # What a crash mid-delivery leaves: a half-written file in tmp/, named like a real delivery.
     torn = make_message("torn", 5_000, random.Random(2)).replace(b"\r\n", b"\n")[:2_345]
     (mailboxes / "alice" / "tmp" / "1700000000.M000001P1Q000000001.crashed").write_bytes(torn)
@@ -352,7 +333,7 @@ def test_250_comes_only_after_fsync_rename_and_directory_fsync(
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "rename", rename)
     monkeypatch.setattr(SMTPHandler, "reply", reply)
-    code, text = send_message(logged_in, make_message("synced", 1_000, random.Random(3)))
+    code, text = logged_in.send_message(dot_stuff(make_message("synced", 1_000, random.Random(3))))
     assert code == 250
     key = text[0].rsplit(" ", 1)[-1]
     maildir = (smtp_server.mailboxes_path / "alice").resolve()
@@ -461,10 +442,11 @@ def test_storage_fault_is_answered_4xx_stores_nothing_and_the_session_goes_on(
     maildir = smtp_server.mailboxes_path / "alice"
     before = make_message("before", 500, random.Random(4))
     after = make_message("after", 500, random.Random(6))
-    assert send_message(logged_in, before)[0] == 250  # creates the Maildir
+    assert logged_in.send_message(dot_stuff(before))[0] == 250  # creates the Maildir
 
     with make_fault(monkeypatch, maildir):
-        code, text = send_message(logged_in, make_message("refused", size, random.Random(5)))
+        refused = dot_stuff(make_message("refused", size, random.Random(5)))
+        code, text = logged_in.send_message(refused, data_may_be_refused=True)
     assert code in (451, 452), f"{code} {text}"
     if fault.startswith("disk-full"):
         assert code == 452  # RFC 5321 4.2.2: insufficient system storage
@@ -472,7 +454,7 @@ def test_storage_fault_is_answered_4xx_stores_nothing_and_the_session_goes_on(
     assert logged_in.retr() == [before], "the refused message is visible"
     assert not leftovers(smtp_server.mailboxes_path), "the refused message was left in tmp/"
     # The same session goes on, and the server takes new connections.
-    assert send_message(logged_in, after)[0] == 250
+    assert logged_in.send_message(dot_stuff(after))[0] == 250
     assert logged_in.retr() == [before, after]
     other = connect()
     other.login("bob")

@@ -521,14 +521,7 @@ def test_smuggled_end_of_data_does_not_end_the_message(
     sequence: bytes, smtp_server: RunningServer, logged_in: RawSession
 ) -> None:
     """A receiver that took `sequence` for the end of the data would run the smuggled transaction."""
-    logged_in.expect("""
-        C: MAIL FROM:<alice@example.org>
-        S: 250 *
-        C: RCPT TO:<bob@example.org>
-        S: 250 *
-        C: DATA
-        S: 354 *
-    """)
+    logged_in.start_data()
     smuggled = b"MAIL FROM:<evil@attacker.example>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nsmuggled"
     data = b"Subject: honest\r\n\r\nbefore" + sequence + smuggled + sequence + b"after\r\n"
     logged_in.send(data + b".\r\nHELP NOOP\r\n")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import mailbox
 import smtplib
-from collections.abc import Iterable
 
 import pytest
 from conftest import USERS, RawSession, RunningServer
@@ -12,21 +11,6 @@ from conftest import USERS, RawSession, RunningServer
 from mailserver.smtp import SMTPHandler
 
 MAX_RECIPIENTS = 100
-
-
-def send_message(
-    session: RawSession,
-    data: bytes,
-    sender: str = "alice@example.org",
-    recipients: Iterable[str] = ("bob@example.org",),
-) -> tuple[int, list[str]]:
-    """MAIL, RCPT and DATA with data as it goes on the wire (dot-stuffed, CRLF ends); return DATA's last reply."""
-    assert session.command(f"MAIL FROM:<{sender}>")[0] == 250
-    for recipient in recipients:
-        assert session.command(f"RCPT TO:<{recipient}>")[0] == 250
-    assert session.command("DATA")[0] == 354
-    session.send(data + b".\r\n")
-    return session.read_reply()
 
 
 def maildir_listing(server: RunningServer, user: str) -> dict[str, list[str]]:
@@ -167,8 +151,8 @@ def test_mail_inside_a_transaction(logged_in: RawSession) -> None:
 
 
 def test_mail_after_a_finished_transaction(logged_in: RawSession) -> None:
-    assert send_message(logged_in, b"first\r\n")[0] == 250
-    assert send_message(logged_in, b"second\r\n")[0] == 250
+    assert logged_in.send_message(b"first\r\n")[0] == 250
+    assert logged_in.send_message(b"second\r\n")[0] == 250
 
 
 # ---------------------------------------------------------------------------- RCPT
@@ -346,13 +330,8 @@ def test_data_after_only_refused_recipients(logged_in: RawSession) -> None:
 
 
 def test_leading_dots_are_unstuffed(logged_in: RawSession, smtp_server: RunningServer) -> None:
+    logged_in.start_data()
     logged_in.expect("""
-        C: MAIL FROM:<alice@example.org>
-        S: 250 *
-        C: RCPT TO:<bob@example.org>
-        S: 250 *
-        C: DATA
-        S: 354 *
         C: ..one dot
         C: ...
         C: ..
@@ -367,7 +346,7 @@ def test_leading_dots_are_unstuffed(logged_in: RawSession, smtp_server: RunningS
 def test_dot_line_ended_by_bare_lf_does_not_end_the_data(logged_in: RawSession, smtp_server: RunningServer) -> None:
     """SMTP smuggling: only <CRLF>.<CRLF> ends the data, so the smuggled MAIL stays message text."""
     smuggled = b"hello\r\n.\nMAIL FROM:<mallory@example.org>\r\nRCPT TO:<victim@example.org>\r\n"
-    assert send_message(logged_in, smuggled)[0] == 250
+    assert logged_in.send_message(smuggled)[0] == 250
     assert logged_in.command("NOOP")[0] == 250  # one reply for the message: nothing was taken as a command
     [stored] = smtp_server.stored("alice")
     assert stored == b"hello\n.\nMAIL FROM:<mallory@example.org>\nRCPT TO:<victim@example.org>\n"
@@ -379,43 +358,39 @@ def test_dot_line_ended_by_bare_lf_does_not_end_the_data(logged_in: RawSession, 
     ids=["LF.LF", "LF.CRLF", "CRLF.LF", "CR.CRLF"],
 )
 def test_only_crlf_dot_crlf_ends_the_data(logged_in: RawSession, smtp_server: RunningServer, ending: bytes) -> None:
-    assert send_message(logged_in, b"text" + ending + b"after\r\n")[0] == 250
+    assert logged_in.send_message(b"text" + ending + b"after\r\n")[0] == 250
     assert logged_in.command("NOOP")[0] == 250
     [stored] = smtp_server.stored("alice")
     assert stored.endswith(b"after\n")
 
 
 def test_bare_lf_elsewhere_is_a_line_end(logged_in: RawSession, smtp_server: RunningServer) -> None:
-    assert send_message(logged_in, b"Subject: bare\n\nline one\nline two\r\n")[0] == 250
+    assert logged_in.send_message(b"Subject: bare\n\nline one\nline two\r\n")[0] == 250
     assert smtp_server.stored("alice") == [b"Subject: bare\n\nline one\nline two\n"]
     assert logged_in.retr() == [b"Subject: bare\r\n\r\nline one\r\nline two\r\n"]
 
 
 def test_leading_dot_after_bare_lf_is_unstuffed(logged_in: RawSession, smtp_server: RunningServer) -> None:
-    assert send_message(logged_in, b"one\n..two\r\n")[0] == 250
+    assert logged_in.send_message(b"one\n..two\r\n")[0] == 250
     assert smtp_server.stored("alice") == [b"one\n.two\n"]
 
 
 def test_message_with_several_recipients_is_stored_once(logged_in: RawSession, smtp_server: RunningServer) -> None:
     recipients = ["bob@example.org", "carol@example.org", "dave@elsewhere.example", "alice@example.org"]
-    assert send_message(logged_in, b"to many\r\n", recipients=recipients)[0] == 250
+    assert logged_in.send_message(b"to many\r\n", recipients=recipients)[0] == 250
     assert smtp_server.stored("alice") == [b"to many\n"]
     assert not (smtp_server.mailboxes_path / "bob").exists()  # stored for the sender, not per recipient
     assert logged_in.retr() == [b"to many\r\n"]
 
 
 def test_same_recipient_twice_stores_once(logged_in: RawSession, smtp_server: RunningServer) -> None:
-    assert send_message(logged_in, b"twice\r\n", recipients=["bob@example.org"] * 2)[0] == 250
+    assert logged_in.send_message(b"twice\r\n", recipients=["bob@example.org"] * 2)[0] == 250
     assert len(smtp_server.stored("alice")) == 1
 
 
 def test_eight_bit_body(logged_in: RawSession, smtp_server: RunningServer) -> None:
     body = "Subject: =?utf-8?q?gr=C3=BC=C3=9Fe?=\r\n\r\nGrüße, Ελλάδα, 日本\r\n".encode()
-    assert logged_in.command("MAIL FROM:<alice@example.org> BODY=8BITMIME")[0] == 250
-    assert logged_in.command("RCPT TO:<bob@example.org>")[0] == 250
-    assert logged_in.command("DATA")[0] == 354
-    logged_in.send(body + b".\r\n")
-    assert logged_in.read_reply()[0] == 250
+    assert logged_in.send_message(body, mail_parameters="BODY=8BITMIME")[0] == 250
     assert logged_in.retr() == [body]
 
 
@@ -434,7 +409,7 @@ def test_250_only_once_the_message_is_in_new(
         reply(handler, code, *lines)
 
     monkeypatch.setattr(SMTPHandler, "reply", spy)
-    assert send_message(logged_in, b"durable\r\n")[0] == 250
+    assert logged_in.send_message(b"durable\r\n")[0] == 250
     code, listing, stored = seen[-1]
     assert code == 250
     assert len(listing["new"]) == 1 and listing["tmp"] == []
@@ -442,7 +417,7 @@ def test_250_only_once_the_message_is_in_new(
 
 
 def test_transaction_is_cleared_after_data(logged_in: RawSession) -> None:
-    assert send_message(logged_in, b"done\r\n")[0] == 250
+    assert logged_in.send_message(b"done\r\n")[0] == 250
     logged_in.expect("""
         C: RCPT TO:<bob@example.org>
         S: 503 *
@@ -500,8 +475,8 @@ def test_retr_with_no_messages(logged_in: RawSession) -> None:
 
 
 def test_retr_format(logged_in: RawSession) -> None:
-    send_message(logged_in, b"Subject: one\r\n\r\n..dotted\r\n")
-    send_message(logged_in, b"Subject: two\r\n\r\nsecond\r\n")
+    logged_in.send_message(b"Subject: one\r\n\r\n..dotted\r\n")
+    logged_in.send_message(b"Subject: two\r\n\r\nsecond\r\n")
     logged_in.expect("""
         C: RETR
         S: 250 2 messages follow
@@ -519,14 +494,14 @@ def test_retr_format(logged_in: RawSession) -> None:
 
 
 def test_retr_count_line_for_one_message(logged_in: RawSession) -> None:
-    send_message(logged_in, b"only\r\n")
+    logged_in.send_message(b"only\r\n")
     code, lines = logged_in.command("RETR")
     assert code == 250 and lines[0].split()[0] == "1"
 
 
 def test_retr_oldest_first(logged_in: RawSession) -> None:
     for number in range(5):
-        send_message(logged_in, f"Subject: {number}\r\n\r\nmessage {number}\r\n".encode())
+        logged_in.send_message(f"Subject: {number}\r\n\r\nmessage {number}\r\n".encode())
     assert logged_in.retr() == [f"Subject: {n}\r\n\r\nmessage {n}\r\n".encode() for n in range(5)]
 
 
@@ -534,8 +509,8 @@ def test_retr_shows_only_the_users_own_messages(smtp_server: RunningServer, conn
     alice, bob = connect(), connect()
     alice.login("alice")
     bob.login("bob")
-    send_message(alice, b"from alice\r\n", recipients=["bob@example.org"])
-    send_message(bob, b"from bob\r\n", sender="bob@example.org")
+    alice.send_message(b"from alice\r\n", recipients=["bob@example.org"])
+    bob.send_message(b"from bob\r\n", sender="bob@example.org")
     assert alice.retr() == [b"from alice\r\n"]
     assert bob.retr() == [b"from bob\r\n"]
 
@@ -558,7 +533,7 @@ ROUND_TRIP = {
 @pytest.mark.parametrize("message", ROUND_TRIP.values(), ids=ROUND_TRIP.keys())
 def test_retr_returns_exactly_what_data_accepted(logged_in: RawSession, message: bytes) -> None:
     wire = b"".join(b"." + line if line.startswith(b".") else line for line in message.splitlines(keepends=True))
-    assert send_message(logged_in, wire)[0] == 250
+    assert logged_in.send_message(wire)[0] == 250
     assert logged_in.retr() == [message]
 
 
@@ -572,7 +547,7 @@ def test_round_trip_with_smtplib(smtp_server: RunningServer) -> None:
 
 @pytest.mark.parametrize("line", ["RETR 1", "RETR all", "DELE 1", "DELE *"])
 def test_retr_and_dele_take_no_argument(logged_in: RawSession, smtp_server: RunningServer, line: str) -> None:
-    send_message(logged_in, b"keep me\r\n")
+    logged_in.send_message(b"keep me\r\n")
     logged_in.expect(f"""
         C: {line}
         S: 504 *
@@ -581,7 +556,7 @@ def test_retr_and_dele_take_no_argument(logged_in: RawSession, smtp_server: Runn
 
 
 def test_retr_is_readable_by_the_stored_maildir(logged_in: RawSession, smtp_server: RunningServer) -> None:
-    send_message(logged_in, b"Subject: mailbox\r\n\r\nbody\r\n")
+    logged_in.send_message(b"Subject: mailbox\r\n\r\nbody\r\n")
     box = mailbox.Maildir(smtp_server.mailboxes_path / "alice", factory=None, create=False)
     [message] = list(box)
     assert message["Subject"] == "mailbox"
@@ -593,7 +568,7 @@ def test_retr_is_readable_by_the_stored_maildir(logged_in: RawSession, smtp_serv
 
 def test_dele_counts_and_deletes(logged_in: RawSession, smtp_server: RunningServer) -> None:
     for number in range(3):
-        send_message(logged_in, f"{number}\r\n".encode())
+        logged_in.send_message(f"{number}\r\n".encode())
     logged_in.expect("""
         C: DELE
         S: 250 3 *
@@ -606,7 +581,7 @@ def test_dele_counts_and_deletes(logged_in: RawSession, smtp_server: RunningServ
 
 
 def test_dele_with_one_message(logged_in: RawSession) -> None:
-    send_message(logged_in, b"one\r\n")
+    logged_in.send_message(b"one\r\n")
     code, lines = logged_in.command("DELE")
     assert code == 250 and lines[0].split()[0] == "1"
 
@@ -622,14 +597,14 @@ def test_dele_touches_only_the_users_messages(smtp_server: RunningServer, connec
     alice, bob = connect(), connect()
     alice.login("alice")
     bob.login("bob")
-    send_message(alice, b"alice's\r\n")
-    send_message(bob, b"bob's\r\n", sender="bob@example.org")
+    alice.send_message(b"alice's\r\n")
+    bob.send_message(b"bob's\r\n", sender="bob@example.org")
     assert alice.command("DELE")[1][0].split()[0] == "1"
     assert smtp_server.stored("bob") == [b"bob's\n"]
 
 
 def test_sending_after_dele(logged_in: RawSession) -> None:
-    send_message(logged_in, b"old\r\n")
+    logged_in.send_message(b"old\r\n")
     assert logged_in.command("DELE")[0] == 250
-    send_message(logged_in, b"new\r\n")
+    logged_in.send_message(b"new\r\n")
     assert logged_in.retr() == [b"new\r\n"]
