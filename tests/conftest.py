@@ -150,6 +150,24 @@ def dot_stuff(message: bytes) -> bytes:
     return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
 
+@dataclasses.dataclass(frozen=True)
+class EhloReply:
+    """A 250 reply to EHLO: its first line, and the extensions by keyword (as sent) with their parameters.
+
+    `"STARTTLS" in reply` asks whether an extension is advertised, `reply["SIZE"]` gives its
+    parameters ("" for none): the checks hold whatever other extensions come and in whatever order.
+    """
+
+    greeting: str  # "mail.test Hello client.test"
+    extensions: dict[str, str]
+
+    def __contains__(self, keyword: object) -> bool:
+        return keyword in self.extensions
+
+    def __getitem__(self, keyword: str) -> str:
+        return self.extensions[keyword]
+
+
 class RawSession:
     """A raw socket to the server, for transcripts and for input no real client would send."""
 
@@ -183,6 +201,16 @@ class RawSession:
             lines.append(line[4:])
             if line[3] == " ":
                 return int(line[:3]), lines
+
+    def ehlo(self, domain: str = "client.test", verb: str = "EHLO") -> EhloReply:
+        """Send EHLO (verb: its spelling); it must get 250. Return the reply as an EhloReply."""
+        code, lines = self.command(f"{verb} {domain}")
+        assert code == 250, f"{verb}: {code} {lines}"
+        extensions = {}
+        for line in lines[1:]:
+            keyword, _, parameters = line.partition(" ")
+            extensions[keyword] = parameters
+        return EhloReply(lines[0], extensions)
 
     def login(self, user: str = "alice", password: str | None = None) -> None:
         password = USERS[user] if password is None else password

@@ -457,7 +457,6 @@ def test_trace_shows_the_protocol_with_verbs_in_capitals(smtp_server: RunningSer
     lines = trace_lines(result.stdout)
     for expected in [
         "S: 220 mail.test Service ready",
-        "S: 250-AUTH PLAIN LOGIN",
         "C: AUTH PLAIN ********",
         "S: 235 2.7.0 Authentication successful",
         "C: RCPT TO:<bob@example.org>",
@@ -475,6 +474,7 @@ def test_trace_shows_the_protocol_with_verbs_in_capitals(smtp_server: RunningSer
     ]:
         assert expected in lines, expected
     assert any(line.startswith("C: EHLO ") for line in lines)
+    assert any(re.fullmatch(r"S: 250[- ]AUTH PLAIN LOGIN", line) for line in lines)  # wherever AUTH comes in EHLO
     assert any(line.startswith("C: MAIL FROM:<alice@mail.test>") for line in lines)
     assert not [line for line in lines if line[:3] == "C: " and line[3:7] in ("ehlo", "mail", "rcpt", "data", "quit")]
 

@@ -55,30 +55,28 @@ def test_helo(session: RawSession) -> None:
 
 
 def test_ehlo_advertises_the_extensions(session: RawSession) -> None:
-    code, lines = session.command("EHLO client.test")
-    assert code == 250
-    assert lines[0].startswith("mail.test")
-    extensions = lines[1:]
-    for required in ("AUTH PLAIN LOGIN", "SIZE 10485760", "8BITMIME", "PIPELINING", "HELP"):
-        assert required in extensions
-    assert not any("CRAM-MD5" in line for line in extensions)  # smtplib would try it first and fail
+    ehlo = session.ehlo()
+    assert ehlo.greeting.startswith("mail.test")
+    required = {"AUTH": "PLAIN LOGIN", "SIZE": "10485760", "8BITMIME": "", "PIPELINING": "", "HELP": ""}
+    assert required.items() <= ehlo.extensions.items(), ehlo.extensions
+    # smtplib would try CRAM-MD5 first and fail
+    assert not any("CRAM-MD5" in f"{keyword} {parameters}" for keyword, parameters in ehlo.extensions.items())
 
 
 def test_ehlo_size_is_the_configured_limit(start_server: Callable[..., RunningServer], connect) -> None:
     session = connect(start_server(max_message_size=12345))
-    _, lines = session.command("EHLO client.test")
-    assert "SIZE 12345" in lines
+    assert session.ehlo()["SIZE"] == "12345"
 
 
 def test_ehlo_as_multiline_reply(session: RawSession) -> None:
+    """The reply's shape, whatever the extensions: 250-<hostname> Hello ..., 250- lines, a last 250 line."""
+    session.send("EHLO client.test\r\n")
+    lines = [session.read_line()]
+    while lines[-1].startswith("250-"):
+        lines.append(session.read_line())
+    assert lines[0].startswith("250-mail.test Hello "), lines
+    assert len(lines) >= 2 and lines[-1].startswith("250 "), lines
     session.expect("""
-        C: EHLO client.test
-        S: 250-mail.test*
-        S: 250-*
-        S: 250-*
-        S: 250-*
-        S: 250-*
-        S: 250 *
         C: NOOP
         S: 250 *
     """)
@@ -218,14 +216,9 @@ def test_empty_line(session: RawSession, line: str) -> None:
 
 
 def test_verbs_are_case_insensitive(session: RawSession) -> None:
+    ehlo = session.ehlo(verb="ehlo")
+    assert ehlo.greeting.startswith("mail.test") and ehlo.extensions  # EHLO's multi-line reply
     session.expect("""
-        C: ehlo client.test
-        S: 250-mail.test*
-        S: 250-*
-        S: 250-*
-        S: 250-*
-        S: 250-*
-        S: 250 *
         C: Helo client.test
         S: 250 *
         C: nOoP
@@ -267,14 +260,8 @@ def test_transaction_verbs_are_case_insensitive(logged_in: RawSession, smtp_serv
 
 
 def test_auth_verb_is_case_insensitive(session: RawSession) -> None:
+    session.ehlo()
     session.expect("""
-        C: EHLO client.test
-        S: 250-*
-        S: 250-*
-        S: 250-*
-        S: 250-*
-        S: 250-*
-        S: 250 *
         C: auth plain AGFsaWNlAGFsaWNlLXBhc3N3b3Jk
         S: 235 *
     """)

@@ -43,13 +43,6 @@ def read_until_closed(session: RawSession, timeout: float = 5.0) -> bytes:
     return received
 
 
-def ehlo_keywords(session: RawSession) -> list[str]:
-    """Send EHLO; return the extension keywords it advertises (first word of each line but the first)."""
-    code, lines = session.command("EHLO client.test")
-    assert code == 250, lines
-    return [line.split()[0].upper() for line in lines[1:]]
-
-
 # ---------------------------------------------------------------------- fixtures
 
 
@@ -66,28 +59,28 @@ def test_starttls_is_advertised_only_when_configured(
     smtp_server: RunningServer, tls_server: RunningServer, connect: Callable[..., RawSession]
 ) -> None:
     plain = connect(smtp_server)
-    assert "STARTTLS" not in ehlo_keywords(plain)
+    assert "STARTTLS" not in plain.ehlo()
     plain.expect("""
         C: STARTTLS
         S: 454 *
     """)
-    assert "STARTTLS" in ehlo_keywords(connect(tls_server))
+    assert "STARTTLS" in connect(tls_server).ehlo()
 
 
 def test_starttls_then_the_whole_session_runs_encrypted(
     tls_server: RunningServer, connect: Callable[..., RawSession], certificate: Certificate
 ) -> None:
     session = connect(tls_server)
-    ehlo_keywords(session)
+    session.ehlo()
     session.expect("""
         C: STARTTLS
         S: 220 Ready to start TLS
     """)
     start_tls(session, certificate.client_context())
     assert session.sock.version() in ("TLSv1.2", "TLSv1.3")
-    keywords = ehlo_keywords(session)
-    assert "AUTH" in keywords
-    assert "STARTTLS" not in keywords  # RFC 3207 4.2: not offered again
+    ehlo = session.ehlo()
+    assert "AUTH" in ehlo
+    assert "STARTTLS" not in ehlo  # RFC 3207 4.2: not offered again
     session.expect(f"""
         C: AUTH PLAIN {ALICE_PLAIN}
         S: 235 *
@@ -123,7 +116,7 @@ def test_starttls_resets_the_session(
         C: AUTH PLAIN {ALICE_PLAIN}
         S: 503 *
     """)
-    ehlo_keywords(session)
+    session.ehlo()
     session.expect(f"""
         C: AUTH PLAIN {ALICE_PLAIN}
         S: 235 *
@@ -136,13 +129,13 @@ def test_starttls_inside_tls_is_refused(
     tls_server: RunningServer, connect: Callable[..., RawSession], certificate: Certificate
 ) -> None:
     session = connect(tls_server)
-    ehlo_keywords(session)
+    session.ehlo()
     session.expect("""
         C: STARTTLS
         S: 220 Ready to start TLS
     """)
     start_tls(session, certificate.client_context())
-    ehlo_keywords(session)
+    session.ehlo()
     session.expect("""
         C: STARTTLS
         S: 503 *
@@ -159,7 +152,7 @@ def test_plaintext_pipelined_after_starttls_is_discarded(
     A man in the middle could otherwise inject commands, such as a login, into the encrypted session.
     """
     session = connect(tls_server)
-    ehlo_keywords(session)
+    session.ehlo()
     session.send(f"STARTTLS\r\nEHLO injected.test\r\nAUTH PLAIN {ALICE_PLAIN}\r\n")  # one packet
     session.expect("S: 220 Ready to start TLS")
     start_tls(session, certificate.client_context())
@@ -178,7 +171,7 @@ def test_a_failed_handshake_ends_that_connection_only(
     bystander = connect(tls_server)
     bystander.login()
     session = connect(tls_server)
-    ehlo_keywords(session)
+    session.ehlo()
     session.expect("""
         C: STARTTLS
         S: 220 Ready to start TLS
@@ -201,7 +194,7 @@ def test_a_client_silent_after_starttls_is_cut_off(
 ) -> None:
     server = start_server(tls_context=certificate.server_context(), timeout=0.5)
     session = connect(server)
-    ehlo_keywords(session)
+    session.ehlo()
     session.expect("""
         C: STARTTLS
         S: 220 Ready to start TLS
@@ -221,9 +214,9 @@ def test_require_tls_refuses_login_before_starttls(
 ) -> None:
     server = start_server(tls_context=certificate.server_context(), require_tls=True)
     session = connect(server)
-    keywords = ehlo_keywords(session)
-    assert "AUTH" not in keywords
-    assert "STARTTLS" in keywords
+    ehlo = session.ehlo()
+    assert "AUTH" not in ehlo
+    assert "STARTTLS" in ehlo
     # 530 (RFC 3207 4) or 538 (RFC 4954 6); and no 334 prompt that would draw a password out in clear.
     session.expect(f"""
         C: AUTH PLAIN {ALICE_PLAIN}
@@ -236,7 +229,7 @@ def test_require_tls_refuses_login_before_starttls(
         S: 220 Ready to start TLS
     """)
     start_tls(session, certificate.client_context())
-    assert "AUTH" in ehlo_keywords(session)
+    assert "AUTH" in session.ehlo()
     session.expect(f"""
         C: AUTH PLAIN {ALICE_PLAIN}
         S: 235 *
