@@ -115,7 +115,8 @@ def start_server(tmp_path: Path, shared_users_file: Path) -> Iterator[Callable[.
             MailboxStore(mailboxes),
         )
         listener = server.listen(("127.0.0.1", 0), SMTPHandler, implicit_tls=implicit_tls)
-        server.serve_in_background(listener, poll_interval=0.05)
+        # stop() waits for serve_forever to look at its shutdown flag, once a poll_interval: every test pays it.
+        server.serve_in_background(listener, poll_interval=0.01)
         instance = RunningServer(server, listener, dict(USERS), users_path or shared_users_file, mailboxes)
         running.append(instance)
         return instance
