@@ -40,7 +40,12 @@ class ServerConfig:
     timeout: float = option(300.0, "idle timeout, and the most one command line may take", metavar="SECONDS")
     # RFC 5321 4.5.3.2.6 asks at least 10 minutes for the final "." to be answered; this bounds the whole DATA.
     data_timeout: float = option(600.0, "the most one DATA transfer may take", metavar="SECONDS")
-    max_login_failures: int = option(5, "failed logins from one address before it must wait", metavar="N")
+    # Per name and address: one student's typos lock out that name, not a class sharing one address.
+    max_login_failures: int = option(5, "failed logins of one name from one address before it must wait", metavar="N")
+    # All names together: stops one address guessing across many names.
+    max_login_failures_per_ip: int = option(
+        30, "failed logins from one address, all names together, before it must wait", metavar="N"
+    )
     login_failure_window: float = option(60.0, "how long a failed login counts", metavar="SECONDS")
     tls_cert: str | None = option(None, "certificate (PEM) for STARTTLS and --tls-port", metavar="FILE")
     tls_key: str | None = option(None, "private key (PEM) of --tls-cert", metavar="FILE")

@@ -7,9 +7,16 @@ got around by using the other port.
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import dataclasses
+import hashlib
+import math
+import secrets
 import threading
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Hashable
 from typing import Protocol
 
 
@@ -85,26 +92,172 @@ class ConnectionTable:
             return self._idle.wait_for(lambda: not self._total, timeout)
 
 
-class LoginThrottle:
-    """Counts failed logins per address; too many within the window blocks new attempts."""
+@dataclasses.dataclass(frozen=True)
+class LoginRefused:
+    """LoginThrottle.begin()'s answer when a login may not even be checked: why, and the whole seconds to wait."""
 
-    def __init__(self, max_failures: int, window: float) -> None:
-        self.max_failures = max_failures
+    reason: str
+    seconds: int
+
+    def __str__(self) -> str:
+        return f"{self.reason}, try again in {self.seconds} s"
+
+
+class _Counts:
+    """The failed logins of one key, and its checks in flight, as the times they happened (oldest first)."""
+
+    __slots__ = ("failures", "in_flight", "touched")
+
+    def __init__(self) -> None:
+        self.failures: list[float] = []
+        self.in_flight: list[float] = []
+        self.touched = 0.0  # when a login last began or ended here
+
+    def forget_before(self, cutoff: float) -> None:
+        del self.failures[: bisect.bisect_right(self.failures, cutoff)]
+        # A check still "in flight" after a whole window was abandoned (its thread died): let it go too.
+        del self.in_flight[: bisect.bisect_right(self.in_flight, cutoff)]
+
+    def __bool__(self) -> bool:
+        return bool(self.failures or self.in_flight)
+
+
+class LoginAttempt:
+    """One login being checked. From `begin()` on it holds a place in the counts; unless
+    `succeeded()` is called before its `with` block ends, it ends as a failed login."""
+
+    def __init__(self, throttle: LoginThrottle, name_key: Hashable, address_key: Hashable, started: float) -> None:
+        self._throttle = throttle
+        self.name_key = name_key
+        self.address_key = address_key
+        self.started = started
+        self.success = False
+
+    def succeeded(self) -> None:
+        """The password was right: this login counts as no failure, and forgives the earlier ones of its name."""
+        self.success = True
+
+    def __enter__(self) -> LoginAttempt:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._throttle.end(self)
+
+
+class LoginThrottle:
+    """Failed logins per (address, name) and per address; past a limit, a login is refused unchecked.
+
+    A login holds its place in the counts from before its password is checked, so however
+    many guesses arrive at once, at most the limit's worth of bcrypt checks ever run per
+    name and per address. The first limit (small) makes a name that failed too often from
+    an address wait, and only that name: a class on one machine shares one address. The
+    second (larger) stops an address guessing across many names. A successful login
+    forgives the failures of its name (the student got in), not those of its address (or
+    an attacker's own account would wipe the count). The name counted is what the client
+    typed, account or not, so a 454 tells nothing about which names exist; the table
+    keeps a keyed digest of it, never the text (it may be a password typed in the wrong field).
+
+    The same calls serve every protocol (SMTP AUTH, POP3 USER/PASS and AUTH):
+
+        attempt = throttle.begin(address, name)
+        if isinstance(attempt, LoginRefused):
+            # Nothing is checked. str(attempt) says why and for how long, e.g.
+            # "Too many failed logins for this name, try again in 42 s": SMTP 454, POP3 -ERR [SYS/TEMP].
+            return
+        with attempt:  # just the check: the client may be back with its next login as soon as it has a reply
+            if users.check(name, password):
+                attempt.succeeded()
+        if attempt.success: ...  # logged in; else the failure is counted already
+
+    Bounded: a record whose last login is a window old goes at the next begin(); past
+    max_records the least recently used go, even if young.
+    """
+
+    max_records = 20_000  # about 370 bytes each: 7 MB at most; a window of bcrypt checks seldom makes this many
+
+    def __init__(
+        self,
+        max_per_name: int,
+        max_per_address: int,
+        window: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_per_name = max_per_name
+        self.max_per_address = max_per_address
         self.window = window
-        self._failures: dict[str, deque[float]] = {}
+        self._clock = clock
+        self._name_key = secrets.token_bytes(16)
+        self._records: OrderedDict[Hashable, _Counts] = OrderedDict()  # least recently touched first
         self._lock = threading.Lock()
 
-    def record(self, address: str) -> None:
-        with self._lock:
-            self._failures.setdefault(address, deque(maxlen=self.max_failures)).append(time.monotonic())
+    def __len__(self) -> int:
+        return len(self._records)
 
-    def blocked(self, address: str) -> bool:
-        """True while address has max_failures failures, the oldest within the window."""
+    def begin(self, address: str, name: str) -> LoginAttempt | LoginRefused:
+        """Take a place for a login of name from address, or say why not and for how long."""
+        # casefold: Alice and ALICE are one name to count, whatever users.txt makes of them.
+        digest = hashlib.blake2b(name.casefold().encode("utf-8", "replace"), key=self._name_key, digest_size=16)
+        name_key = (address, digest.digest())
         with self._lock:
-            failures = self._failures.get(address)
-            if not failures:
-                return False
-            if time.monotonic() - failures[-1] > self.window:
-                del self._failures[address]  # forgotten: keeps the table small
-                return False
-            return len(failures) >= self.max_failures and time.monotonic() - failures[0] <= self.window
+            now = self._clock()
+            refusals = [
+                refusal
+                for refusal in (
+                    self._refusal(name_key, self.max_per_name, "Too many failed logins for this name", now),
+                    self._refusal(address, self.max_per_address, "Too many failed logins from your address", now),
+                )
+                if refusal is not None
+            ]
+            if refusals:
+                return max(refusals, key=lambda refusal: refusal.seconds)
+            for key in (name_key, address):
+                self._touch(key, now).in_flight.append(now)
+            self._forget_old(now)
+            return LoginAttempt(self, name_key, address, now)
+
+    def _refusal(self, key: Hashable, limit: int, reason: str, now: float) -> LoginRefused | None:
+        counts = self._records.get(key)
+        if counts is None:
+            return None
+        counts.forget_before(now - self.window)
+        if len(counts.failures) + len(counts.in_flight) < limit:
+            return None
+        if len(counts.failures) < limit:
+            return LoginRefused(reason, 1)  # checks in flight hold the places: they end within a bcrypt check
+        # The count drops below the limit when this failure leaves the window.
+        leaves = counts.failures[len(counts.failures) - limit] + self.window
+        return LoginRefused(reason, max(1, math.ceil(leaves - now)))
+
+    def end(self, attempt: LoginAttempt) -> None:
+        """Count the end of attempt (its `with` block calls this): a failure, unless it succeeded."""
+        with self._lock:
+            now = self._clock()
+            for key in (attempt.name_key, attempt.address_key):
+                counts = self._touch(key, now)
+                with contextlib.suppress(ValueError):  # already forgotten, if it took a window
+                    counts.in_flight.remove(attempt.started)
+                if not attempt.success:
+                    counts.failures.append(now)
+                elif key is attempt.name_key:
+                    counts.failures.clear()
+                if not counts:
+                    del self._records[key]
+            self._forget_old(now)
+
+    def _touch(self, key: Hashable, now: float) -> _Counts:
+        """The record of key, made if need be, marked as the most recently used."""
+        counts = self._records.get(key)
+        if counts is None:
+            counts = self._records[key] = _Counts()
+        counts.touched = now
+        self._records.move_to_end(key)
+        return counts
+
+    def _forget_old(self, now: float) -> None:
+        """Drop the records untouched for a window (all they hold is older), and the oldest beyond max_records."""
+        cutoff = now - self.window
+        while self._records:
+            key, counts = next(iter(self._records.items()))
+            if counts.touched > cutoff and len(self._records) <= self.max_records:
+                return
+            del self._records[key]

@@ -302,7 +302,9 @@ class MailServer:
         self.users = users
         self.mailboxes = mailboxes
         self.connections = ConnectionTable(config.max_connections, config.max_connections_per_ip)
-        self.login_throttle = LoginThrottle(config.max_login_failures, config.login_failure_window)
+        self.login_throttle = LoginThrottle(
+            config.max_login_failures, config.max_login_failures_per_ip, config.login_failure_window
+        )
         self.listeners: list[Listener] = []
         self._serving: list[Listener] = []  # shutdown() must wait only for listeners that serve
         self._closing = threading.Event()

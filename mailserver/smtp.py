@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO, ClassVar, NamedTuple
 
 from .data import MAX_TEXT_LINE, DataReader, DataState, MessageTrace, dot_stuffed
+from .limits import LoginRefused
 from .listener import Hangup, LineHandler
 from .logs import log, printable
 
@@ -378,11 +379,6 @@ class SMTPHandler(LineHandler):
         if self.needs_tls_first():
             self.reply(530, "Must issue a STARTTLS command first")
             return
-        address = self.client_address[0]
-        if self.mail.login_throttle.blocked(address):
-            log.warning("%s AUTH refused: too many failed logins from %s", self.peer, address)
-            self.reply(454, "4.7.0 Too many failed logins, try again later")
-            return
         mechanism, _, initial = argument.partition(" ")
         if not mechanism:
             self.reply(501, "Syntax: AUTH PLAIN|LOGIN [<initial-response>]")
@@ -397,16 +393,24 @@ class SMTPHandler(LineHandler):
         self.finish_login(credentials)
 
     def finish_login(self, credentials: Credentials) -> None:
-        users, address = self.mail.users, self.client_address[0]
-        wanted_identity = credentials.authorization_id in ("", credentials.user)
-        if users.check(credentials.user, credentials.password) and wanted_identity:
+        """Check the credentials; the throttle counts the login before bcrypt runs, so no burst outruns it."""
+        users = self.mail.users
+        # A name that is not an account may be a password typed into the wrong field: never log it.
+        who = credentials.user if credentials.user in users else "an unknown user"
+        attempt = self.mail.login_throttle.begin(self.client_address[0], credentials.user)
+        if isinstance(attempt, LoginRefused):
+            log.warning("%s AUTH refused for %s: %s", self.peer, who, attempt)
+            self.reply(454, f"4.7.0 {attempt}")
+            return
+        with attempt:  # settled before any reply: a client may be back at once with its next login
+            wanted_identity = credentials.authorization_id in ("", credentials.user)
+            if users.check(credentials.user, credentials.password) and wanted_identity:
+                attempt.succeeded()
+        if attempt.success:
             self.session.user = credentials.user
             log.info("%s login %s", self.peer, credentials.user)
             self.reply(235, "2.7.0 Authentication successful")
             return
-        self.mail.login_throttle.record(address)
-        # A name that is not an account may be a password typed into the wrong field: never log it.
-        who = credentials.user if credentials.user in users else "an unknown user"
         log.warning("%s login failed for %s", self.peer, who)
         self.reply(535, "5.7.8 Authentication credentials invalid")
         raise Hangup  # the seed: a wrong username or password ends the connection

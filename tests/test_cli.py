@@ -43,7 +43,7 @@ def manage(users: Path, *args: str, stdin: str = "") -> subprocess.CompletedProc
 
 
 # Polling with failing logins must not trip the failed-login throttle of the server under test.
-PATIENT = ("--max-login-failures", "1000")
+PATIENT = ("--max-login-failures", "1000", "--max-login-failures-per-ip", "1000")
 
 
 def can_log_in(port: int, user: str, password: str) -> bool:
