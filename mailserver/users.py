@@ -6,8 +6,10 @@ answers yes or no.
 
 from __future__ import annotations
 
+import hmac
 import os
 import re
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -25,6 +27,22 @@ DEFAULT_ROUNDS = 12  # bcrypt's own default cost: about 0.2 s a check
 def hash_password(password: str, rounds: int = DEFAULT_ROUNDS) -> str:
     """Return the bcrypt hash of password, as stored in users.txt."""
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+
+
+def cost_of(hashed: bytes) -> int:
+    """The bcrypt cost of a hash: `$2b$12$...` -> 12."""
+    return int(hashed.split(b"$")[2])
+
+
+def dummy_hashes(table: dict[str, bytes]) -> list[bytes]:
+    """One hash per account at that account's cost, by cost: what unknown names are checked against.
+
+    A salt of the cost and a checksum no bcrypt computes (all dots): well-formed, the same
+    work as a real hash, matched by no password, and made without any bcrypt work.
+    """
+    costs = sorted(cost_of(hashed) for hashed in table.values()) or [DEFAULT_ROUNDS]
+    made = {cost: bcrypt.gensalt(cost) + b"." * 31 for cost in set(costs)}
+    return [made[cost] for cost in costs]
 
 
 class UsersFileError(ValueError):
@@ -62,9 +80,11 @@ class UserStore:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._table = parse_users(self.path)
+        self._dummy_hashes = dummy_hashes(self._table)
         self._stamp = self._file_stamp()
         self._next_stat = time.monotonic() + self.reload_interval
-        self._dummy_hash = self._make_dummy_hash()
+        # Picks an unknown name's dummy hash: secret, so no one can work out which cost a name will get.
+        self._name_key = secrets.token_bytes(32)
 
     def __contains__(self, name: object) -> bool:
         return name in self._current()
@@ -75,14 +95,27 @@ class UserStore:
     def check(self, name: str, password: bytes) -> bool:
         """Return True if name exists and password is its password.
 
-        An unknown name costs the same bcrypt work as a wrong password, so timing
-        does not tell which names exist.
+        Whatever the name and the password, the bcrypt work is that of an account, so
+        timing does not tell which names exist (see dummy_hash_for).
         """
         hashed = self._current().get(name)
-        if hashed is None or len(password) > BCRYPT_MAX_PASSWORD:
-            bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], self._dummy_hash)
+        if hashed is None:
+            bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], self.dummy_hash_for(name))
             return False
-        return bcrypt.checkpw(password, hashed)
+        # bcrypt 5 refuses a longer password; it is wrong, but pays this account's cost like any wrong one.
+        matches = bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], hashed)
+        return matches and len(password) <= BCRYPT_MAX_PASSWORD
+
+    def dummy_hash_for(self, name: str) -> bytes:
+        """The hash an unknown name is checked against: that of an account, chosen from the name.
+
+        The same name always gets the same cost (no average over tries tells it apart from
+        an account), and names spread over the costs as the accounts do (a name at a rare
+        cost is no sign of an account), with a key no client knows.
+        """
+        dummies = self._dummy_hashes
+        digest = hmac.digest(self._name_key, name.encode("utf-8", "replace"), "sha256")
+        return dummies[int.from_bytes(digest[:8]) * len(dummies) >> 64]
 
     def _current(self) -> dict[str, bytes]:
         now = time.monotonic()
@@ -106,18 +139,13 @@ class UserStore:
             return
         self._stamp = stamp
         try:
-            self._table = parse_users(self.path)
+            table = parse_users(self.path)
         except UsersFileError as error:
             log.error("%s; keeping the previous %d accounts", error, len(self._table))
             return
-        self._dummy_hash = self._make_dummy_hash()
+        # Made at once (no bcrypt work), so no check meets the new accounts with the old costs.
+        self._table, self._dummy_hashes = table, dummy_hashes(table)
         log.info("reloaded %s: %d accounts", self.path, len(self._table))
-
-    def _make_dummy_hash(self) -> bytes:
-        """A hash with the accounts' cost, checked against when the name is unknown."""
-        costs = [int(hashed[4:6]) for hashed in self._table.values()]
-        rounds = max(costs, default=DEFAULT_ROUNDS)
-        return bcrypt.hashpw(b"no such user", bcrypt.gensalt(rounds))
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
