@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, ClassVar, NoReturn
 
 from .config import ServerConfig
 from .limits import ConnectionTable, LoginThrottle
-from .logs import log, wire_line
+from .logs import WireLog, log
 
 if TYPE_CHECKING:
     from .storage import MailboxStore
@@ -96,6 +96,7 @@ class LineHandler(socketserver.StreamRequestHandler):
         self.errors = 0
         self.deadline: float | None = None  # watched by the server's watchdog
         self.interrupted: str | None = None  # why the server cut our reads short
+        self.wire_log = WireLog(self.peer, self.commands()) if self.config.verbose else None
         self.mail.connections.register(self)
 
     def finish(self) -> None:
@@ -213,9 +214,22 @@ class LineHandler(socketserver.StreamRequestHandler):
                 self.trace("S:", line)
         self.connection.sendall(text.encode("utf-8", "replace"))
 
-    def trace(self, direction: str, line: str) -> None:
-        if self.config.verbose:
-            wire_line(self.peer, direction, line)
+    def trace(self, direction: str, line: str, *, credential: bool = False) -> None:
+        """With --verbose, log a line of the dialogue ("C:" or "S:"), masked by the session's WireLog.
+
+        credential: the line answers the server's challenge in a login.
+        """
+        if self.wire_log is None:
+            return
+        if direction == "C:":
+            self.wire_log.client(line, credential=credential)
+        else:
+            self.wire_log.server(line)
+
+    def trace_message(self, direction: str, line: str) -> None:
+        """With --verbose, log a line of a message going direction (DATA, RETR)."""
+        if self.wire_log is not None:
+            self.wire_log.message(direction, line)
 
     # -- TLS (RFC 3207, RFC 2595) ------------------------------------------------------------
 

@@ -1,16 +1,26 @@
 """What reaches the log: one place that escapes client text and masks credentials.
 
-Every line a session logs about the wire goes through `wire_line()`, so a terminal
-escape sequence or a password cannot slip into the log by another path.
+Every line of the --verbose dialogue goes through a session's `WireLog`, so a terminal
+escape sequence or a password cannot slip into the log by another path. What is masked,
+each in its place, is listed on `WireLog`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
+import re
+from collections.abc import Iterable
 
 log = logging.getLogger("mailserver")
 
 MASK = "********"
+# SASL mechanism names (RFC 4422 3.1) a client may name: shown, so a student sees which was asked for.
+MECHANISMS = frozenset({"PLAIN", "LOGIN", "CRAM-MD5", "DIGEST-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256", "XOAUTH2"})
+# A run of base64 long enough to hold a name and a password; shorter ones are left alone.
+BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{8,}={0,2}")
+BASE64_WORD = re.compile(r"\s*[A-Za-z0-9+/]{4,}={0,2}\s*")
 
 
 def printable(text: str) -> str:
@@ -18,15 +28,103 @@ def printable(text: str) -> str:
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def mask_auth(line: str) -> str:
-    """Hide the credentials in an AUTH command line."""
-    verb, _, rest = line.partition(" ")
-    if verb.upper() != "AUTH":
+def base64_decoded(text: str, *, cut_off: bool = False) -> bytes | None:
+    """text decoded as base64, padded or not; None if it is not base64.
+
+    cut_off: text may be the start of longer base64 (a reply shows 40 characters of it).
+    """
+    text = text.strip().rstrip("=")
+    if cut_off:
+        text = text[: len(text) - (len(text) % 4 == 1)]  # a last character alone holds no whole octet
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def hides_nul(run: str) -> bool:
+    """True if run is base64 of something holding a NUL, as an AUTH PLAIN response does (RFC 4616)."""
+    decoded = base64_decoded(run, cut_off=True)
+    return decoded is not None and b"\0" in decoded
+
+
+def mask_plain_responses(line: str) -> str:
+    """Mask every run of base64 in line that hides a NUL: a PLAIN response, wherever it turns up."""
+    return BASE64_RUN.sub(lambda run: MASK if hides_nul(run[0]) else run[0], line)
+
+
+def mask_payload(line: str) -> str:
+    """Mask what follows the verb of an AUTH line (the mechanism stays if it is one) or a PASS line.
+
+    Words may be separated by any whitespace: `AUTH\\tPLAIN <blob>` hides the blob too.
+    """
+    words = line.split()
+    if len(words) < 2 or words[0].upper() not in ("AUTH", "PASS"):
         return line
-    mechanism, _, payload = rest.partition(" ")
-    return f"{verb} {mechanism} {MASK}" if payload else line
+    shown = 2 if words[0].upper() == "AUTH" and words[1].upper() in MECHANISMS else 1
+    if len(words) == shown:
+        return line
+    last_shown = words[shown - 1]
+    # The line up to the last word shown (found from the left: never further than it is), then the mask.
+    return line[: line.index(last_shown) + len(last_shown)] + " " + MASK
 
 
-def wire_line(peer: str, direction: str, line: str) -> None:
-    """Log one line of a session as `peer C: line` or `peer S: line`, cleaned."""
-    log.info("%s %s %s", peer, direction, printable(mask_auth(line) if direction == "C:" else line))
+def credential_lines_after(line: str) -> int:
+    """How many lines after this one may carry credentials: the answers an AUTH line calls for.
+
+    LOGIN asks a username and a password, other mechanisms one response; an initial
+    response on the AUTH line itself is one of them (RFC 4954 4, RFC 5034 4).
+    """
+    words = line.split()
+    if not words or words[0].upper() != "AUTH":
+        return 0
+    answers = 2 if len(words) > 1 and words[1].upper() == "LOGIN" else 1
+    return answers - (len(words) > 2)
+
+
+class WireLog:
+    """The --verbose log of one session's dialogue: `peer C: line` and `peer S: line`, escaped.
+
+    Masked, the part that may be a credential replaced by MASK:
+    - the payload of an AUTH line (the mechanism stays) or a POP3 PASS line, whatever the
+      whitespace between the words;
+    - the lines that answer an AUTH: the answers to the server's challenges, and, when the
+      AUTH was refused, the lines a client may send anyway (its username and password) as
+      long as they are no command;
+    - a line that is no command and a single word of base64: a LOGIN answer out of place;
+    - any run of base64 that hides a NUL (an AUTH PLAIN response), in any line either way,
+      for a reply may echo what the client sent (HELP, EHLO, MAIL parameters).
+    """
+
+    def __init__(self, peer: str, commands: Iterable[str]) -> None:
+        self.peer = peer
+        self.commands = frozenset(verb.upper() for verb in commands)
+        self.credential_lines = 0  # lines from the client still to mask, after an AUTH
+
+    def client(self, line: str, *, credential: bool = False) -> None:
+        """Log a line from the client; credential: the session knows it is an answer to a challenge."""
+        command = self.is_command(line)
+        if credential or (self.credential_lines and not command):
+            self.credential_lines = max(0, self.credential_lines - 1)
+            self.write("C:", MASK)
+            return
+        self.credential_lines = credential_lines_after(line)
+        if not command and BASE64_WORD.fullmatch(line) and base64_decoded(line) is not None:
+            self.write("C:", MASK)
+        else:
+            self.write("C:", mask_plain_responses(mask_payload(line)))
+
+    def server(self, line: str) -> None:
+        """Log a reply line, which may echo what the client sent."""
+        self.write("S:", mask_plain_responses(line))
+
+    def message(self, direction: str, line: str) -> None:
+        """Log a line of a message (DATA, RETR): no command, but it may hold a PLAIN response."""
+        self.write(direction, mask_plain_responses(line))
+
+    def is_command(self, line: str) -> bool:
+        words = line.split(maxsplit=1)
+        return bool(words) and words[0].upper() in self.commands
+
+    def write(self, direction: str, text: str) -> None:
+        log.info("%s %s %s", self.peer, direction, printable(text))

@@ -310,7 +310,7 @@ class SMTPHandler(LineHandler):
         """With --verbose, a function that logs lines of a message as direction; else None."""
         if not self.config.verbose:
             return None
-        return functools.partial(self.trace, direction)
+        return functools.partial(self.trace_message, direction)
 
     def smtp_RSET(self, argument: str) -> None:
         """RSET
@@ -445,7 +445,7 @@ class SMTPHandler(LineHandler):
                 self.reply(501, "Error: authentication line too long")
                 return None
             answer = line.decode("ascii", "replace").strip()
-            self.trace("C:", "********")
+            self.trace("C:", answer, credential=True)
         else:
             answer = initial
         if answer == "*":
