@@ -510,8 +510,8 @@ class SMTPHandler(LineHandler):
         try:
             message = open_message()
         except (KeyError, FileNotFoundError):
-            # A Maildir reader moved it meanwhile: an empty block keeps the count true.
-            log.warning("%s a message vanished during RETR", self.peer)
+            # A DELE (or a Maildir reader) took it since the count was sent: an empty block keeps the count true.
+            log.warning("%s a message went during RETR", self.peer)
             message = io.BytesIO()
         tracer = self.message_tracer("S:")
         trace = MessageTrace(tracer) if tracer else None

@@ -107,14 +107,16 @@ class MailboxStore:
     def messages(self, user: str) -> Iterator[list[Callable[[], BinaryIO]]]:
         """Yield user's messages, oldest first, as functions that open one for reading.
 
-        While the block runs, DELE of the same user waits (deliveries go on), so the
-        list stays true; an opener raises KeyError if a Maildir reader moved the message.
+        The list is taken under the user's lock, then the lock is let go: a session that
+        sends the messages to a slow reader must not hold up that user's DELE. An opener
+        raises KeyError or FileNotFoundError if the message went since (a DELE, a Maildir
+        reader); one already open stays readable to its end (POSIX keeps unlinked files).
         """
         with self._lock_of(user):
             maildir = self._existing_maildir(user)
             # Our names start with a fixed-width timestamp, so name order is arrival order.
             keys = sorted(maildir.keys()) if maildir is not None else []
-            yield [functools.partial(maildir.get_file, key) for key in keys]  # type: ignore[union-attr]
+        yield [functools.partial(maildir.get_file, key) for key in keys]  # type: ignore[union-attr]
 
     def delete_all(self, user: str) -> int:
         """Delete user's messages; return how many this call deleted."""
