@@ -6,10 +6,10 @@ answers yes or no.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import re
-import secrets
 import threading
 import time
 from pathlib import Path
@@ -34,15 +34,27 @@ def cost_of(hashed: bytes) -> int:
     return int(hashed.split(b"$")[2])
 
 
-def dummy_hashes(table: dict[str, bytes]) -> list[bytes]:
-    """One hash per account at that account's cost, by cost: what unknown names are checked against.
+class DummyHashes:
+    """What an unknown name is checked against: a hash at the cost of an account, picked from the name.
 
-    A salt of the cost and a checksum no bcrypt computes (all dots): well-formed, the same
-    work as a real hash, matched by no password, and made without any bcrypt work.
+    The same name always gets the same cost, even after a restart (no average over tries,
+    or over restarts, tells it apart from an account), and names spread over the costs as
+    the accounts do (a name checked at a rare cost is no sign of an account). The pick is
+    keyed with the accounts' hashes, which no client knows, so no one can work it out.
+    An edit of users.txt deals the names out afresh.
     """
-    costs = sorted(cost_of(hashed) for hashed in table.values()) or [DEFAULT_ROUNDS]
-    made = {cost: bcrypt.gensalt(cost) + b"." * 31 for cost in set(costs)}
-    return [made[cost] for cost in costs]
+
+    def __init__(self, table: dict[str, bytes]) -> None:
+        costs = sorted(cost_of(hashed) for hashed in table.values()) or [DEFAULT_ROUNDS]
+        # A salt of the cost and a checksum no bcrypt computes (all dots): well-formed, the
+        # same work as a real hash, matched by no password, and made without bcrypt work.
+        made = {cost: bcrypt.gensalt(cost) + b"." * 31 for cost in set(costs)}
+        self.hashes = [made[cost] for cost in costs]  # one per account
+        self.key = hashlib.sha256(b"\n".join(sorted(table.values()))).digest()
+
+    def for_name(self, name: str) -> bytes:
+        digest = hmac.digest(self.key, name.encode("utf-8", "replace"), "sha256")
+        return self.hashes[int.from_bytes(digest[:8]) * len(self.hashes) >> 64]
 
 
 class UsersFileError(ValueError):
@@ -80,11 +92,9 @@ class UserStore:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._table = parse_users(self.path)
-        self._dummy_hashes = dummy_hashes(self._table)
+        self._dummies = DummyHashes(self._table)
         self._stamp = self._file_stamp()
         self._next_stat = time.monotonic() + self.reload_interval
-        # Picks an unknown name's dummy hash: secret, so no one can work out which cost a name will get.
-        self._name_key = secrets.token_bytes(32)
 
     def __contains__(self, name: object) -> bool:
         return name in self._current()
@@ -96,26 +106,15 @@ class UserStore:
         """Return True if name exists and password is its password.
 
         Whatever the name and the password, the bcrypt work is that of an account, so
-        timing does not tell which names exist (see dummy_hash_for).
+        timing does not tell which names exist (see DummyHashes).
         """
         hashed = self._current().get(name)
         if hashed is None:
-            bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], self.dummy_hash_for(name))
+            bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], self._dummies.for_name(name))
             return False
         # bcrypt 5 refuses a longer password; it is wrong, but pays this account's cost like any wrong one.
         matches = bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], hashed)
         return matches and len(password) <= BCRYPT_MAX_PASSWORD
-
-    def dummy_hash_for(self, name: str) -> bytes:
-        """The hash an unknown name is checked against: that of an account, chosen from the name.
-
-        The same name always gets the same cost (no average over tries tells it apart from
-        an account), and names spread over the costs as the accounts do (a name at a rare
-        cost is no sign of an account), with a key no client knows.
-        """
-        dummies = self._dummy_hashes
-        digest = hmac.digest(self._name_key, name.encode("utf-8", "replace"), "sha256")
-        return dummies[int.from_bytes(digest[:8]) * len(dummies) >> 64]
 
     def _current(self) -> dict[str, bytes]:
         now = time.monotonic()
@@ -144,7 +143,7 @@ class UserStore:
             log.error("%s; keeping the previous %d accounts", error, len(self._table))
             return
         # Made at once (no bcrypt work), so no check meets the new accounts with the old costs.
-        self._table, self._dummy_hashes = table, dummy_hashes(table)
+        self._table, self._dummies = table, DummyHashes(table)
         log.info("reloaded %s: %d accounts", self.path, len(self._table))
 
 
