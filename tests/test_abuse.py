@@ -1,7 +1,8 @@
 """Abuse: one bad client never takes the service from the others, and no secret leaks.
 
-Issue 4: the login throttle per address, the connection caps (total and per address),
-the ceiling on how long one command line or one DATA may take, the error limit, and
+Issue 4: the login throttle (per name and address since issue 13; its races and rules are
+in test_attacks.py), the connection caps (total and per address), the ceiling on how long
+one command line or one DATA may take, the error limit, and
 "the captured server log contains no password and no AUTH payload; users.txt contains
 no plaintext". The second address of a test is another loopback address, 127.0.0.2.
 """
@@ -66,7 +67,7 @@ def test_failed_logins_throttle_the_attacking_address_and_not_another(
         attacker = connect_from(server, ATTACKER)
         assert try_login(attacker, "guess") == 535
         assert attacker.closed_by_server()
-    # Now even the right password is refused from that address, without a bcrypt check ...
+    # Now even the right password for that name is refused from that address, without a bcrypt check ...
     for password in ("guess", USERS["alice"]):
         assert try_login(connect_from(server, ATTACKER), password) in (421, 454)
     # ... while another address logs in as usual, as the same user.
