@@ -54,6 +54,7 @@ from mailserver.storage import Delivery
 from mailserver.users import UserStore
 
 ALICE = USERS["alice"]
+ALICE_PLAIN = plain_response("alice", ALICE)
 NAME_WAIT = re.compile(r"4\.7\.0 Too many failed logins for this name, try again in (\d+) s")
 ADDRESS_WAIT = re.compile(r"4\.7\.0 Too many failed logins from your address, try again in (\d+) s")
 SMTPS_LINE = r"serving SMTPS \(implicit TLS\) on [\d.]+:(\d+)"
@@ -458,14 +459,16 @@ def test_a_password_over_72_bytes_costs_its_accounts_own_cost(mixed_costs: tuple
 # ----------------------------------------------------------- 5. credentials in the --verbose log
 
 
+@pytest.fixture
+def verbose_server(start_server: Callable[..., RunningServer], server_log: pytest.LogCaptureFixture) -> RunningServer:
+    return start_server(verbose=True)
+
+
 def test_nothing_that_could_be_a_credential_reaches_the_verbose_log(
-    start_server: Callable[..., RunningServer],
-    open_session: Callable[..., RawSession],
-    server_log: pytest.LogCaptureFixture,
+    verbose_server: RunningServer, open_session: Callable[..., RawSession], server_log: pytest.LogCaptureFixture
 ) -> None:
     """Hole 5: a line after a refused AUTH, AUTH with a tab, a bare PLAIN blob: each was logged as sent."""
-    server = start_server(verbose=True)
-    blob = plain_response("alice", ALICE)
+    server, blob = verbose_server, ALICE_PLAIN
     long_password = "a-passphrase-long-enough-that-base64-wraps-it-onto-a-second-line"
     long_blob = plain_response("alice", long_password)
     wrapped = [long_blob[:76], long_blob[76:]]  # as `base64` wraps its output at 76 columns
@@ -496,14 +499,11 @@ def test_nothing_that_could_be_a_credential_reaches_the_verbose_log(
 
 
 def test_replies_that_echo_client_text_do_not_carry_a_credential_into_the_log(
-    start_server: Callable[..., RunningServer],
-    open_session: Callable[..., RawSession],
-    server_log: pytest.LogCaptureFixture,
+    verbose_server: RunningServer, open_session: Callable[..., RawSession], server_log: pytest.LogCaptureFixture
 ) -> None:
     """Found while fixing hole 5: HELP, EHLO and MAIL echo what the client sent, and the S: line was logged as is."""
-    server = start_server(verbose=True)
-    blob = plain_response("alice", ALICE)
-    session = open_session(server.port)
+    blob = ALICE_PLAIN
+    session = open_session(verbose_server.port)
     assert session.command(f"HELP {blob}")[0] == 504  # "HELP topic not recognized: <the blob>"
     assert session.command(f"EHLO {blob}")[0] == 250  # "Hello <the blob>"
     session.login()
@@ -523,9 +523,9 @@ def test_replies_that_echo_client_text_do_not_carry_a_credential_into_the_log(
         ("PASS", "PASS"),
         ("USER alice", "USER alice"),
         ("AUTH PLAIN", "AUTH PLAIN"),
-        (f"AUTH PLAIN {plain_response('alice', ALICE)}", f"AUTH PLAIN {MASK}"),
+        (f"AUTH PLAIN {ALICE_PLAIN}", f"AUTH PLAIN {MASK}"),
         ("AUTH\tPLAIN x", f"AUTH\\tPLAIN {MASK}"),
-        (f"AUTH {plain_response('alice', ALICE)}", f"AUTH {MASK}"),  # no mechanism: the blob in its place
+        (f"AUTH {ALICE_PLAIN}", f"AUTH {MASK}"),  # no mechanism: the blob in its place
         ("MAIL FROM:<a@example.org>", "MAIL FROM:<a@example.org>"),
         ("EHLO laptop", "EHLO laptop"),
         ("XYZZY", "XYZZY"),  # a typo stays readable
