@@ -142,7 +142,7 @@ class UserStore:
         except UsersFileError as error:
             log.error("%s; keeping the previous %d accounts", error, len(self._table))
             return
-        # Made at once (no bcrypt work), so no check meets the new accounts with the old costs.
+        # No bcrypt work (a new dummy hash used to take 0.2 s here): accounts and costs change together.
         self._table, self._dummies = table, DummyHashes(table)
         log.info("reloaded %s: %d accounts", self.path, len(self._table))
 
