@@ -4,6 +4,8 @@ It implements the "minimum implementation of SMTP" of the seed document (RFC 821
 HELO, MAIL, RCPT, DATA, HELP, NOOP, QUIT), the extensions real clients expect
 (EHLO, AUTH PLAIN/LOGIN, SIZE, 8BITMIME, PIPELINING, STARTTLS), and two extra
 commands: RETR sends back every message the logged-in user sent, DELE deletes them.
+Mail to an account here (bob@localhost) lands in its inbox, which POP3 reads
+(port 1100: USER, PASS, LIST, RETR, DELE, QUIT and the rest of RFC 1939).
 
     S: 220 localhost Service ready
     C: EHLO laptop
@@ -39,8 +41,9 @@ This file is the front door: the command line and the wiring. The rest lives in 
 package `mailserver/`, a module per concern:
 
     config.py    every setting, its default and its help text (the options below come from it)
-    users.py     users.txt and the login check          storage.py   the Maildirs
+    users.py     users.txt and the login check          storage.py   the Maildirs: inbox, .Sent
     smtp.py      the SMTP session, a method per command  data.py      DATA on the wire
+    pop3.py      the POP3 session, a method per command  sasl.py      AUTH's answers, both protocols
     listener.py  the server, its ports and sessions      limits.py    caps and the login throttle
     logs.py      what reaches the log
 """
@@ -62,6 +65,7 @@ from pathlib import Path
 from mailserver.config import ServerConfig, options
 from mailserver.listener import MailServer, server_tls_context
 from mailserver.logs import log
+from mailserver.pop3 import POP3Handler
 from mailserver.smtp import SMTPHandler
 from mailserver.storage import MailboxStore
 from mailserver.users import (
@@ -70,6 +74,7 @@ from mailserver.users import (
     USERNAME,
     UsersFileError,
     UserStore,
+    find_account,
     hash_password,
     parse_users,
     rewrite_users_file,
@@ -103,8 +108,10 @@ def manage_users(args: argparse.Namespace) -> None:
         raise UsersFileError(f"bad username {name!r}: 1-64 of A-Z a-z 0-9 . _ -, not starting with . or -")
     # Parsing first also refuses to edit a file the server would not load.
     existing = parse_users(path) if args.command != "adduser" or path.exists() else {}
-    if args.command == "adduser" and name in existing:
-        raise UsersFileError(f"{path}: user {name!r} exists already (use passwd to change the password)")
+    clash = find_account(existing, name)
+    if args.command == "adduser" and clash is not None:
+        same = "" if clash == name else f" as {clash!r} (mail addresses ignore case)"
+        raise UsersFileError(f"{path}: user {name!r} exists already{same} (use passwd to change the password)")
     if args.command != "adduser" and name not in existing:
         raise UsersFileError(f"{path}: no user {name!r}")
     if args.command == "deluser":
@@ -127,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", help=help_text)
             continue
+        if isinstance(default, tuple):  # repeatable: each use adds one item
+            parser.add_argument(flag, action="append", type=field.metadata["type"], default=[],
+                                metavar=field.metadata["metavar"], help=help_text)  # fmt: skip
+            continue
         if default is not None:
             help_text += f" (default {default:g})" if isinstance(default, float) else f" (default {default})"
         parser.add_argument(flag, type=field.metadata["type"], default=default, metavar=field.metadata["metavar"],
@@ -146,11 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ServerConfig:
     """The settings the command line asks for; a combination that cannot work is a usage error."""
-    config = ServerConfig(**{field.name: getattr(args, field.name) for field in options()})
+    values = {field.name: getattr(args, field.name) for field in options()}
+    config = ServerConfig(**{name: tuple(v) if isinstance(v, list) else v for name, v in values.items()})
     if bool(config.tls_cert) != bool(config.tls_key):
         parser.error("--tls-cert and --tls-key go together")
-    if (config.require_tls or config.tls_port is not None) and not config.tls_cert:
-        parser.error("--require-tls and --tls-port need --tls-cert and --tls-key")
+    if (config.require_tls or config.tls_port is not None or config.pop3s_port is not None) and not config.tls_cert:
+        parser.error("--require-tls, --tls-port and --pop3s-port need --tls-cert and --tls-key")
+    if config.no_pop3 and config.pop3s_port is not None:
+        parser.error("--no-pop3 and --pop3s-port contradict each other")
     return config
 
 
@@ -183,6 +197,9 @@ def serve(config: ServerConfig) -> None:
     try:
         for listener in server.listeners:
             host, port = listener.server_address[:2]
+            if listener.RequestHandlerClass is POP3Handler:
+                log.info("POP3%s serving on %s:%d", "S (implicit TLS)" if listener.implicit_tls else "", host, port)
+                continue
             kind = " SMTPS (implicit TLS)" if listener.implicit_tls else ""
             log.info("serving%s on %s:%d (%d accounts in %s, mail in %s)", kind, host, port,
                      len(server.users), server.users.path, server.mailboxes.root)  # fmt: skip
@@ -199,13 +216,16 @@ def serve(config: ServerConfig) -> None:
 
 
 def start(config: ServerConfig) -> MailServer:
-    """Load the users, open the mailboxes, and bind the SMTP port (and the SMTPS one if asked)."""
+    """Load the users, open the mailboxes, and bind the SMTP and POP3 ports (and the TLS ones if asked)."""
     if config.tls_cert and config.tls_key:
         config = dataclasses.replace(config, tls_context=server_tls_context(config.tls_cert, config.tls_key))
     users = UserStore(Path(config.users))
     mailboxes = MailboxStore(Path(config.mailboxes))
     if removed := mailboxes.clean_temporary_files():
         log.info("removed %d unfinished deliveries left by a crash", removed)
+    migrated, moved = mailboxes.migrate_old_layout()
+    if migrated:
+        log.info("moved %d sent messages of %d mailboxes of the old layout into their .Sent folders", moved, migrated)
     if not config.require_tls and not is_loopback(config.host):
         log.warning(
             "listening on %s, and clients may log in without TLS: their passwords cross the network in "
@@ -218,6 +238,10 @@ def start(config: ServerConfig) -> MailServer:
         server.listen((config.host, config.port), SMTPHandler)
         if config.tls_port is not None:
             server.listen((config.host, config.tls_port), SMTPHandler, implicit_tls=True)
+        if not config.no_pop3:
+            server.listen((config.host, config.pop3_port), POP3Handler)
+        if config.pop3s_port is not None:
+            server.listen((config.host, config.pop3s_port), POP3Handler, implicit_tls=True)
     except BaseException:
         server.close()
         raise

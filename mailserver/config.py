@@ -13,7 +13,10 @@ from typing import Any
 
 
 def option(default: Any, help: str, *, metavar: str | None = None, type: type | None = None) -> Any:
-    """A setting that is also a command-line option (`--name-with-dashes`); `help` is its --help text."""
+    """A setting that is also a command-line option (`--name-with-dashes`); `help` is its --help text.
+
+    A tuple default makes the option repeatable: each use adds one item of `type`.
+    """
     return dataclasses.field(
         default=default, metadata={"help": help, "metavar": metavar, "type": type or type_of(default)}
     )
@@ -29,10 +32,18 @@ class ServerConfig:
 
     host: str = option("127.0.0.1", "address to listen on")
     port: int = option(2525, "SMTP port; 0 picks a free one")
+    # 1100: unprivileged, as mpopd's default; 110 would need root.
+    pop3_port: int = option(1100, "POP3 port; 0 picks a free one")
+    pop3s_port: int | None = option(None, "also serve POP3 here with implicit TLS (POP3S)", metavar="PORT", type=int)
+    no_pop3: bool = option(False, "do not serve POP3")
     hostname: str = option(socket.gethostname(), "the server's name, in the greeting and the replies")
+    # With --hostname and localhost, the domains whose addresses are this server's accounts.
+    domain: tuple[str, ...] = option((), "one more local domain (repeat for several)", metavar="NAME", type=str)
     users: str = option("users.txt", "the accounts file", metavar="FILE")
     mailboxes: str = option("mailboxes", "where mail is stored", metavar="DIR")
     max_message_size: int = option(10 * 1024 * 1024, "the largest message accepted", metavar="BYTES")
+    # Of inbox, per user; the messages a user sent are not counted (DELE empties them).
+    max_mailbox_size: int = option(100 * 1024 * 1024, "the most mail one inbox may hold", metavar="BYTES")
     max_connections: int = option(100, "sessions at once, in all", metavar="N")
     # As Postfix's smtpd_client_connection_count_limit.
     max_connections_per_ip: int = option(50, "sessions at once from one address", metavar="N")
@@ -40,6 +51,8 @@ class ServerConfig:
     timeout: float = option(300.0, "idle timeout, and the most one command line may take", metavar="SECONDS")
     # RFC 5321 4.5.3.2.6 asks at least 10 minutes for the final "." to be answered; this bounds the whole DATA.
     data_timeout: float = option(600.0, "the most one DATA transfer may take", metavar="SECONDS")
+    # RFC 1939 3: a POP3 server's autologout timer must be at least 10 minutes; --timeout is SMTP's.
+    pop3_timeout: float = option(600.0, "POP3 idle timeout, and the most one command line may take", metavar="SECONDS")
     # Per name and address: one student's typos lock out that name, not a class sharing one address.
     max_login_failures: int = option(5, "failed logins of one name from one address before it must wait", metavar="N")
     # All names together: stops one address guessing across many names.
@@ -47,13 +60,18 @@ class ServerConfig:
         30, "failed logins from one address, all names together, before it must wait", metavar="N"
     )
     login_failure_window: float = option(60.0, "how long a failed login counts", metavar="SECONDS")
-    tls_cert: str | None = option(None, "certificate (PEM) for STARTTLS and --tls-port", metavar="FILE")
+    tls_cert: str | None = option(None, "certificate (PEM) for STARTTLS, STLS and the TLS ports", metavar="FILE")
     tls_key: str | None = option(None, "private key (PEM) of --tls-cert", metavar="FILE")
     tls_port: int | None = option(None, "also listen here with implicit TLS (SMTPS)", metavar="PORT", type=int)
-    require_tls: bool = option(False, "refuse logins before STARTTLS")
+    require_tls: bool = option(False, "refuse logins before STARTTLS (POP3: STLS)")
     verbose: bool = option(False, "log every line as C:/S: (passwords masked)")
     # Made from tls_cert and tls_key when the server starts; tests hand one in.
     tls_context: ssl.SSLContext | None = None
+
+    @property
+    def local_domains(self) -> frozenset[str]:
+        """The domains whose addresses are accounts here, lower case: --hostname, localhost, every --domain."""
+        return frozenset(name.lower().rstrip(".") for name in (self.hostname, "localhost", *self.domain))
 
 
 def is_option(field: dataclasses.Field[Any]) -> bool:

@@ -6,33 +6,37 @@
 - `Listener` is one listening port (socketserver's thread per connection); it checks the
   caps before a thread is started.
 - `LineHandler` is one session of a line-based protocol: read a bounded command line,
-  call `<prefix><VERB>`, repeat. `SMTPHandler` builds on it.
+  call `<prefix><VERB>`, repeat. `SMTPHandler` and `POP3Handler` build on it.
 
 Methods for the caller: `MailServer.listen()`, `serve_forever()`, `close()`, and the
 context manager. Methods a protocol overrides: `greet()`, `reply_line_too_long()`,
-`reply_unknown_command()`, `closing()`, `tls_started()` and `refusal()`.
+`reply_unknown_command()`, `closing()`, `tls_started()`, `refusal()` and `idle_timeout()`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import socketserver
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, ClassVar, NoReturn
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, ClassVar, NoReturn
 
 from .config import ServerConfig
-from .limits import ConnectionTable, LoginThrottle
+from .data import MessageTrace, dot_stuffed
+from .limits import ConnectionTable, LoginRefused, LoginThrottle
 from .logs import WireLog, log
+from .sasl import Credentials
 
 if TYPE_CHECKING:
     from .storage import MailboxStore
     from .users import UserStore
 
 MAX_ERRORS = 10  # error replies in one session before we hang up, like Postfix's hard error limit
+STORED_CHUNK = 256 * 1024  # a stored message is read this much at a time: memory stays bounded
 
 
 class Hangup(Exception):
@@ -57,6 +61,7 @@ class LineHandler(socketserver.StreamRequestHandler):
     command_prefix: ClassVar[str]  # "smtp_": the command NOOP is the method smtp_NOOP
     max_command_line: ClassVar[int]  # octets, CRLF included
     longer_lines: ClassVar[dict[str, int]] = {}  # verbs allowed a longer command line, and how long
+    verbatim_arguments: ClassVar[frozenset[str]] = frozenset()  # verbs whose argument keeps its outer spaces
     disable_nagle_algorithm = True  # replies are whole writes; don't let Nagle delay them
     rbufsize = 64 * 1024  # fewer system calls while a big message streams in
 
@@ -79,6 +84,10 @@ class LineHandler(socketserver.StreamRequestHandler):
     def tls_started(self) -> None:
         """Called once TLS is up: forget what was said in clear text."""
 
+    def idle_timeout(self) -> float:
+        """Seconds a session may sit idle, and the most one command line may take."""
+        return self.config.timeout
+
     @classmethod
     def refusal(cls, hostname: str, reason: str) -> bytes:
         """The line that turns a client away before its session starts (over the caps)."""
@@ -89,7 +98,7 @@ class LineHandler(socketserver.StreamRequestHandler):
     def setup(self) -> None:
         self.mail = self.server.mail
         self.config: ServerConfig = self.mail.config
-        self.timeout = self.config.timeout  # read by StreamRequestHandler.setup
+        self.timeout = self.idle_timeout()  # read by StreamRequestHandler.setup
         super().setup()
         self.peer = f"{self.client_address[0]}:{self.client_address[1]}"
         self.tls_active = False
@@ -141,7 +150,7 @@ class LineHandler(socketserver.StreamRequestHandler):
             if method is None:
                 self.reply_unknown_command()
             else:
-                method(argument.strip())
+                method(argument if verb in self.verbatim_arguments else argument.strip())
         if self.errors >= MAX_ERRORS:
             self.closing("Too many errors")
             raise Hangup
@@ -166,7 +175,7 @@ class LineHandler(socketserver.StreamRequestHandler):
         An over-long line is read to its end and thrown away. End of input, a timeout
         or an interruption by the server raises Hangup after the closing reply (if due).
         """
-        with self.time_limit(self.config.timeout):
+        with self.time_limit(self.idle_timeout()):
             line = self.rfile.readline(limit + 1)
             too_long = len(line) > limit
             while too_long and line and not line.endswith(b"\n") and not self.interrupted:
@@ -205,6 +214,28 @@ class LineHandler(socketserver.StreamRequestHandler):
             # socket.socket's own shutdown: SSLSocket's would also drop the TLS layer.
             socket.socket.shutdown(self.connection, socket.SHUT_RD)
 
+    # -- login (SMTP AUTH, POP3 USER/PASS and AUTH) ----------------------------------------
+
+    def check_login(self, credentials: Credentials) -> bool | LoginRefused:
+        """Check a login as both protocols do: True if the password is right, False if not, or
+        the throttle's refusal (nothing checked).
+
+        The throttle counts the login before bcrypt runs, so no burst of guesses outruns it,
+        and settles it before the caller replies: a client may be back at once with its next login.
+        """
+        attempt = self.mail.login_throttle.begin(self.client_address[0], credentials.user)
+        if isinstance(attempt, LoginRefused):
+            return attempt
+        with attempt:
+            wanted_identity = credentials.authorization_id in ("", credentials.user)
+            if self.mail.users.check(credentials.user, credentials.password) and wanted_identity:
+                attempt.succeeded()
+        return attempt.success
+
+    def loggable_name(self, name: str) -> str:
+        """name if it is an account; a name that is not may be a password typed into the wrong field."""
+        return name if name in self.mail.users else "an unknown user"
+
     # -- writing ------------------------------------------------------------------------------
 
     def send_lines(self, text: str) -> None:
@@ -231,6 +262,41 @@ class LineHandler(socketserver.StreamRequestHandler):
         if self.wire_log is not None:
             self.wire_log.message(direction, line)
 
+    def message_tracer(self, direction: str) -> Callable[[str], None] | None:
+        """With --verbose, a function that logs lines of a message as direction; else None."""
+        if not self.config.verbose:
+            return None
+        return functools.partial(self.trace_message, direction)
+
+    def send_stored(self, pieces: Iterable[bytes]) -> None:
+        """Send a stored message (LF ends) as a dot-stuffed block: CRLF ends, leading dots doubled, then "."
+
+        SMTP's RETR and POP3's RETR and TOP send messages this way (RFC 5321 4.5.2, RFC 1939 3).
+        """
+        tracer = self.message_tracer("S:")
+        trace = MessageTrace(tracer) if tracer else None
+        for piece in dot_stuffed(self.read_stored(pieces)):
+            if trace and trace.lines_left:
+                trace.lines(piece)
+            self.connection.sendall(piece)
+        if trace:
+            trace.end()
+
+    def read_stored(self, pieces: Iterable[bytes]) -> Iterator[bytes]:
+        """The pieces of a stored message; a disk error ends the session with the closing reply."""
+        iterator = iter(pieces)
+        while True:
+            try:
+                piece = next(iterator)
+            except StopIteration:
+                return
+            except OSError:
+                # Mid-message there is no way to answer with an error and go on: the block was promised.
+                log.exception("%s could not read a stored message", self.peer)
+                self.closing("Local error in processing")
+                raise Hangup from None
+            yield piece
+
     # -- TLS (RFC 3207, RFC 2595) ------------------------------------------------------------
 
     def start_tls(self) -> None:
@@ -238,7 +304,7 @@ class LineHandler(socketserver.StreamRequestHandler):
         context = self.config.tls_context
         assert context is not None
         try:
-            with self.time_limit(self.config.timeout):
+            with self.time_limit(self.idle_timeout()):
                 self.connection = context.wrap_socket(self.connection, server_side=True)
         except (OSError, ValueError) as error:
             log.warning("%s TLS handshake failed: %s", self.peer, error)
@@ -250,6 +316,11 @@ class LineHandler(socketserver.StreamRequestHandler):
         self.rfile = self.connection.makefile("rb", self.rbufsize)
         self.tls_active = True
         self.tls_started()
+
+
+def chunks_of(message: BinaryIO) -> Iterator[bytes]:
+    """The content of an open stored message, a bounded piece at a time."""
+    return iter(functools.partial(message.read, STORED_CHUNK), b"")
 
 
 class Listener(socketserver.ThreadingTCPServer):

@@ -128,3 +128,8 @@ class WireLog:
 
     def write(self, direction: str, text: str) -> None:
         log.info("%s %s %s", self.peer, direction, printable(text))
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 message`, `2 messages`: counts in log lines and replies."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

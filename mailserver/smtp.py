@@ -4,26 +4,31 @@ The commands of the seed (RFC 821's HELO, MAIL, RCPT, DATA, HELP, NOOP, QUIT, an
 extra RETR and DELE), the extensions real clients expect (EHLO, AUTH PLAIN/LOGIN,
 SIZE, 8BITMIME, PIPELINING, STARTTLS), RSET and VRFY. The first line of a docstring
 is the syntax, the rest what the command does; HELP shows them.
+
+Delivery: every message goes, byte for byte, into the sender's Sent folder (what RETR
+returns); a recipient that is an account here (its domain --hostname, localhost or a
+--domain) also gets a copy in its inbox, read over POP3. Nothing is relayed elsewhere.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import dataclasses
+import email.utils
 import errno
 import functools
 import inspect
 import io
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import BinaryIO, ClassVar, NamedTuple
 
-from .data import MAX_TEXT_LINE, DataReader, DataState, MessageTrace, dot_stuffed
+from .data import MAX_TEXT_LINE, DataReader, DataState
 from .limits import LoginRefused
-from .listener import Hangup, LineHandler
-from .logs import log, printable
+from .listener import Hangup, LineHandler, chunks_of
+from .logs import log, plural, printable
+from .sasl import Cancelled, Credentials, decode_response, plain_credentials, username_text
 
 MAX_COMMAND_LINE = 512  # RFC 5321 4.5.3.1.4, CRLF included
 MAX_AUTH_LINE = 12288  # RFC 4954 4: an AUTH response line may be this long
@@ -31,7 +36,6 @@ MAX_RECIPIENTS = 100  # RFC 5321 4.5.3.1.8: the minimum a server must accept
 MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
 MAX_DOMAIN = 255  # RFC 5321 4.5.3.1.2
 MAX_PATH = 256  # RFC 5321 4.5.3.1.3, angle brackets included
-STORED_CHUNK = 256 * 1024  # RETR reads a stored message this much at a time
 
 # RFC 5321 4.1.2: Mailbox = Local-part "@" ( Domain / address-literal ).
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -63,6 +67,8 @@ class Envelope:
 
     sender: str
     recipients: list[str] = dataclasses.field(default_factory=list)
+    accounts: list[str] = dataclasses.field(default_factory=list)  # whose inbox gets a copy, each once
+    declared_size: int = 0  # MAIL's SIZE=, if given (RFC 1870)
 
 
 @dataclasses.dataclass
@@ -72,12 +78,6 @@ class Session:
     greeting: str | None = None  # the HELO/EHLO argument
     user: str | None = None  # set by a successful AUTH
     envelope: Envelope | None = None
-
-
-class Credentials(NamedTuple):
-    authorization_id: str
-    user: str
-    password: bytes
 
 
 Command = Callable[["SMTPHandler", str], None]
@@ -202,11 +202,13 @@ class SMTPHandler(LineHandler):
             self.reply(501, "Syntax: MAIL FROM:<address> [SIZE=<bytes>] [BODY=7BIT|8BITMIME]")
             return
         address, parameters = parsed
+        envelope = Envelope(sender=address)
         for parameter in parameters:
             keyword, _, value = parameter.partition("=")
             keyword = keyword.upper()
             if keyword == "SIZE" and value.isdigit() and value.isascii():
-                if int(value) > self.config.max_message_size:
+                envelope.declared_size = int(value)
+                if envelope.declared_size > self.config.max_message_size:
                     self.reply(552, f"Message size exceeds the limit of {self.config.max_message_size} bytes")
                     return
             elif keyword == "BODY" and value.upper() in ("7BIT", "8BITMIME"):
@@ -214,14 +216,16 @@ class SMTPHandler(LineHandler):
             else:
                 self.reply(555, f"MAIL parameter not recognized: {printable(parameter[:40])}")
                 return
-        self.session.envelope = Envelope(sender=address)
+        self.session.envelope = envelope
         self.reply(*OK)
 
     @requires_transaction
     def smtp_RCPT(self, argument: str) -> None:
         """RCPT TO:<address>
 
-        Add a recipient to the message started by MAIL.
+        Add a recipient to the message started by MAIL. An account here (<name@this-server>)
+        gets a copy in its inbox; other addresses are kept only in your Sent folder: this
+        server does not relay mail to other servers.
         """
         envelope = self.session.envelope
         assert envelope is not None  # the guard saw to it
@@ -236,8 +240,38 @@ class SMTPHandler(LineHandler):
         if len(envelope.recipients) >= MAX_RECIPIENTS:
             self.reply(452, f"Too many recipients (at most {MAX_RECIPIENTS})")
             return
+        try:
+            account, refusal = self.destination(address, envelope.declared_size)
+        except OSError as error:
+            self.reply(*self.storage_error(error))
+            return
+        if refusal is not None:
+            self.reply(*refusal)
+            return
         envelope.recipients.append(address)
+        if account is not None and account not in envelope.accounts:
+            envelope.accounts.append(account)
         self.reply(*OK)
+
+    def destination(self, address: str, declared_size: int) -> tuple[str | None, Reply | None]:
+        """(account, None) if address is an account here, (None, None) if only the Sent copy is
+        kept, (None, reply) if the recipient is refused."""
+        local, _, domain = address.rpartition("@")
+        if not local:  # <postmaster> without a domain: this server's
+            local, domain = address, self.config.hostname
+        if domain.lower() not in self.config.local_domains:
+            return None, None  # not ours: kept in the sender's Sent, not relayed
+        account = self.mail.users.account(local)
+        if account is None:
+            # RFC 5321 4.5.1: postmaster is always accepted; without such an account only Sent keeps it.
+            if local.lower() == POSTMASTER:
+                return None, None
+            return None, Reply(550, f"5.1.1 <{address}>: no such user here")
+        # Checked at RCPT, as Postfix does: a message may take an inbox a little past the quota.
+        used, quota = self.mail.mailboxes.inbox_size(account), self.config.max_mailbox_size
+        if used >= quota or used + declared_size > quota:
+            return None, Reply(452, f"4.2.2 <{address}>: mailbox full")
+        return account, None
 
     @requires_transaction
     def smtp_DATA(self, argument: str) -> None:
@@ -254,8 +288,9 @@ class SMTPHandler(LineHandler):
             self.reply(501, "Syntax: DATA")
             return
         self.session.envelope = None  # whatever happens now, the transaction is over
+        trace = self.trace_fields(envelope.sender) if envelope.accounts else b""
         try:
-            delivery = self.mail.mailboxes.start_delivery(user)
+            delivery = self.mail.mailboxes.start_delivery(user, envelope.accounts, trace)
         except OSError as error:
             self.reply(*self.storage_error(error))
             return
@@ -280,15 +315,28 @@ class SMTPHandler(LineHandler):
             self.reply(*self.storage_error(error))
             return
         log.info(
-            "%s %s stored message %s from <%s> (%d bytes, %s)",
+            "%s %s stored message %s from <%s> (%d bytes, %s%s)",
             self.peer,
             user,
             key,
             printable(envelope.sender),
             delivery.size,
             plural(len(envelope.recipients), "recipient"),
+            f"; in the inbox of {', '.join(envelope.accounts)}" if envelope.accounts else "",
         )
         self.reply(250, f"OK: stored as {key}")
+
+    def trace_fields(self, sender: str) -> bytes:
+        """RFC 5321 4.4: the Return-Path and Received fields a delivering server puts atop the inbox copy."""
+        greeting = printable((self.session.greeting or "").encode("ascii", "backslashreplace").decode()[:100])
+        address = self.client_address[0]
+        literal = f"IPv6:{address}" if ":" in address else address  # RFC 5321 4.1.3
+        protocol = "ESMTPSA" if self.tls_active else "ESMTPA"  # RFC 3848: ESMTP, logged in, and S for TLS
+        return (
+            f"Return-Path: <{sender}>\n"
+            f"Received: from {greeting} ([{literal}])\n"
+            f"\tby {self.config.hostname} with {protocol}; {email.utils.formatdate(localtime=True)}\n"
+        ).encode()
 
     def data_refusal(self, reader: DataReader) -> Reply:
         """The one reply for data that ended with a problem."""
@@ -305,12 +353,6 @@ class SMTPHandler(LineHandler):
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             return Reply(452, "Insufficient system storage")
         return Reply(451, "Requested action aborted: local error in processing")
-
-    def message_tracer(self, direction: str) -> Callable[[str], None] | None:
-        """With --verbose, a function that logs lines of a message as direction; else None."""
-        if not self.config.verbose:
-            return None
-        return functools.partial(self.trace_message, direction)
 
     def smtp_RSET(self, argument: str) -> None:
         """RSET
@@ -394,24 +436,17 @@ class SMTPHandler(LineHandler):
 
     def finish_login(self, credentials: Credentials) -> None:
         """Check the credentials; the throttle counts the login before bcrypt runs, so no burst outruns it."""
-        users = self.mail.users
-        # A name that is not an account may be a password typed into the wrong field: never log it.
-        who = credentials.user if credentials.user in users else "an unknown user"
-        attempt = self.mail.login_throttle.begin(self.client_address[0], credentials.user)
-        if isinstance(attempt, LoginRefused):
-            log.warning("%s AUTH refused for %s: %s", self.peer, who, attempt)
-            self.reply(454, f"4.7.0 {attempt}")
+        accepted = self.check_login(credentials)
+        if isinstance(accepted, LoginRefused):
+            log.warning("%s AUTH refused for %s: %s", self.peer, self.loggable_name(credentials.user), accepted)
+            self.reply(454, f"4.7.0 {accepted}")
             return
-        with attempt:  # settled before any reply: a client may be back at once with its next login
-            wanted_identity = credentials.authorization_id in ("", credentials.user)
-            if users.check(credentials.user, credentials.password) and wanted_identity:
-                attempt.succeeded()
-        if attempt.success:
+        if accepted:
             self.session.user = credentials.user
             log.info("%s login %s", self.peer, credentials.user)
             self.reply(235, "2.7.0 Authentication successful")
             return
-        log.warning("%s login failed for %s", self.peer, who)
+        log.warning("%s login failed for %s", self.peer, self.loggable_name(credentials.user))
         self.reply(535, "5.7.8 Authentication credentials invalid")
         raise Hangup  # the seed: a wrong username or password ends the connection
 
@@ -420,11 +455,10 @@ class SMTPHandler(LineHandler):
         response = self.auth_response(initial, b"")
         if response is None:
             return None
-        parts = response.split(b"\0")
-        if len(parts) != 3:
+        credentials = plain_credentials(response)
+        if credentials is None:
             self.reply(501, "Malformed PLAIN response")
-            return None
-        return Credentials(username_text(parts[0]), username_text(parts[1]), parts[2])
+        return credentials
 
     def auth_LOGIN(self, initial: str | None) -> Credentials | None:
         """The de-facto LOGIN mechanism: username and password in two base64 answers."""
@@ -448,16 +482,13 @@ class SMTPHandler(LineHandler):
             self.trace("C:", answer, credential=True)
         else:
             answer = initial
-        if answer == "*":
-            self.reply(501, "Authentication cancelled")
-            return None
-        if answer == "=":  # RFC 4954 4: an empty initial response
-            return b""
         try:
-            return base64.b64decode(answer, validate=True)
-        except (binascii.Error, ValueError):
+            return decode_response(answer)
+        except Cancelled:
+            self.reply(501, "Authentication cancelled")
+        except ValueError:
             self.reply(501, "Error: invalid base64")
-            return None
+        return None
 
     # -- TLS (RFC 3207) --------------------------------------------------------------
 
@@ -496,16 +527,16 @@ class SMTPHandler(LineHandler):
         assert self.session.user is not None
         with contextlib.ExitStack() as cleanup:
             try:
-                messages = cleanup.enter_context(self.mail.mailboxes.messages(self.session.user))
+                messages = cleanup.enter_context(self.mail.mailboxes.sent_messages(self.session.user))
             except OSError as error:
                 self.reply(*self.storage_error(error))
                 return
             count = len(messages)
             self.reply(250, f"{count} {'message follows' if count == 1 else 'messages follow'}")
             for open_message in messages:
-                self.send_message(open_message)
+                self.send_sent_message(open_message)
 
-    def send_message(self, open_message: Callable[[], BinaryIO]) -> None:
+    def send_sent_message(self, open_message: Callable[[], BinaryIO]) -> None:
         """Send one stored message as DATA sends it: CRLF ends, leading dots doubled, then "."."""
         try:
             message = open_message()
@@ -513,29 +544,8 @@ class SMTPHandler(LineHandler):
             # A DELE (or a Maildir reader) took it since the count was sent: an empty block keeps the count true.
             log.warning("%s a message went during RETR", self.peer)
             message = io.BytesIO()
-        tracer = self.message_tracer("S:")
-        trace = MessageTrace(tracer) if tracer else None
         with message:
-            for piece in dot_stuffed(self.stored_chunks(message)):
-                if trace and trace.lines_left:
-                    trace.lines(piece)
-                self.connection.sendall(piece)
-        if trace:
-            trace.end()
-
-    def stored_chunks(self, message: BinaryIO) -> Iterator[bytes]:
-        """The pieces of a stored message; a disk error ends the session with 421."""
-        while True:
-            try:
-                chunk = message.read(STORED_CHUNK)
-            except OSError:
-                # Mid-RETR there is no way to say 451 and go on: the count was promised.
-                log.exception("%s could not read a stored message", self.peer)
-                self.closing("Local error in processing")
-                raise Hangup from None
-            if not chunk:
-                return
-            yield chunk
+            self.send_stored(chunks_of(message))  # a disk error mid-way ends the session with 421
 
     @requires_login
     def smtp_DELE(self, argument: str) -> None:
@@ -548,7 +558,7 @@ class SMTPHandler(LineHandler):
             return
         assert self.session.user is not None
         try:
-            deleted = self.mail.mailboxes.delete_all(self.session.user)
+            deleted = self.mail.mailboxes.delete_sent(self.session.user)
         except OSError as error:
             self.reply(*self.storage_error(error))
             return
@@ -572,12 +582,3 @@ def parse_path(argument: str, keyword: str, *, allow_null: bool) -> tuple[str, l
     if len(address) + 2 > MAX_PATH or (local and (len(local) > MAX_LOCAL_PART or len(domain) > MAX_DOMAIN)):
         return None
     return address, match["parameters"].split()
-
-
-def username_text(raw: bytes) -> str:
-    """Decode a username from AUTH; undecodable bytes can match no account."""
-    return raw.decode("utf-8", "replace")
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

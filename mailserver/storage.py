@@ -1,17 +1,30 @@
-"""Storage: one Maildir per user, written durably, behind a class so a session never builds a path.
+"""Storage: each user's mail in Maildir++ folders, written durably, behind a class so a session never builds a path.
 
-A message goes to tmp/, is fsynced, renamed into new/, and new/ is fsynced before the
-server says 250 (the Maildir rule: a message appears only once it is whole). Only names
-that pass USERNAME become directories, so no client text reaches a path.
+    mailboxes/<user>/          the inbox (tmp/ new/ cur/): mail addressed to <user>, read over POP3
+    mailboxes/<user>/.Sent/    the Sent folder: mail <user> sent, what RETR returns and DELE deletes
+
+This is the Maildir++ layout that Dovecot, mutt and Python's `mailbox` read (a folder is a
+dot-directory inside the inbox). A message goes to tmp/, is fsynced, renamed (or linked)
+into new/, and new/ is fsynced before the server says 250 (the Maildir rule: a message
+appears only once it is whole). Only names that pass USERNAME become directories, so no
+client text reaches a path.
+
+Methods for the SMTP session: start_delivery(), inbox_size(), sent_messages(), delete_sent().
+For the POP3 session: open_maildrop(). At start-up: clean_temporary_files(), migrate_old_layout().
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import functools
+import hashlib
 import itertools
 import mailbox
 import os
+import re
+import shutil
 import socket
 import threading
 import time
@@ -21,6 +34,21 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .users import USERNAME
+
+SENT = ".Sent"  # Maildir++: the folder "Sent" is the directory .Sent inside the inbox
+# Where an old-layout mailbox's messages gather before the folder becomes .Sent in one rename;
+# no leading dot, so Maildir++ readers never take it for a folder.
+MIGRATING = "migrating-to-Sent"
+MAILDIR_PARTS = ("tmp", "new", "cur")
+# What this server names its files (see _unique_name): only these are ours to clean up in tmp/,
+# where Dovecot, serving the same folders, may be writing files of its own.
+OUR_NAME = re.compile(r"\d+\.M\d+P\d+Q\d+\.")
+# Maildir++ size field in a name: W= is the octets with CRLF line ends (what POP3 sends); S= those on disk.
+WIRE_SIZE_FIELD = re.compile(r",W=(\d+)")
+MAX_UNIQUE_ID = 70  # RFC 1939 7: a UIDL is 1 to 70 characters from 0x21 to 0x7E
+COPY_CHUNK = 256 * 1024
+# A hard link can fail where a copy works: another filesystem, too many links, a filesystem without links.
+LINK_REFUSED = {errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
 def fsync_directory(path: Path) -> None:
@@ -38,54 +66,267 @@ def fsync_directory(path: Path) -> None:
         os.close(descriptor)
 
 
-class Delivery:
-    """One message being written into a Maildir's tmp/; commit() makes it appear in new/."""
+class Draft:
+    """One file being written in a Maildir's tmp/: finish() makes it durable, discard() removes it."""
 
-    def __init__(self, maildir: Path, name: str) -> None:
-        self.temporary = maildir / "tmp" / name
-        self.final = maildir / "new" / name
-        self.name = name
-        self.size = 0
+    def __init__(self, path: Path) -> None:
+        self.path = path
         # O_EXCL: a name clash must fail loudly, never overwrite another delivery.
-        descriptor = os.open(self.temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._file = open(descriptor, "wb", buffering=256 * 1024)  # noqa: SIM115 (closed by commit/abort)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self.file = open(descriptor, "wb", buffering=256 * 1024)  # noqa: SIM115 (closed by finish/discard)
+
+    def finish(self) -> None:
+        """Close the file, ensuring all of it is physically on disk."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+class Delivery:
+    """One message on its way: a byte-exact copy for the sender's Sent, one inbox copy for all local recipients.
+
+    write() adds to both files as the data streams in (the message is read once); the
+    inbox copy starts with the trace header. commit() makes every copy durable and
+    visible, or leaves none visible.
+    """
+
+    def __init__(self, sent: Path, inboxes: list[Path], name: str, trace: bytes) -> None:
+        self.name = name
+        self.size = 0  # octets the sender sent, as stored (LF line ends)
+        self.sent_folder = sent
+        self.inboxes = inboxes
+        self._sent = Draft(sent / "tmp" / name)
+        self._inbox: Draft | None = None
+        self._inbox_size = len(trace)
+        self._inbox_line_ends = trace.count(b"\n")
+        if inboxes:
+            try:
+                self._inbox = Draft(inboxes[0] / "tmp" / name)
+                self._inbox.file.write(trace)
+            except BaseException:
+                self.abort()
+                raise
 
     def write(self, chunk: bytes) -> None:
-        self._file.write(chunk)
+        self._sent.file.write(chunk)
         self.size += len(chunk)
+        if self._inbox is not None:
+            self._inbox.file.write(chunk)
+            self._inbox_line_ends += chunk.count(b"\n")
 
     def commit(self) -> str:
-        """Make the message durable, then visible; return its key.
+        """Make every copy durable, then visible; return the Sent copy's key.
 
         Maildir's rule: a message appears in new/ only once it is whole, so a crash
-        leaves it whole or absent. The fsyncs make "whole" survive a power cut.
+        leaves it whole or absent. The fsyncs make "whole" survive a power cut. If any
+        copy fails, the ones already visible are removed again before the error is raised.
         """
-        renamed = False
+        visible: list[Path] = []
         try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.rename(self.temporary, self.final)
-            renamed = True
-            fsync_directory(self.final.parent)
+            self._sent.finish()
+            if self._inbox is not None:
+                self._inbox.finish()
+            os.rename(self._sent.path, self.sent_folder / "new" / self.name)
+            visible.append(self.sent_folder / "new" / self.name)
+            if self._inbox is not None:
+                visible += self._link_into_inboxes(self._inbox.path)
+                self._inbox.discard()  # the name in tmp/; the links in new/ keep the file
+            for folder in dict.fromkeys(path.parent for path in visible):
+                fsync_directory(folder)
         except BaseException:
             self.abort()
-            if renamed:  # visible but maybe not durable: the client will be told 4xx and send again
+            for path in visible:  # visible but maybe not durable: the client is told 4xx and sends again
                 with contextlib.suppress(OSError):
-                    os.unlink(self.final)
+                    os.unlink(path)
             raise
         return self.name
 
+    def _link_into_inboxes(self, written: Path) -> list[Path]:
+        """Hard-link the written inbox copy into each inbox's new/ (copy where a link fails); return the new paths."""
+        self._inbox_size += self.size
+        wire_size = self._inbox_size + self._inbox_line_ends
+        name = f"{self.name},S={self._inbox_size},W={wire_size}"  # Maildir++ sizes, as Dovecot reads them
+        linked: list[Path] = []
+        try:
+            for inbox in self.inboxes:
+                linked.append(link_or_copy(written, inbox, name))
+        except BaseException:
+            for path in linked:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
+        return linked
+
     def abort(self) -> None:
         """Throw the message away; nothing of it stays visible."""
-        with contextlib.suppress(OSError):
-            self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.temporary)
+        self._sent.discard()
+        if self._inbox is not None:
+            self._inbox.discard()
+
+
+def link_or_copy(source: Path, maildir: Path, name: str) -> Path:
+    """Make source appear as maildir/new/name: a hard link, or a durable copy through tmp/ where links fail."""
+    target = maildir / "new" / name
+    try:
+        os.link(source, target)  # as atomic as a rename: the message appears whole
+        return target
+    except OSError as error:
+        if error.errno not in LINK_REFUSED:
+            raise
+    copy = Draft(maildir / "tmp" / name)
+    try:
+        with open(source, "rb") as original:
+            shutil.copyfileobj(original, copy.file, COPY_CHUNK)
+        copy.finish()
+        os.rename(copy.path, target)
+    except BaseException:
+        copy.discard()
+        raise
+    return target
+
+
+# ------------------------------------------------------------------ the POP3 maildrop
+
+
+class MaildropInUse(Exception):
+    """Another POP3 session holds this inbox (RFC 2449 8.1.2: [IN-USE])."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InboxMessage:
+    """One message of a maildrop snapshot."""
+
+    key: str  # its Maildir name without the flags after ":", which a reader like mutt may change
+    path: Path  # where it was when the snapshot was taken
+    size: int  # octets as POP3 sends it, CRLF line ends, before dot-stuffing (RFC 1939 5: LIST, STAT)
+
+    @property
+    def unique_id(self) -> str:
+        """The UIDL: the Maildir unique name (before the Maildir++ size fields), or a digest if it does not fit."""
+        unique = self.key.split(",", 1)[0]
+        if 0 < len(unique) <= MAX_UNIQUE_ID and all(0x21 <= ord(c) <= 0x7E for c in unique):
+            return unique
+        return hashlib.sha1(self.key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class Maildrop:
+    """A user's inbox as one POP3 session sees it (RFC 1939 5): the messages at login, numbered
+    from 1, and the numbers marked deleted.
+
+    Messages delivered meanwhile wait for the next session. Only commit() removes anything
+    (QUIT's UPDATE state); close() gives the inbox back to other sessions.
+    """
+
+    def __init__(self, inbox: Path, messages: list[InboxMessage], release: Callable[[], None]) -> None:
+        self.inbox = inbox
+        self.messages = messages
+        self.deleted: set[int] = set()
+        self._release: Callable[[], None] | None = release
+
+    def get(self, number: int) -> InboxMessage:
+        """Return message number (from 1); raise KeyError if there is none or it is marked deleted."""
+        if not 1 <= number <= len(self.messages) or number in self.deleted:
+            raise KeyError(number)
+        return self.messages[number - 1]
+
+    def listing(self) -> list[tuple[int, InboxMessage]]:
+        """The messages not marked deleted, with their numbers."""
+        return [(n, message) for n, message in enumerate(self.messages, start=1) if n not in self.deleted]
+
+    def totals(self) -> tuple[int, int]:
+        """How many messages are not marked deleted, and their octets (STAT)."""
+        listed = self.listing()
+        return len(listed), sum(message.size for _, message in listed)
+
+    def delete(self, number: int) -> None:
+        """Mark message number deleted; raise KeyError as get() does."""
+        self.get(number)
+        self.deleted.add(number)
+
+    def reset(self) -> None:
+        """Unmark every message (RSET)."""
+        self.deleted.clear()
+
+    def open(self, number: int) -> BinaryIO:
+        """Open message number for reading; raise KeyError as get() does, or if another program removed it."""
+        message = self.get(number)
+        path = self._current_path(message)
+        if path is None:
+            raise KeyError(number)
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise KeyError(number) from None
+
+    def commit(self) -> int:
+        """Remove the marked messages durably (directory fsync); return how many were removed."""
+        removed = 0
+        for number in sorted(self.deleted):
+            path = self._current_path(self.messages[number - 1])
+            with contextlib.suppress(FileNotFoundError):
+                if path is not None:
+                    os.unlink(path)
+                    removed += 1
+        if self.deleted:
+            for part in ("new", "cur"):
+                fsync_directory(self.inbox / part)
+        self.deleted.clear()
+        return removed
+
+    def close(self) -> None:
+        """Give the inbox back; nothing is removed. Safe to call twice."""
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def __enter__(self) -> Maildrop:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _current_path(self, message: InboxMessage) -> Path | None:
+        """Where the message is now: a Maildir reader may have moved it to cur/ and added flags."""
+        if message.path.exists():
+            return message.path
+        for path in maildir_files(self.inbox):
+            if path.name.split(":", 1)[0] == message.key:
+                return path
+        return None
+
+
+def maildir_files(maildir: Path) -> Iterator[Path]:
+    """The message files of a Maildir (new/ and cur/), in no particular order."""
+    for part in ("new", "cur"):
+        with contextlib.suppress(FileNotFoundError), os.scandir(maildir / part) as entries:
+            for entry in entries:
+                if not entry.name.startswith("."):
+                    yield Path(entry.path)
+
+
+def wire_size(path: Path) -> int:
+    """The octets of a stored message with CRLF line ends: from the name's W= field, or by counting."""
+    field = WIRE_SIZE_FIELD.search(path.name.split(":", 1)[0])
+    if field is not None:
+        return int(field[1])
+    size = 0
+    with open(path, "rb") as message:
+        while chunk := message.read(COPY_CHUNK):
+            size += len(chunk) + chunk.count(b"\n")
+    return size
+
+
+# ------------------------------------------------------------------- the store
 
 
 class MailboxStore:
-    """One Maildir per user under root, holding the messages that user sent.
+    """Each user's Maildir++ folders under root: the inbox, and .Sent for the mail the user sent.
 
     Only names that pass USERNAME become directories, so no client text reaches a path.
     """
@@ -98,14 +339,30 @@ class MailboxStore:
         self._hostname = socket.gethostname().replace("/", "_").replace(":", "_").replace(".", "_")
         self._user_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._user_locks_lock = threading.Lock()
+        self._maildrops_in_use: set[str] = set()
 
-    def start_delivery(self, user: str) -> Delivery:
-        """Open a new message of user's for writing; raise OSError if the disk refuses."""
-        return Delivery(self._maildir(user, create=True), self._unique_name())
+    # -- delivery (SMTP DATA) ----------------------------------------------------------
+
+    def start_delivery(self, sender: str, recipients: list[str] | tuple[str, ...] = (), trace: bytes = b"") -> Delivery:
+        """Open a message from sender for writing: for sender's Sent, and for the inbox of each recipient
+        (accounts here), whose copy starts with trace. Raise OSError if the disk refuses."""
+        inboxes = [self._create(recipient) for recipient in dict.fromkeys(recipients)]
+        sent = self._create(sender) / SENT
+        return Delivery(sent, inboxes, self._unique_name(), trace)
+
+    def inbox_size(self, user: str) -> int:
+        """The octets in user's inbox, as on disk (what --max-mailbox-size limits)."""
+        size = 0
+        for path in maildir_files(self._user_path(user)):
+            with contextlib.suppress(FileNotFoundError):  # a POP3 QUIT may remove it meanwhile
+                size += path.stat().st_size
+        return size
+
+    # -- the Sent folder (the seed's RETR and DELE) -----------------------------------
 
     @contextlib.contextmanager
-    def messages(self, user: str) -> Iterator[list[Callable[[], BinaryIO]]]:
-        """Yield user's messages, oldest first, as functions that open one for reading.
+    def sent_messages(self, user: str) -> Iterator[list[Callable[[], BinaryIO]]]:
+        """Yield the messages user sent, oldest first, as functions that open one for reading.
 
         The list is taken under the user's lock, then the lock is let go: a session that
         sends the messages to a slow reader must not hold up that user's DELE. An opener
@@ -113,15 +370,15 @@ class MailboxStore:
         reader); one already open stays readable to its end (POSIX keeps unlinked files).
         """
         with self._lock_of(user):
-            maildir = self._existing_maildir(user)
+            maildir = self._existing_sent(user)
             # Our names start with a fixed-width timestamp, so name order is arrival order.
             keys = sorted(maildir.keys()) if maildir is not None else []
         yield [functools.partial(maildir.get_file, key) for key in keys]  # type: ignore[union-attr]
 
-    def delete_all(self, user: str) -> int:
-        """Delete user's messages; return how many this call deleted."""
+    def delete_sent(self, user: str) -> int:
+        """Delete the messages user sent; return how many this call deleted."""
         with self._lock_of(user):
-            maildir = self._existing_maildir(user)
+            maildir = self._existing_sent(user)
             if maildir is None:
                 return 0
             deleted = 0
@@ -130,35 +387,92 @@ class MailboxStore:
                     maildir.remove(key)
                     deleted += 1
             if deleted:
-                path = self._maildir(user, create=False)
+                path = self._user_path(user) / SENT
                 fsync_directory(path / "new")
                 fsync_directory(path / "cur")
             return deleted
 
+    # -- the inbox (POP3) ---------------------------------------------------------------
+
+    def open_maildrop(self, user: str) -> Maildrop:
+        """Take a snapshot of user's inbox for one POP3 session; raise MaildropInUse if a session has it.
+
+        Deliveries into the inbox go on meanwhile; they are in the next snapshot.
+        """
+        inbox = self._user_path(user)
+        with self._user_locks_lock:
+            if user in self._maildrops_in_use:
+                raise MaildropInUse(user)
+            self._maildrops_in_use.add(user)
+        try:
+            messages = [
+                InboxMessage(path.name.split(":", 1)[0], path, wire_size(path))
+                for path in sorted(maildir_files(inbox), key=lambda path: path.name)  # arrival order, as RETR's
+            ]
+        except BaseException:
+            self._release_maildrop(user)
+            raise
+        return Maildrop(inbox, messages, functools.partial(self._release_maildrop, user))
+
+    def _release_maildrop(self, user: str) -> None:
+        with self._user_locks_lock:
+            self._maildrops_in_use.discard(user)
+
+    # -- start-up -------------------------------------------------------------------------
+
     def clean_temporary_files(self) -> int:
-        """Remove what crashed deliveries left in tmp/ (never visible to RETR); return the count."""
+        """Remove what crashed deliveries left in tmp/ (never visible); return the count.
+
+        Only files named as this server names them: Dovecot may be writing its own there.
+        """
         removed = 0
-        for leftover in self.root.glob("*/tmp/*"):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-                removed += 1
+        for pattern in ("*/tmp/*", f"*/{SENT}/tmp/*", f"*/{MIGRATING}/tmp/*"):
+            for leftover in self.root.glob(pattern):
+                if OUR_NAME.match(leftover.name):
+                    with contextlib.suppress(OSError):
+                        leftover.unlink()
+                        removed += 1
         return removed
 
-    def _maildir(self, user: str, *, create: bool) -> Path:
+    def migrate_old_layout(self) -> tuple[int, int]:
+        """Move the messages of every old-layout mailbox into its .Sent folder; return (mailboxes, messages).
+
+        The old layout kept the messages a user sent directly in <user>/new and cur, and
+        had no .Sent. They gather in <user>/migrating-to-Sent by renames, which then
+        becomes .Sent in one rename: a crash halfway leaves no .Sent, so the next start
+        finishes the move. Run it before serving: a delivery would create .Sent.
+        """
+        mailboxes = messages = 0
+        for user_path in sorted(self.root.iterdir()):
+            if not (USERNAME.fullmatch(user_path.name) and user_path.is_dir()) or (user_path / SENT).exists():
+                continue
+            if any((user_path / part).is_dir() for part in ("new", "cur", MIGRATING)):
+                messages += migrate_mailbox(user_path)
+                mailboxes += 1
+        return mailboxes, messages
+
+    # -- paths ----------------------------------------------------------------------------
+
+    def _user_path(self, user: str) -> Path:
         if not USERNAME.fullmatch(user):
             raise ValueError(f"not a valid username: {user!r}")
-        path = self.root / user
-        if create and not (path / "cur").is_dir():
-            # Idempotent, as the first messages of a user may arrive at once; cur/ comes
-            # last, so where it exists the Maildir is whole.
-            for folder in (path, path / "tmp", path / "new", path / "cur"):
-                folder.mkdir(mode=0o700, exist_ok=True)
+        return self.root / user
+
+    def _create(self, user: str) -> Path:
+        """Make user's inbox and Sent folder if they are not there yet; return the inbox."""
+        path = self._user_path(user)
+        if not (path / "cur").is_dir():
+            # Idempotent, as the first messages of a user may arrive at once. The Sent folder
+            # comes first and the inbox's cur/ last: where cur/ exists, all of it does (and
+            # a mailbox with .Sent is never taken for the old layout).
+            make_maildir(path / SENT, parents=True)
+            make_maildir(path)
             fsync_directory(path)
             fsync_directory(self.root)
         return path
 
-    def _existing_maildir(self, user: str) -> mailbox.Maildir | None:
-        path = self._maildir(user, create=False)
+    def _existing_sent(self, user: str) -> mailbox.Maildir | None:
+        path = self._user_path(user) / SENT
         return mailbox.Maildir(path, factory=None, create=False) if (path / "cur").is_dir() else None
 
     def _lock_of(self, user: str) -> threading.Lock:
@@ -171,3 +485,29 @@ class MailboxStore:
         seconds, microseconds = divmod(now // 1000, 1_000_000)
         sequence = next(self._sequence)
         return f"{seconds:010d}.M{microseconds:06d}P{os.getpid()}Q{sequence:09d}.{self._hostname}"
+
+
+def make_maildir(path: Path, *, parents: bool = False) -> None:
+    """Create path/tmp, new and cur (cur last) where missing."""
+    path.mkdir(mode=0o700, parents=parents, exist_ok=True)
+    for part in MAILDIR_PARTS:
+        (path / part).mkdir(mode=0o700, exist_ok=True)
+
+
+def migrate_mailbox(user_path: Path) -> int:
+    """Move an old-layout mailbox's messages into its .Sent folder (see migrate_old_layout); return the count."""
+    staging = user_path / MIGRATING
+    make_maildir(staging)
+    moved = 0
+    for part in ("new", "cur"):
+        with contextlib.suppress(FileNotFoundError), os.scandir(user_path / part) as entries:
+            for entry in entries:
+                os.rename(entry.path, staging / part / entry.name)
+                moved += 1
+        fsync_directory(staging / part)
+        if (user_path / part).is_dir():
+            fsync_directory(user_path / part)
+    os.rename(staging, user_path / SENT)
+    make_maildir(user_path)  # the inbox, empty
+    fsync_directory(user_path)
+    return moved

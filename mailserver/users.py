@@ -12,6 +12,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import bcrypt
@@ -55,6 +56,14 @@ class DummyHashes:
     def for_name(self, name: str) -> bytes:
         digest = hmac.digest(self.key, name.encode("utf-8", "replace"), "sha256")
         return self.hashes[int.from_bytes(digest[:8]) * len(self.hashes) >> 64]
+
+
+def find_account(accounts: Iterable[str], name: str) -> str | None:
+    """The account that name means, compared case-insensitively as mail addresses are (exact match first)."""
+    if name in accounts:
+        return name
+    folded = name.casefold()
+    return next((account for account in accounts if account.casefold() == folded), None)
 
 
 class UsersFileError(ValueError):
@@ -101,6 +110,10 @@ class UserStore:
 
     def __len__(self) -> int:
         return len(self._current())
+
+    def account(self, name: str) -> str | None:
+        """The account name (as in users.txt) that name means, ignoring case; None if there is none."""
+        return find_account(self._current(), name)
 
     def check(self, name: str, password: bytes) -> bool:
         """Return True if name exists and password is its password.

@@ -7,7 +7,8 @@
         ''')
 
 In a transcript, `C:` lines are sent (CRLF added) and `S:` lines must match the
-replies line by line; `*` in an `S:` line matches any text.
+replies line by line; `*` in an `S:` line matches any text. POP3 transcripts work the
+same way on a `pop3` session (`pop3_server`, `pop3_connect`, `pop3`, `pop3_logged_in`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from mailserver.config import ServerConfig  # noqa: E402  (needs the path above)
 from mailserver.listener import Listener, MailServer, server_tls_context  # noqa: E402
+from mailserver.pop3 import POP3Handler  # noqa: E402
 from mailserver.smtp import SMTPHandler  # noqa: E402
 from mailserver.storage import MailboxStore  # noqa: E402
 from mailserver.users import UserStore  # noqa: E402
@@ -59,6 +61,7 @@ class RunningServer:
     users: dict[str, str]
     users_path: Path
     mailboxes_path: Path
+    pop3_listener: Listener | None = None
 
     @property
     def host(self) -> str:
@@ -69,17 +72,26 @@ class RunningServer:
         return self.listener.server_address[1]
 
     @property
+    def pop3_port(self) -> int:
+        assert self.pop3_listener is not None, "start_server(pop3=True) serves POP3"
+        return self.pop3_listener.server_address[1]
+
+    @property
     def config(self) -> ServerConfig:
         return self.server.config
 
     def stored(self, user: str) -> list[bytes]:
-        """The messages stored for user, oldest first, as on disk (LF line ends)."""
-        with self.server.mailboxes.messages(user) as messages:
+        """The messages user sent (the Sent folder), oldest first, as on disk (LF line ends)."""
+        with self.server.mailboxes.sent_messages(user) as messages:
             contents = []
             for open_message in messages:
                 with open_message() as message:
                     contents.append(message.read())
             return contents
+
+    def inbox(self, user: str) -> list[bytes]:
+        """The messages in user's inbox, oldest first, as on disk (LF line ends)."""
+        return inbox_of(self.mailboxes_path / user)
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -105,6 +117,7 @@ def start_server(tmp_path: Path, shared_users_file: Path) -> Iterator[Callable[.
         users_path: Path | None = None,
         mailboxes_path: Path | None = None,
         implicit_tls: bool = False,
+        pop3: bool = False,
         **config: object,
     ) -> RunningServer:
         config.setdefault("hostname", "mail.test")
@@ -117,7 +130,13 @@ def start_server(tmp_path: Path, shared_users_file: Path) -> Iterator[Callable[.
         listener = server.listen(("127.0.0.1", 0), SMTPHandler, implicit_tls=implicit_tls)
         # stop() waits for serve_forever to look at its shutdown flag, once a poll_interval: every test pays it.
         server.serve_in_background(listener, poll_interval=0.01)
-        instance = RunningServer(server, listener, dict(USERS), users_path or shared_users_file, mailboxes)
+        pop3_listener = None
+        if pop3:  # on the same MailServer: caps, throttle and mailboxes shared with SMTP
+            pop3_listener = server.listen(("127.0.0.1", 0), POP3Handler, implicit_tls=implicit_tls)
+            server.serve_in_background(pop3_listener, poll_interval=0.01)
+        instance = RunningServer(
+            server, listener, dict(USERS), users_path or shared_users_file, mailboxes, pop3_listener
+        )
         running.append(instance)
         return instance
 
@@ -133,10 +152,23 @@ def smtp_server(start_server: Callable[..., RunningServer]) -> RunningServer:
 
 
 def store_message(store: MailboxStore, user: str, message: bytes) -> str:
-    """Store message (LF line ends) for user the way DATA does; return its key."""
+    """Store message (LF line ends) in the Sent folder of user the way DATA does; return its key."""
     delivery = store.start_delivery(user)
     delivery.write(message)
     return delivery.commit()
+
+
+def deliver(store: MailboxStore, recipient: str, message: bytes, sender: str = "carol") -> None:
+    """Deliver message (LF line ends) into recipient's inbox the way DATA does, without trace fields."""
+    delivery = store.start_delivery(sender, [recipient])
+    delivery.write(message)
+    delivery.commit()
+
+
+def inbox_of(maildir: Path) -> list[bytes]:
+    """The messages of a Maildir's new/ and cur/, in name order (arrival order for the server's names)."""
+    paths = [*maildir.glob("new/*"), *maildir.glob("cur/*")]
+    return [path.read_bytes() for path in sorted(paths, key=lambda path: path.name)]
 
 
 def plain_response(user: bytes | str, password: bytes | str, authzid: bytes | str = "") -> str:
@@ -348,12 +380,86 @@ def logged_in(connect: Callable[..., RawSession]) -> RawSession:
     return session
 
 
+class POP3Session(RawSession):
+    """A raw socket to the POP3 port; expect() runs transcripts as for SMTP."""
+
+    def status(self, line: str) -> str:
+        """Send one command; return the status line (`+OK ...` or `-ERR ...`)."""
+        self.send(line + "\r\n")
+        return self.read_line()
+
+    def block(self, line: str) -> tuple[str, list[bytes]]:
+        """Send a command answered by a multi-line block; return its status line and its lines, unstuffed.
+
+        The lines keep their CRLF; after an -ERR there is no block.
+        """
+        status = self.status(line)
+        lines: list[bytes] = []
+        if status.startswith("+OK"):
+            while (raw := self.file.readline(2_000_000)) != b".\r\n":
+                assert raw.endswith(b"\r\n"), f"block cut short: {raw[-80:]!r}"
+                lines.append(raw[1:] if raw.startswith(b".") else raw)  # RFC 1939 3: byte-stuffing
+        return status, lines
+
+    def retr(self, number: int = 1) -> bytes:  # type: ignore[override]
+        """RETR number; return the message as sent (CRLF ends), stuffing undone."""
+        status, lines = self.block(f"RETR {number}")
+        assert status.startswith("+OK"), status
+        return b"".join(lines)
+
+    def login(self, user: str = "alice", password: str | None = None) -> None:
+        password = USERS[user] if password is None else password
+        assert self.status(f"USER {user}").startswith("+OK")
+        status = self.status(f"PASS {password}")
+        assert status.startswith("+OK"), status
+
+
+@pytest.fixture
+def pop3_server(start_server: Callable[..., RunningServer]) -> RunningServer:
+    """A server with SMTP and POP3 on port 0, the default settings and the USERS accounts."""
+    return start_server(pop3=True)
+
+
+@pytest.fixture
+def pop3_connect(pop3_server: RunningServer) -> Iterator[Callable[..., POP3Session]]:
+    """pop3_connect(server=pop3_server) opens a POP3Session and reads the +OK greeting; all close after the test."""
+    sessions: list[POP3Session] = []
+
+    def open_session(server: RunningServer = pop3_server, greeting: bool = True) -> POP3Session:
+        session = POP3Session(server.host, server.pop3_port)
+        sessions.append(session)
+        if greeting:
+            assert session.read_line().startswith("+OK")
+        return session
+
+    yield open_session
+    for session in sessions:
+        session.close()
+
+
+@pytest.fixture
+def pop3(pop3_connect: Callable[..., POP3Session]) -> POP3Session:
+    """A POP3 session to pop3_server, greeting already read."""
+    return pop3_connect()
+
+
+@pytest.fixture
+def pop3_logged_in(pop3_connect: Callable[..., POP3Session]) -> POP3Session:
+    """A POP3 session after USER and PASS as alice."""
+    session = pop3_connect()
+    session.login()
+    return session
+
+
 class ServerProcess:
-    """`python server.py` as a real process; the log is collected from stderr."""
+    """`python server.py` as a real process; the log is collected from stderr.
+
+    SMTP and POP3 both take free ports (never 1100, where a real server may run).
+    """
 
     def __init__(self, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", "0", *args],
+            [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", "0", "--pop3-port", "0", *args],
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -363,7 +469,9 @@ class ServerProcess:
         )
         self.log_lines: list[str] = []
         self._serving = threading.Event()
+        self._pop3_serving = threading.Event()
         self.port = 0
+        self._pop3_port = 0
         threading.Thread(target=self._collect, daemon=True).start()
         if not self._serving.wait(15):
             self.stop()
@@ -373,11 +481,23 @@ class ServerProcess:
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.log_lines.append(line)
+            pop3 = re.search(r"POP3 serving on [\d.]+:(\d+)", line)
             match = re.search(r"serving on [\d.]+:(\d+)", line)
-            if match and not self.port:
+            if pop3:
+                self._pop3_port = int(pop3[1])
+                self._pop3_serving.set()
+            elif match and not self.port:
                 self.port = int(match[1])
                 self._serving.set()
         self._serving.set()
+        self._pop3_serving.set()
+
+    @property
+    def pop3_port(self) -> int:
+        """The POP3 port from the log (logged just after the SMTP one)."""
+        self._pop3_serving.wait(15)
+        assert self._pop3_port, "no POP3 serving line in the log:\n" + self.log
+        return self._pop3_port
 
     @property
     def log(self) -> str:

@@ -63,7 +63,19 @@ def running_server(tmp_path: Path, users: Path, *args: str) -> Iterator[tuple[su
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, SERVER, "--port", "0", "--users", str(users), "--mailboxes", str(tmp_path / "mb"), *args],
+            [
+                sys.executable,
+                SERVER,
+                "--port",
+                "0",
+                "--pop3-port",
+                "0",
+                "--users",
+                str(users),
+                "--mailboxes",
+                str(tmp_path / "mb"),
+                *args,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -115,7 +127,7 @@ def test_a_message_sent_to_the_process_is_stored(server_process: Callable[..., S
         assert code == 250 and text.startswith(b"1 ")
         block = [client.file.readline() for _ in range(4)]  # smtplib reads replies only: the block by hand
         assert block == [b"Subject: hi\r\n", b"\r\n", b"hello\r\n", b".\r\n"]
-    with MailboxStore(tmp_path / "mb").messages("alice") as messages:
+    with MailboxStore(tmp_path / "mb").sent_messages("alice") as messages:
         assert len(messages) == 1
 
 
@@ -315,7 +327,7 @@ def test_deluser_keeps_the_mailbox_and_says_so(tmp_path: Path) -> None:
     assert "mailbox" in result.stdout + result.stderr
     store = UserStore(users)
     assert "bob" not in store and store.check("alice", b"alice-password")
-    with MailboxStore(tmp_path / "mailboxes").messages("bob") as messages:
+    with MailboxStore(tmp_path / "mailboxes").sent_messages("bob") as messages:
         assert len(messages) == 1
 
 
@@ -399,7 +411,7 @@ def test_signal_with_open_sessions(tmp_path: Path, shared_users_file: Path, sign
             idle.close()
             busy.close()
     assert "Traceback" not in log_path.read_text()
-    with MailboxStore(tmp_path / "mb").messages("alice") as messages:
+    with MailboxStore(tmp_path / "mb").sent_messages("alice") as messages:
         assert messages == []  # the unfinished message was not stored
 
 

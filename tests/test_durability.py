@@ -83,7 +83,7 @@ def retrieve_as(port: int, user: str) -> list[bytes]:
 
 
 def leftovers(mailboxes: Path) -> list[Path]:
-    return sorted(mailboxes.glob("*/tmp/*"))
+    return sorted([*mailboxes.glob("*/tmp/*"), *mailboxes.glob("*/.Sent/tmp/*")])
 
 
 # ------------------------------------------------------------------ load clients
@@ -257,9 +257,10 @@ def test_tmp_leftovers_are_never_retrieved_and_are_removed_at_start_up(
     assert session.send_message(dot_stuff(whole))[0] == 250
     # What a crash mid-delivery leaves: a half-written file in tmp/, named like a real delivery.
     torn = make_message("torn", 5_000, random.Random(2)).replace(b"\r\n", b"\n")[:2_345]
-    (mailboxes / "alice" / "tmp" / "1700000000.M000001P1Q000000001.crashed").write_bytes(torn)
-    mailbox.Maildir(mailboxes / "bob", create=True)
-    (mailboxes / "bob" / "tmp" / "1700000000.M000002P1Q000000002.crashed").write_bytes(torn)
+    (mailboxes / "alice" / ".Sent" / "tmp" / "1700000000.M000001P1Q000000001.crashed").write_bytes(torn)
+    mailbox.Maildir(mailboxes / "bob", create=True).add_folder("Sent")
+    (mailboxes / "bob" / ".Sent" / "tmp" / "1700000000.M000002P1Q000000002.crashed").write_bytes(torn)
+    (mailboxes / "bob" / "tmp" / "1700000000.M000003P1Q000000003.crashed").write_bytes(torn)  # an inbox copy
 
     assert session.retr() == [whole]
     assert retrieve_as(running.port, "bob") == []
@@ -295,7 +296,7 @@ def test_sigterm_under_load_keeps_acknowledged_drops_the_rest_and_exits_quickly(
     assert not leftovers(mailboxes), "an interrupted delivery was left in tmp/"
 
     stored: dict[str, bytes] = {}
-    for path in [*mailboxes.glob("*/new/*"), *mailboxes.glob("*/cur/*")]:  # from disk: the server is gone
+    for path in [*mailboxes.glob("*/.Sent/new/*"), *mailboxes.glob("*/.Sent/cur/*")]:  # from disk: the server is gone
         text = path.read_bytes()
         stored[tag_of(text.replace(b"\n", b"\r\n"))] = text
     for attempt in load.attempts:
@@ -336,7 +337,7 @@ def test_250_comes_only_after_fsync_rename_and_directory_fsync(
     code, text = logged_in.send_message(dot_stuff(make_message("synced", 1_000, random.Random(3))))
     assert code == 250
     key = text[0].rsplit(" ", 1)[-1]
-    maildir = (smtp_server.mailboxes_path / "alice").resolve()
+    maildir = (smtp_server.mailboxes_path / "alice" / ".Sent").resolve()
     start = events.index(("reply", "354"))
     assert events[start + 1 :] == [
         ("fsync", str(maildir / "tmp" / key)),
@@ -439,7 +440,7 @@ def test_storage_fault_is_answered_4xx_stores_nothing_and_the_session_goes_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     make_fault, size = FAULTS[fault]
-    maildir = smtp_server.mailboxes_path / "alice"
+    maildir = smtp_server.mailboxes_path / "alice" / ".Sent"
     before = make_message("before", 500, random.Random(4))
     after = make_message("after", 500, random.Random(6))
     assert logged_in.send_message(dot_stuff(before))[0] == 250  # creates the Maildir

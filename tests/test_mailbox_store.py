@@ -1,4 +1,4 @@
-"""MailboxStore: one Maildir per user, without sockets."""
+"""MailboxStore: each user's Sent folder (RETR, DELE), without sockets; the inbox is in test_local_delivery.py."""
 
 from __future__ import annotations
 
@@ -16,8 +16,12 @@ def store(tmp_path: Path) -> MailboxStore:
     return MailboxStore(tmp_path / "mailboxes")
 
 
+def sent_folder(store: MailboxStore, user: str) -> Path:
+    return store.root / user / ".Sent"
+
+
 def read_all(store: MailboxStore, user: str) -> list[bytes]:
-    with store.messages(user) as messages:
+    with store.sent_messages(user) as messages:
         contents = []
         for open_message in messages:
             with open_message() as message:
@@ -48,8 +52,11 @@ def test_keys_are_unique(store: MailboxStore) -> None:
 
 
 def test_maildir_layout(store: MailboxStore) -> None:
+    """Maildir++: the user's folder is the inbox, .Sent the folder of what the user sent."""
     key = store_message(store, "alice", b"one\n")
-    maildir = store.root / "alice"
+    assert sorted(p.name for p in (store.root / "alice").iterdir()) == [".Sent", "cur", "new", "tmp"]
+    assert all(not any((store.root / "alice" / part).iterdir()) for part in ("cur", "new", "tmp"))
+    maildir = sent_folder(store, "alice")
     assert sorted(p.name for p in maildir.iterdir()) == ["cur", "new", "tmp"]
     assert [p.name for p in (maildir / "new").iterdir()] == [key]
     assert list((maildir / "tmp").iterdir()) == []
@@ -60,7 +67,7 @@ def test_readable_by_python_mailbox(store: MailboxStore) -> None:
     keys = [
         store_message(store, "alice", f"Subject: {n}\nTo: bob@example.org\n\nbody {n}\n".encode()) for n in range(3)
     ]
-    box = mailbox.Maildir(store.root / "alice", create=False)
+    box = mailbox.Maildir(store.root / "alice", create=False).get_folder("Sent")
     assert sorted(box.keys()) == sorted(keys)
     for number, key in enumerate(keys):
         message = box[key]
@@ -71,7 +78,7 @@ def test_readable_by_python_mailbox(store: MailboxStore) -> None:
 
 def test_lf_line_ends_on_disk(store: MailboxStore) -> None:
     store_message(store, "alice", b"Subject: x\n\nline one\nline two\n")
-    [path] = (store.root / "alice" / "new").iterdir()
+    [path] = (sent_folder(store, "alice") / "new").iterdir()
     assert path.read_bytes() == b"Subject: x\n\nline one\nline two\n"
 
 
@@ -91,35 +98,35 @@ def test_delete_all(store: MailboxStore) -> None:
     for _ in range(3):
         store_message(store, "alice", b"x\n")
     store_message(store, "bob", b"y\n")
-    assert store.delete_all("alice") == 3
+    assert store.delete_sent("alice") == 3
     assert read_all(store, "alice") == []
-    assert store.delete_all("alice") == 0
+    assert store.delete_sent("alice") == 0
     assert read_all(store, "bob") == [b"y\n"]
 
 
 def test_delete_all_without_mailbox(store: MailboxStore) -> None:
-    assert store.delete_all("nobody") == 0
+    assert store.delete_sent("nobody") == 0
 
 
 def test_messages_a_reader_moved_to_cur_are_still_listed(store: MailboxStore) -> None:
     """A Maildir reader (mutt) marks mail read by moving it to cur/: it is still the user's mail."""
     store_message(store, "alice", b"first\n")
     store_message(store, "alice", b"second\n")
-    maildir = store.root / "alice"
+    maildir = sent_folder(store, "alice")
     first = min(p.name for p in (maildir / "new").iterdir())
     (maildir / "new" / first).rename(maildir / "cur" / f"{first}:2,S")
     assert sorted(read_all(store, "alice")) == [b"first\n", b"second\n"]
-    assert store.delete_all("alice") == 2
+    assert store.delete_sent("alice") == 2
 
 
 @pytest.mark.parametrize("user", ["", ".", "..", "../alice", "a/b", ".hidden", "-dash", "n" * 65, "a b", "/etc"])
 def test_bad_usernames_are_refused(store: MailboxStore, tmp_path: Path, user: str) -> None:
     with pytest.raises(ValueError):
         store_message(store, user, b"x\n")
-    with pytest.raises(ValueError), store.messages(user):
+    with pytest.raises(ValueError), store.sent_messages(user):
         pass
     with pytest.raises(ValueError):
-        store.delete_all(user)
+        store.delete_sent(user)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mailboxes"]  # nothing made outside the root
     assert list(store.root.iterdir()) == []
 
@@ -127,10 +134,14 @@ def test_bad_usernames_are_refused(store: MailboxStore, tmp_path: Path, user: st
 def test_clean_temporary_files(store: MailboxStore) -> None:
     store_message(store, "alice", b"kept\n")
     store_message(store, "bob", b"kept too\n")
-    (store.root / "alice" / "tmp" / "1700000000.M1P1Q1.host").write_bytes(b"half a mess")
-    (store.root / "bob" / "tmp" / "1700000000.M2P1Q2.host").write_bytes(b"")
-    assert store.clean_temporary_files() == 2
-    assert list((store.root / "alice" / "tmp").iterdir()) == []
+    (sent_folder(store, "alice") / "tmp" / "1700000000.M1P1Q1.host").write_bytes(b"half a mess")
+    (sent_folder(store, "bob") / "tmp" / "1700000000.M2P1Q2.host").write_bytes(b"")
+    (store.root / "bob" / "tmp" / "1700000000.M3P1Q3.host").write_bytes(b"an inbox copy")
+    dovecots = store.root / "bob" / "tmp" / "1700000000.M4P2.host"  # Dovecot may be writing it now
+    dovecots.write_bytes(b"not ours")
+    assert store.clean_temporary_files() == 3
+    assert list((sent_folder(store, "alice") / "tmp").iterdir()) == []
+    assert list((store.root / "bob" / "tmp").iterdir()) == [dovecots]
     assert read_all(store, "alice") == [b"kept\n"]
     assert read_all(store, "bob") == [b"kept too\n"]
     assert store.clean_temporary_files() == 0
@@ -141,7 +152,7 @@ def test_unfinished_delivery_is_invisible_and_aborts_cleanly(store: MailboxStore
     delivery.write(b"half")
     assert read_all(store, "alice") == []
     delivery.abort()
-    assert list((store.root / "alice" / "tmp").iterdir()) == []
+    assert list((sent_folder(store, "alice") / "tmp").iterdir()) == []
     assert read_all(store, "alice") == []
 
 
@@ -151,5 +162,5 @@ def test_committed_delivery_is_visible(store: MailboxStore) -> None:
     delivery.write(b"pieces\n")
     key = delivery.commit()
     assert read_all(store, "alice") == [b"in pieces\n"]
-    assert (store.root / "alice" / "new" / key).is_file()
-    assert list((store.root / "alice" / "tmp").iterdir()) == []
+    assert (sent_folder(store, "alice") / "new" / key).is_file()
+    assert list((sent_folder(store, "alice") / "tmp").iterdir()) == []

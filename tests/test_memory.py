@@ -66,7 +66,7 @@ def test_a_100_mib_message_is_stored_in_bounded_memory(
     assert code == 250, text
 
     assert_growth_bounded(server, baseline)
-    [path] = (tmp_path / "mailboxes" / "alice" / "new").iterdir()
+    [path] = (tmp_path / "mailboxes" / "alice" / ".Sent" / "new").iterdir()
     assert path.stat().st_size == 100 * len(CHUNK) - 100 * 1024  # LF line ends on disk
     with path.open("rb") as message:
         assert hashlib.file_digest(message, "sha256").digest() == stored.digest()

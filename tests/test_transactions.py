@@ -14,7 +14,7 @@ MAX_RECIPIENTS = 100
 
 
 def maildir_listing(server: RunningServer, user: str) -> dict[str, list[str]]:
-    root = server.mailboxes_path / user
+    root = server.mailboxes_path / user / ".Sent"
     return {sub: sorted(p.name for p in (root / sub).iterdir()) for sub in ("tmp", "new", "cur")}
 
 
@@ -379,7 +379,7 @@ def test_message_with_several_recipients_is_stored_once(logged_in: RawSession, s
     recipients = ["bob@example.org", "carol@example.org", "dave@elsewhere.example", "alice@example.org"]
     assert logged_in.send_message(b"to many\r\n", recipients=recipients)[0] == 250
     assert smtp_server.stored("alice") == [b"to many\n"]
-    assert not (smtp_server.mailboxes_path / "bob").exists()  # stored for the sender, not per recipient
+    assert not (smtp_server.mailboxes_path / "bob").exists()  # stored for the sender: no recipient is local
     assert logged_in.retr() == [b"to many\r\n"]
 
 
@@ -400,7 +400,7 @@ def test_250_only_once_the_message_is_in_new(
     """At the moment the server sends DATA's 250, the whole message is in new/ and nothing is left in tmp/."""
     seen: list[tuple[int, dict[str, list[str]], list[bytes]]] = []
     reply = SMTPHandler.reply
-    maildir = smtp_server.mailboxes_path / "alice"
+    maildir = smtp_server.mailboxes_path / "alice" / ".Sent"
 
     def spy(handler: SMTPHandler, code: int, *lines: str) -> None:
         if (maildir / "new").is_dir():
@@ -557,7 +557,7 @@ def test_retr_and_dele_take_no_argument(logged_in: RawSession, smtp_server: Runn
 
 def test_retr_is_readable_by_the_stored_maildir(logged_in: RawSession, smtp_server: RunningServer) -> None:
     logged_in.send_message(b"Subject: mailbox\r\n\r\nbody\r\n")
-    box = mailbox.Maildir(smtp_server.mailboxes_path / "alice", factory=None, create=False)
+    box = mailbox.Maildir(smtp_server.mailboxes_path / "alice" / ".Sent", factory=None, create=False)
     [message] = list(box)
     assert message["Subject"] == "mailbox"
     assert message.get_payload() == "body\n"

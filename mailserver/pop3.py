@@ -1,0 +1,475 @@
+"""The POP3 session: the inbox, read (RFC 1939, with RFC 2449 CAPA, RFC 2595 STLS, RFC 5034 AUTH).
+
+One `pop3_<VERB>` method per command, as in SMTP: its docstring's first line is the
+syntax (the reply to wrong arguments quotes it), the rest what the command does.
+
+    S: +OK mail.example POP3 server ready
+    C: USER bob
+    S: +OK Send your password with PASS
+    C: PASS ********
+    S: +OK bob has 1 message (412 octets)
+    C: LIST
+    S: +OK 1 message (412 octets)
+    S: 1 412
+    S: .
+    C: RETR 1
+    S: +OK 412 octets
+    S: Return-Path: <alice@mail.example>
+    S: ...
+    S: .
+    C: DELE 1
+    S: +OK Message 1 deleted
+    C: QUIT
+    S: +OK mail.example POP3 server signing off (0 messages left)
+
+A session goes through three states (RFC 1939 3): AUTHORIZATION until the login,
+TRANSACTION with a snapshot of the inbox taken at login (a Maildrop: the messages and
+the deletion marks), and UPDATE while QUIT removes the marked messages. A session that
+ends any other way (a dropped connection, a timeout) removes nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO, ClassVar
+
+from .limits import LoginRefused
+from .listener import STORED_CHUNK, Hangup, LineHandler, chunks_of
+from .logs import log, plural
+from .sasl import Cancelled, Credentials, decode_response, plain_credentials
+from .storage import Maildrop, MaildropInUse
+
+MAX_COMMAND_LINE = 255  # RFC 2449 4: octets, CRLF included
+MAX_AUTH_LINE = 12288  # an AUTH PLAIN answer may be longer than a command (as RFC 4954 allows SMTP's)
+
+OK = "+OK"
+ERR = "-ERR"
+
+
+class State(enum.Enum):
+    """RFC 1939 3: where a POP3 session is; each command belongs to a state."""
+
+    AUTHORIZATION = "before login"
+    TRANSACTION = "logged in"
+    UPDATE = "signing off"
+
+
+WRONG_STATE = {
+    State.AUTHORIZATION: "Already logged in",
+    State.TRANSACTION: "Not logged in: use USER and PASS, or AUTH PLAIN",
+}
+
+Command = Callable[["POP3Handler", str], None]
+
+
+def in_state(state: State) -> Callable[[Command], Command]:
+    """Guard: outside state, the command answers -ERR and does nothing."""
+
+    def guard(command: Command) -> Command:
+        @functools.wraps(command)
+        def guarded(self: POP3Handler, argument: str) -> None:
+            if self.state is not state:
+                self.reply(ERR, WRONG_STATE[state])
+                return
+            command(self, argument)
+
+        return guarded
+
+    return guard
+
+
+class POP3Handler(LineHandler):
+    """One POP3 session. A command method gets the text after the verb, replies with
+    self.reply() and returns; raising Hangup ends the session."""
+
+    command_prefix = "pop3_"
+    max_command_line = MAX_COMMAND_LINE
+    longer_lines: ClassVar[dict[str, int]] = {"AUTH": MAX_AUTH_LINE}  # an initial response may be long
+    # RFC 1939 7: "the server may treat spaces in the argument as part of the password".
+    verbatim_arguments: ClassVar[frozenset[str]] = frozenset({"PASS"})
+
+    # -- what LineHandler asks of a protocol --------------------------------------------
+
+    def setup(self) -> None:
+        super().setup()
+        self.state = State.AUTHORIZATION
+        self.user_named: str | None = None  # USER's argument, waiting for PASS
+        self.maildrop: Maildrop | None = None
+
+    def finish(self) -> None:
+        if self.maildrop is not None:  # no QUIT: nothing is removed (RFC 1939 6)
+            self.maildrop.close()
+        super().finish()
+
+    def idle_timeout(self) -> float:
+        return self.config.pop3_timeout  # RFC 1939 3: at least 10 minutes; SMTP's --timeout is shorter
+
+    def greet(self) -> None:
+        self.reply(OK, f"{self.config.hostname} POP3 server ready")
+
+    def reply_line_too_long(self) -> None:
+        self.reply(ERR, f"Line too long (at most {MAX_COMMAND_LINE} octets)")
+
+    def reply_unknown_command(self) -> None:
+        self.reply(ERR, "Unknown command; the commands are " + " ".join(self.commands()))
+
+    def closing(self, reason: str) -> None:
+        self.reply(ERR, f"[SYS/TEMP] {self.config.hostname} {reason}, closing connection")
+
+    def tls_started(self) -> None:
+        self.user_named = None  # RFC 2595 4: forget what was said in clear text
+
+    @classmethod
+    def refusal(cls, hostname: str, reason: str) -> bytes:
+        return f"{ERR} [SYS/TEMP] {hostname} {reason}, closing connection\r\n".encode()
+
+    def reply(self, status: str, text: str, lines: Iterable[str] | None = None) -> None:
+        """Send `+OK text` or `-ERR text`; with lines, a multi-line response ended by "." (RFC 1939 3)."""
+        if status == ERR:
+            self.errors += 1
+        block = "" if lines is None else "".join(f"{line}\r\n" for line in lines) + ".\r\n"
+        self.send_lines(f"{status} {text}\r\n{block}" if text else f"{status}\r\n{block}")
+
+    def reply_syntax(self, verb: str) -> None:
+        """-ERR with the command's syntax: the first line of its docstring."""
+        method = self.command(verb)
+        syntax = inspect.cleandoc(method.__doc__ or verb).splitlines()[0] if method else verb
+        self.reply(ERR, f"Syntax: {syntax}")
+
+    # -- AUTHORIZATION ----------------------------------------------------------------------
+
+    def pop3_CAPA(self, argument: str) -> None:
+        """CAPA
+
+        List what this server supports (RFC 2449); allowed in every state.
+        """
+        capabilities = []
+        if self.state is State.AUTHORIZATION and not self.needs_tls_first():
+            capabilities += ["USER", "SASL PLAIN"]
+        capabilities += ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
+        if self.state is State.AUTHORIZATION and self.config.tls_context is not None and not self.tls_active:
+            capabilities.append("STLS")
+        capabilities.append("IMPLEMENTATION classroom-mail-server")
+        self.reply(OK, "Capability list follows", capabilities)
+
+    @in_state(State.AUTHORIZATION)
+    def pop3_STLS(self, argument: str) -> None:
+        """STLS
+
+        Switch this connection to TLS (RFC 2595), then log in.
+        """
+        if self.config.tls_context is None:
+            self.reply(ERR, "TLS not available")
+            return
+        if self.tls_active:
+            self.reply(ERR, "TLS already active")
+            return
+        if argument:
+            self.reply_syntax("STLS")
+            return
+        self.reply(OK, "Begin TLS negotiation")
+        self.start_tls()
+
+    @in_state(State.AUTHORIZATION)
+    def pop3_USER(self, argument: str) -> None:
+        """USER <name>
+
+        Give your username; PASS follows with the password.
+        """
+        if self.refused_before_tls():
+            return
+        if not argument:
+            self.reply_syntax("USER")
+            return
+        self.user_named = argument  # whether it is an account is told by PASS only
+        self.reply(OK, "Send your password with PASS")
+
+    @in_state(State.AUTHORIZATION)
+    def pop3_PASS(self, argument: str) -> None:
+        """PASS <password>
+
+        Give your password, after USER. A wrong username or password ends the connection.
+        """
+        if self.refused_before_tls():
+            return
+        if self.user_named is None:
+            self.reply(ERR, "Send USER first")
+            return
+        if not argument:
+            self.reply_syntax("PASS")
+            return
+        user, self.user_named = self.user_named, None
+        self.log_in(Credentials("", user, argument.encode("utf-8")))
+
+    @in_state(State.AUTHORIZATION)
+    def pop3_AUTH(self, argument: str) -> None:
+        """AUTH PLAIN [<initial-response>]
+
+        Log in with SASL PLAIN (RFC 5034); without an initial response the server
+        answers "+ " and waits for it. A wrong username or password ends the connection.
+        """
+        if not argument:  # the mechanism list, as many servers answer it (RFC 1734's habit)
+            self.reply(OK, "Mechanisms follow", ["PLAIN"])
+            return
+        if self.refused_before_tls():
+            return
+        mechanism, _, initial = argument.partition(" ")
+        if mechanism.upper() != "PLAIN":
+            self.reply(ERR, "Unrecognized authentication type; use PLAIN")
+            return
+        response = self.auth_response(initial.strip() or None)
+        if response is None:
+            return
+        credentials = plain_credentials(response)
+        if credentials is None:
+            self.reply(ERR, "Malformed PLAIN response")
+            return
+        self.log_in(credentials)
+
+    def auth_response(self, initial: str | None) -> bytes | None:
+        """Return the decoded initial response, or ask with "+ " (RFC 5034 4); None after an -ERR."""
+        if initial is None:
+            self.send_lines("+ \r\n")  # PLAIN's challenge is empty
+            line = self.read_line(MAX_AUTH_LINE)
+            if line is None:
+                self.reply(ERR, "Authentication line too long")
+                return None
+            answer = line.decode("ascii", "replace").strip()
+            self.trace("C:", answer, credential=True)
+        else:
+            answer = initial
+        try:
+            return decode_response(answer)
+        except Cancelled:
+            self.reply(ERR, "Authentication cancelled")
+        except ValueError:
+            self.reply(ERR, "Invalid base64")
+        return None
+
+    def needs_tls_first(self) -> bool:
+        """True while --require-tls keeps logins out of a session not yet under TLS."""
+        return self.config.require_tls and not self.tls_active
+
+    def refused_before_tls(self) -> bool:
+        """With --require-tls and no TLS yet: answer -ERR and return True."""
+        if not self.needs_tls_first():
+            return False
+        self.reply(ERR, "[AUTH] Use STLS first: this server takes no password in clear text")
+        return True
+
+    def log_in(self, credentials: Credentials) -> None:
+        """Check the password (through the login throttle SMTP shares), then open the inbox.
+
+        A wrong username or password: -ERR [AUTH] and the connection ends, the seed's login
+        rule. A login the throttle refuses is not checked: -ERR [SYS/TEMP], and the session goes on.
+        """
+        accepted = self.check_login(credentials)
+        if isinstance(accepted, LoginRefused):
+            log.warning("%s POP3 login refused for %s: %s", self.peer, self.loggable_name(credentials.user), accepted)
+            self.reply(ERR, f"[SYS/TEMP] {accepted}")
+            return
+        if not accepted:
+            log.warning("%s POP3 login failed for %s", self.peer, self.loggable_name(credentials.user))
+            self.reply(ERR, "[AUTH] Invalid username or password")
+            raise Hangup
+        self.open_inbox(credentials.user)
+
+    def open_inbox(self, user: str) -> None:
+        """Take the snapshot of user's inbox and enter the TRANSACTION state; -ERR if another session has it."""
+        try:
+            self.maildrop = self.mail.mailboxes.open_maildrop(user)
+        except MaildropInUse:
+            log.info("%s POP3 %s refused: the inbox is in use", self.peer, user)
+            self.reply(ERR, "[IN-USE] Your inbox is open in another POP3 session; try again when it ends")
+            return
+        except OSError as error:
+            log.error("%s POP3 could not open the inbox of %s: %s", self.peer, user, error)
+            self.reply(ERR, "[SYS/TEMP] Cannot open your inbox now; try again later")
+            return
+        self.state = State.TRANSACTION
+        count, size = self.maildrop.totals()
+        log.info("%s POP3 login %s (%s)", self.peer, user, plural(count, "message"))
+        self.reply(OK, f"{user} has {plural(count, 'message')} ({size} octets)")
+
+    # -- TRANSACTION (RFC 1939 5) -------------------------------------------------------------
+
+    @in_state(State.TRANSACTION)
+    def pop3_STAT(self, argument: str) -> None:
+        """STAT
+
+        Count the messages in your inbox and their size in octets.
+        """
+        count, size = self.drop.totals()
+        self.reply(OK, f"{count} {size}")
+
+    @in_state(State.TRANSACTION)
+    def pop3_LIST(self, argument: str) -> None:
+        """LIST [<message-number>]
+
+        The size of each message (or of one) in octets.
+        """
+        self.scan_listing("LIST", argument, lambda number: str(self.drop.get(number).size))
+
+    @in_state(State.TRANSACTION)
+    def pop3_UIDL(self, argument: str) -> None:
+        """UIDL [<message-number>]
+
+        The unique id of each message (or of one): the same in every session.
+        """
+        self.scan_listing("UIDL", argument, lambda number: self.drop.get(number).unique_id)
+
+    def scan_listing(self, verb: str, argument: str, describe: Callable[[int], str]) -> None:
+        """LIST and UIDL: one `+OK n text` line for a message, or a block of `n text` lines for all."""
+        if not argument:
+            count, size = self.drop.totals()
+            lines = [f"{number} {describe(number)}" for number, _ in self.drop.listing()]
+            self.reply(OK, f"{plural(count, 'message')} ({size} octets)", lines)
+            return
+        number = self.message_number(verb, argument)
+        if number is not None:
+            self.reply(OK, f"{number} {describe(number)}")
+
+    @in_state(State.TRANSACTION)
+    def pop3_RETR(self, argument: str) -> None:
+        """RETR <message-number>
+
+        Send the message, ended by a line holding a single dot.
+        """
+        number = self.message_number("RETR", argument)
+        if number is None:
+            return
+        message = self.open_message(number)
+        if message is None:
+            return
+        with message:
+            self.reply(OK, f"{self.drop.get(number).size} octets")
+            self.send_stored(chunks_of(message))
+
+    @in_state(State.TRANSACTION)
+    def pop3_TOP(self, argument: str) -> None:
+        """TOP <message-number> <lines>
+
+        Send the message's header and the first <lines> lines of its body.
+        """
+        number_text, _, lines_text = argument.partition(" ")
+        lines = parse_number(lines_text.strip())
+        if lines is None:
+            self.reply_syntax("TOP")
+            return
+        number = self.message_number("TOP", number_text)
+        if number is None:
+            return
+        message = self.open_message(number)
+        if message is None:
+            return
+        with message:
+            self.reply(OK, "Top of message follows")
+            self.send_stored(message_top(message, lines))
+
+    @in_state(State.TRANSACTION)
+    def pop3_DELE(self, argument: str) -> None:
+        """DELE <message-number>
+
+        Mark the message deleted; QUIT removes it, RSET unmarks it.
+        """
+        number = self.message_number("DELE", argument)
+        if number is not None:
+            self.drop.delete(number)
+            self.reply(OK, f"Message {number} deleted")
+
+    @in_state(State.TRANSACTION)
+    def pop3_RSET(self, argument: str) -> None:
+        """RSET
+
+        Unmark every message marked deleted in this session.
+        """
+        self.drop.reset()
+        count, size = self.drop.totals()
+        self.reply(OK, f"Maildrop has {plural(count, 'message')} ({size} octets)")
+
+    @in_state(State.TRANSACTION)
+    def pop3_NOOP(self, argument: str) -> None:
+        """NOOP
+
+        Do nothing; the server answers +OK.
+        """
+        self.reply(OK, "")
+
+    def pop3_QUIT(self, argument: str) -> None:
+        """QUIT
+
+        Remove the messages marked deleted, then end the session.
+        """
+        if self.maildrop is None:
+            self.reply(OK, f"{self.config.hostname} POP3 server signing off")
+            raise Hangup
+        self.state = State.UPDATE  # RFC 1939 6
+        try:
+            removed = self.maildrop.commit()  # durable (directory fsync) before the +OK
+        except OSError as error:
+            log.error("%s POP3 could not remove deleted messages: %s", self.peer, error)
+            self.reply(ERR, "[SYS/TEMP] Some deleted messages were not removed")
+            raise Hangup from None
+        left = len(self.maildrop.messages) - removed
+        if removed:
+            log.info("%s POP3 %s removed %s", self.peer, self.maildrop.inbox.name, plural(removed, "message"))
+        self.reply(OK, f"{self.config.hostname} POP3 server signing off ({plural(left, 'message')} left)")
+        raise Hangup
+
+    # -- helpers of the TRANSACTION commands --------------------------------------------
+
+    @property
+    def drop(self) -> Maildrop:
+        """The maildrop of a logged-in session (the state guard saw to it)."""
+        assert self.maildrop is not None
+        return self.maildrop
+
+    def message_number(self, verb: str, argument: str) -> int | None:
+        """The message that argument names, or None after the -ERR (bad syntax, no such message, deleted)."""
+        number = parse_number(argument)
+        if number is None:
+            self.reply_syntax(verb)
+            return None
+        if number in self.drop.deleted:
+            self.reply(ERR, f"Message {number} already deleted")
+            return None
+        if not 1 <= number <= len(self.drop.messages):
+            self.reply(ERR, f"No such message; the inbox has {plural(len(self.drop.messages), 'message')}")
+            return None
+        return number
+
+    def open_message(self, number: int) -> BinaryIO | None:
+        """Open a message for RETR or TOP; None after an -ERR if it cannot be read."""
+        try:
+            return self.drop.open(number)
+        except (KeyError, OSError) as error:
+            log.warning("%s POP3 could not open message %d: %s", self.peer, number, error)
+            self.reply(ERR, "[SYS/TEMP] The message cannot be read now (another program moved or removed it?)")
+            return None
+
+
+def parse_number(text: str) -> int | None:
+    """A non-negative decimal number, or None."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 10:
+        return None
+    return int(text)
+
+
+def message_top(message: BinaryIO, body_lines: int) -> Iterator[bytes]:
+    """The header, the empty line after it and the first body_lines lines of the body (RFC 1939 7: TOP).
+
+    Read a bounded piece at a time, so that one huge line costs no more memory than RETR.
+    """
+    in_header, at_line_start = True, True
+    for piece in iter(lambda: message.readline(STORED_CHUNK), b""):
+        if not in_header and at_line_start:
+            if not body_lines:
+                return
+            body_lines -= 1
+        yield piece
+        if in_header and at_line_start and piece in (b"\n", b"\r\n"):
+            in_header = False
+        at_line_start = piece.endswith(b"\n")

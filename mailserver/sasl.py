@@ -1,0 +1,49 @@
+"""SASL as both protocols speak it: SMTP's AUTH (RFC 4954) and POP3's AUTH (RFC 5034).
+
+The wire differs (SMTP asks with `334 <challenge>`, POP3 with `+ <challenge>`); what a
+client answers, and what a PLAIN answer holds, is the same, and lives here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import NamedTuple
+
+
+class Credentials(NamedTuple):
+    authorization_id: str
+    user: str
+    password: bytes
+
+
+class Cancelled(Exception):
+    """The client answered "*": it gives up the authentication exchange."""
+
+
+def decode_response(answer: str) -> bytes:
+    """Decode one client answer: "*" cancels, "=" is an empty response, anything else base64.
+
+    Raise Cancelled for "*" and ValueError for text that is not base64.
+    """
+    if answer == "*":
+        raise Cancelled
+    if answer == "=":  # RFC 4954 4, RFC 5034 4: an empty initial response
+        return b""
+    try:
+        return base64.b64decode(answer, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("invalid base64") from None
+
+
+def plain_credentials(response: bytes) -> Credentials | None:
+    """RFC 4616: authzid NUL authcid NUL password; None if the response is not of that shape."""
+    parts = response.split(b"\0")
+    if len(parts) != 3:
+        return None
+    return Credentials(username_text(parts[0]), username_text(parts[1]), parts[2])
+
+
+def username_text(raw: bytes) -> str:
+    """Decode a username from AUTH; undecodable bytes can match no account."""
+    return raw.decode("utf-8", "replace")
