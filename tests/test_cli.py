@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import poplib
 import re
 import select
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import time
@@ -159,6 +161,87 @@ def test_malformed_users_file_names_the_line(tmp_path: Path, bad_line: str) -> N
     assert "serving on" not in result.stderr
 
 
+# ---------------------------------------------------------------------------- POP3
+
+
+def test_pop3_serves_beside_smtp_and_logs_its_port(server_process: Callable[..., ServerProcess]) -> None:
+    process = server_process()
+    assert re.search(rf"POP3 serving on 127\.0\.0\.1:{process.pop3_port}$", process.log, re.MULTILINE)
+    assert process.pop3_port not in (0, 1100, process.port)  # --pop3-port 0 picked a free one
+    client = poplib.POP3("127.0.0.1", process.pop3_port, timeout=10)
+    assert client.getwelcome() == b"+OK mail.test POP3 server ready"
+    client.quit()
+
+
+def test_pop3_port_defaults_to_1100() -> None:
+    result = run("--help")
+    assert re.search(r"--pop3-port POP3_PORT\s+POP3 port \(0 picks a free one\) \(default 1100\)", result.stdout)
+
+
+def test_no_pop3_serves_smtp_only(server_process: Callable[..., ServerProcess]) -> None:
+    process = server_process("--no-pop3")
+    assert "POP3" not in process.log
+    with smtplib.SMTP("127.0.0.1", process.port, timeout=10) as client:
+        assert client.noop()[0] == 250
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pop3s-port", "0"], "--pop3s-port need --tls-cert and --tls-key"),
+        (["--no-pop3", "--pop3s-port", "0", "--tls-cert", "c", "--tls-key", "k"], "contradict"),
+    ],
+)
+def test_pop3_options_that_cannot_work_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    users = write_users_file(tmp_path / "users.txt", {"alice": "alice-password"})
+    result = run("--port", "0", "--pop3-port", "0", "--users", str(users), *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_taken_pop3_port_is_a_clear_error(tmp_path: Path) -> None:
+    users = write_users_file(tmp_path / "users.txt", {"alice": "alice-password"})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run("--port", "0", "--pop3-port", port, "--users", str(users), "--mailboxes", str(tmp_path / "mb"))
+    assert result.returncode == 2
+    assert "Address already in use" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_each_domain_option_adds_a_local_domain(server_process: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    process = server_process("--domain", "school.example", "--domain", "Class.Example", mailboxes=tmp_path / "mb")
+    with smtplib.SMTP("127.0.0.1", process.port, timeout=10) as client:
+        client.login("alice", USERS["alice"])
+        refused = client.sendmail(
+            "alice@mail.test",
+            ["bob@school.example", "carol@class.example", "bob@localhost", "bob@mail.test", "bob@elsewhere.example",
+             "nobody@school.example"],
+            "Subject: hi\r\n\r\nhello\r\n",
+        )  # fmt: skip
+    assert refused == {"nobody@school.example": (550, b"5.1.1 <nobody@school.example>: no such user here")}
+    assert len(list((tmp_path / "mb" / "bob" / "new").iterdir())) == 1  # one copy for its three addresses
+    assert len(list((tmp_path / "mb" / "carol" / "new").iterdir())) == 1
+
+
+def test_pop3_logins_are_logged_without_passwords(server_process: Callable[..., ServerProcess]) -> None:
+    process = server_process()
+    client = poplib.POP3("127.0.0.1", process.pop3_port, timeout=10)
+    client.user("bob")
+    client.pass_(USERS["bob"])
+    client.quit()
+    failed = poplib.POP3("127.0.0.1", process.pop3_port, timeout=10)
+    failed.user("alice")
+    with pytest.raises(poplib.error_proto, match="AUTH"):
+        failed.pass_("secret-wrong-password")
+    failed.close()
+    wait_for(lambda: process.log.count("disconnected") >= 2)
+    assert re.search(r"POP3 login bob \(0 messages\)", process.log)
+    assert re.search(r"POP3 login failed for alice", process.log)
+    assert USERS["bob"] not in process.log and "secret-wrong-password" not in process.log
+
+
 def test_command_line_options_reach_the_server(server_process: Callable[..., ServerProcess]) -> None:
     process = server_process("--max-message-size", "1234", "--max-connections", "1", "--timeout", "1")
     first, second = RawSession("127.0.0.1", process.port), None
@@ -273,6 +356,18 @@ def test_adduser_of_an_existing_name_fails(tmp_path: Path) -> None:
     result = manage(users, "adduser", "alice", stdin="other\n")
     assert result.returncode != 0
     assert "alice" in result.stderr and "passwd" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert users.read_text() == before
+
+
+@pytest.mark.parametrize("name", ["Alice", "ALICE"])
+def test_adduser_refuses_a_name_that_differs_only_by_case(tmp_path: Path, name: str) -> None:
+    """Mail addresses ignore case: Alice@localhost must not be a second mailbox beside alice's."""
+    users = write_users_file(tmp_path / "users.txt", {"alice": "alice-password"})
+    before = users.read_text()
+    result = manage(users, "adduser", name, stdin="other\n")
+    assert result.returncode == 2
+    assert f"user {name!r} exists already as 'alice'" in result.stderr
     assert "Traceback" not in result.stderr
     assert users.read_text() == before
 
