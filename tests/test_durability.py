@@ -16,6 +16,7 @@ import io
 import mailbox
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RawSession, RunningServer, ServerProcess, dot_stuff, wait_for
+from conftest import USERS, RawSession, RunningServer, ServerProcess, dot_stuff, wait_for
 
 from mailserver import storage
 from mailserver.smtp import SMTPHandler
@@ -460,3 +461,79 @@ def test_storage_fault_is_answered_4xx_stores_nothing_and_the_session_goes_on(
     other = connect()
     other.login("bob")
     assert other.command("NOOP")[0] == 250
+
+
+# ---------------------------------------------------------------------- POP3's QUIT
+
+# Loaded into the server process through PYTHONPATH: every unlink in an inbox takes 5 ms more,
+# so that a kill a moment after QUIT lands in the middle of removing the marked messages.
+SLOW_UNLINK = """
+import os, time
+_unlink = os.unlink
+def unlink(path, *args, **kwargs):
+    if "/alice/new/" in os.fspath(path):  # alice's inbox, not her .Sent
+        time.sleep(0.005)
+    return _unlink(path, *args, **kwargs)
+os.unlink = unlink
+"""
+INBOX_MESSAGES = 120
+
+
+def inbox_message(number: int) -> bytes:
+    return f"Message-Id: <{number}@inbox.test>\nSubject: number {number}\n\n".encode() + b"body line\n" * number
+
+
+def inbox_on_disk(maildir: Path) -> dict[int, bytes]:
+    """The messages in the inbox, from disk, by number (each must be whole)."""
+    found: dict[int, bytes] = {}
+    for path in [*maildir.glob("new/*"), *maildir.glob("cur/*")]:
+        content = path.read_bytes()
+        number = int(content.split(b"@", 1)[0].removeprefix(b"Message-Id: <"))
+        assert content == inbox_message(number), f"message {number} is torn"
+        assert number not in found, f"message {number} is there twice"
+        found[number] = content
+    return found
+
+
+@pytest.mark.parametrize("moment", ["during-the-removals", "right-after-the-ok"])
+def test_sigkill_during_a_pop3_quit_loses_nothing_that_was_not_deleted(
+    tmp_path: Path, shared_users_file: Path, moment: str
+) -> None:
+    mailboxes = tmp_path / "mailboxes"
+    store = storage.MailboxStore(mailboxes)
+    for number in range(1, INBOX_MESSAGES + 1):
+        delivery = store.start_delivery("carol", ["alice"])
+        delivery.write(inbox_message(number))
+        delivery.commit()
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SLOW_UNLINK if moment == "during-the-removals" else "")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(tmp_path / "site")}
+    server = ServerProcess("--users", str(shared_users_file), "--mailboxes", str(mailboxes), env=env)
+    try:
+        session = RawSession("127.0.0.1", server.pop3_port)
+        assert session.read_line().startswith("+OK")
+        for line in ("USER alice", f"PASS {USERS['alice']}"):
+            session.send(line + "\r\n")
+            assert session.read_line().startswith("+OK")
+        marked = set(range(2, INBOX_MESSAGES + 1, 2))
+        session.send("".join(f"DELE {number}\r\n" for number in sorted(marked)))  # pipelined (RFC 2449)
+        for _ in marked:
+            assert session.read_line().startswith("+OK Message")
+        session.send("QUIT\r\n")
+        if moment == "during-the-removals":  # the first removals are done; 60 of 5 ms each take 0.3 s
+            wait_for(lambda: len(list((mailboxes / "alice" / "new").iterdir())) < INBOX_MESSAGES, interval=0.001)
+        else:
+            assert re.fullmatch(r"\+OK .* POP3 server signing off \(60 messages left\)", session.read_line())
+        server.process.kill()
+        server.wait()
+        session.close()
+    finally:
+        server.stop()
+    left = inbox_on_disk(mailboxes / "alice")
+    kept = set(range(1, INBOX_MESSAGES + 1)) - marked
+    assert kept <= set(left), f"lost messages that were not deleted: {sorted(kept - set(left))[:5]}"
+    removed = marked - set(left)
+    if moment == "during-the-removals":
+        assert 0 < len(removed) < len(marked), "the kill did not land during QUIT's removals: the test proves nothing"
+    else:
+        assert removed == marked, "QUIT's +OK came before its removals were done"
