@@ -405,3 +405,22 @@ def test_mutt_reads_the_maildir(smtp_server: RunningServer, tmp_path: Path) -> N
     assert piped.read_bytes() == STORED
     assert sorted(path.relative_to(maildir) for path in maildir.rglob("*")) == before  # -R: nothing moved
     assert retrieve(smtp_server.host, smtp_server.port, ALICE) == [MESSAGE_LINES]
+
+
+def test_mutt_reads_an_inbox(smtp_server: RunningServer, tmp_path: Path) -> None:
+    """`mutt -f mailboxes/bob` shows bob's inbox: the message sent to bob@localhost, under its trace fields."""
+    mutt = require_tool("mutt")
+    with smtplib.SMTP(smtp_server.host, smtp_server.port, timeout=10) as client:
+        client.login(ALICE, PASSWORD)
+        client.sendmail(SENDER, ["bob@localhost"], MESSAGE)
+    piped = tmp_path / "piped.eml"
+    settings = f"set folder={shlex.quote(str(tmp_path))} quit=yes move=no wait_key=no pipe_decode=no"
+    keys = f"<pipe-message>cat > {shlex.quote(str(piped))}<enter><quit>"
+    run_in_terminal(
+        [mutt, "-n", "-F", "/dev/null", "-R", "-f", str(smtp_server.mailboxes_path / "bob"), "-e", settings,
+         "-e", f'push "{keys}"'],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "TERM": "vt100"},
+    )  # fmt: skip
+    assert piped.read_bytes() == smtp_server.inbox("bob")[0]
+    assert piped.read_bytes().startswith(f"Return-Path: <{SENDER}>\nReceived: from ".encode())
+    assert piped.read_bytes().endswith(b"\n" + STORED)
