@@ -43,7 +43,8 @@ MAILDIR_PARTS = ("tmp", "new", "cur")
 # What this server names its files (see _unique_name): only these are ours to clean up in tmp/,
 # where Dovecot, serving the same folders, may be writing files of its own.
 OUR_NAME = re.compile(r"\d+\.M\d+P\d+Q\d+\.")
-# Maildir++ size field in a name: W= is the octets with CRLF line ends (what POP3 sends); S= those on disk.
+# Maildir++ size fields in a name: S= is the octets on disk, W= with CRLF line ends (what POP3 sends).
+SIZE_FIELD = re.compile(r",S=(\d+)")
 WIRE_SIZE_FIELD = re.compile(r",W=(\d+)")
 MAX_UNIQUE_ID = 70  # RFC 1939 7: a UIDL is 1 to 70 characters from 0x21 to 0x7E
 COPY_CHUNK = 256 * 1024
@@ -303,11 +304,14 @@ class Maildrop:
 
 def maildir_files(maildir: Path) -> Iterator[Path]:
     """The message files of a Maildir (new/ and cur/), in no particular order."""
+    return (Path(entry.path) for entry in maildir_entries(maildir))
+
+
+def maildir_entries(maildir: Path) -> Iterator[os.DirEntry[str]]:
+    """The directory entries of a Maildir's messages, as os.scandir gives them."""
     for part in ("new", "cur"):
         with contextlib.suppress(FileNotFoundError), os.scandir(maildir / part) as entries:
-            for entry in entries:
-                if not entry.name.startswith("."):
-                    yield Path(entry.path)
+            yield from (entry for entry in entries if not entry.name.startswith("."))
 
 
 def wire_size(path: Path) -> int:
@@ -353,9 +357,13 @@ class MailboxStore:
     def inbox_size(self, user: str) -> int:
         """The octets in user's inbox, as on disk (what --max-mailbox-size limits)."""
         size = 0
-        for path in maildir_files(self._user_path(user)):
+        for entry in maildir_entries(self._user_path(user)):
+            field = SIZE_FIELD.search(entry.name.split(":", 1)[0])  # read from the name: no stat() per message
+            if field is not None:
+                size += int(field[1])
+                continue
             with contextlib.suppress(FileNotFoundError):  # a POP3 QUIT may remove it meanwhile
-                size += path.stat().st_size
+                size += entry.stat().st_size
         return size
 
     # -- the Sent folder (the seed's RETR and DELE) -----------------------------------

@@ -1,11 +1,12 @@
 """Load benchmark of server.py: a whole class at once, measured from outside (issue 6).
 
-    python tests/benchmark.py                                  # all six scenarios, bcrypt cost 12
+    python tests/benchmark.py                                  # all seven scenarios, bcrypt cost 12
     python tests/benchmark.py --scenario small --compare aiosmtpd --repeat 3
     python tests/benchmark.py --scenario small --rounds 4 --compare aiosmtpd
     python tests/benchmark.py --scenario small --host 127.0.0.1 --port 2525 --user alice --password wonderland
+    python tests/benchmark.py --scenario pop3 --rounds 4
 
-Each measurement starts `python server.py --port 0` as a child process, with a
+Each measurement starts `python server.py --port 0 --pop3-port 0` as a child process, with a
 temporary users file (one account per connection, bcrypt cost --rounds) and
 mailboxes, so that its CPU time and memory can be read from /proc/PID. The load
 comes from several client processes, because on two cores one Python process
@@ -18,6 +19,7 @@ Scenarios (--connections, --messages and --size override their numbers):
   4 burst  1000 connections opened at once, held idle, then each sends NOOP: all greeted? RSS
   5 huge   one 100 MiB message, with the size limit raised: MiB/s, RSS growth
   6 retr   RETR of a mailbox of 1000 messages of 2 KiB: seconds
+  7 pop3   POP3 LIST and RETR of each message of a 1000-message inbox of 2 KiB: messages/s
 
 --compare aiosmtpd also runs scenarios 1 and 2 against tests/aiosmtpd_baseline.py,
 alternating with server.py run by run, and prints the ratios. --server runs a changed
@@ -82,7 +84,7 @@ class Scenario:
     name: str
     title: str
     connections: int
-    messages: int  # per connection; for retr, the mailbox size
+    messages: int  # per connection; for retr and pop3, the mailbox size
     size: int
     comparable: bool = False  # run against aiosmtpd too with --compare
 
@@ -94,6 +96,7 @@ SCENARIOS = [
     Scenario(4, "burst", "connection burst, held idle, then NOOP", 1000, 0, 0),
     Scenario(5, "huge", "one huge message", 1, 1, 100 * MIB),
     Scenario(6, "retr", "RETR of a big mailbox", 1, 1000, 2 * KIB),
+    Scenario(7, "pop3", "POP3 LIST and RETR of a big inbox", 1, 1000, 2 * KIB),
 ]
 
 
@@ -117,7 +120,7 @@ class Result:
     rounds: int
     connections: int
     size: int
-    messages: int  # messages stored (or retrieved, for retr)
+    messages: int  # messages stored (or retrieved, for retr and pop3)
     seconds: float
     messages_per_second: float | None
     mib_per_second: float | None
@@ -191,18 +194,22 @@ class ServerProcess:
 
     start_timeout = 30.0  # seconds: imports, plus one bcrypt hash at the accounts' cost
 
-    def __init__(self, name: str, command: list[str], log_path: Path) -> None:
+    def __init__(self, name: str, command: list[str], log_path: Path, *, pop3: bool = False) -> None:
         self.name = name
         self.command = command
         self.log_path = log_path
+        self.pop3 = pop3  # server.py serves POP3 too: wait for its port as well
         self.port = 0
+        self.pop3_port = 0
 
     def __enter__(self) -> ServerProcess:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=ROOT)
         self.monitor = ProcessMonitor(self.process.pid)
         try:
-            self.port = self._wait_for_port()
+            self.port = self._wait_for_port(r"(?<!POP3 )serving on (\S+):(\d+)")
+            if self.pop3:
+                self.pop3_port = self._wait_for_port(r"POP3 serving on (\S+):(\d+)")
         except BaseException:
             self.stop()
             raise
@@ -211,10 +218,10 @@ class ServerProcess:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _wait_for_port(self) -> int:
+    def _wait_for_port(self, pattern: str) -> int:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
-            match = re.search(r"serving on (\S+):(\d+)", self.log_path.read_text(errors="replace"))
+            match = re.search(pattern, self.log_path.read_text(errors="replace"))
             if match:
                 return int(match[2])
             if self.process.poll() is not None:
@@ -246,6 +253,7 @@ class Target:
     users: list[str]
     password: str
     monitor: ProcessMonitor | None
+    pop3_port: int = 0
 
 
 _hash_cache: dict[int, str] = {}
@@ -267,7 +275,9 @@ def started_target(kind: str, load: Load, args: argparse.Namespace, work: Path) 
     """Start server.py or the aiosmtpd baseline in work/ (or use --host/--port); stop it afterwards."""
     if kind == OURS and args.port:
         monitor = ProcessMonitor(args.pid) if args.pid else None
-        yield Target(f"{args.host}:{args.port}", args.host, args.port, args.user, args.password, monitor)
+        yield Target(
+            f"{args.host}:{args.port}", args.host, args.port, args.user, args.password, monitor, args.pop3_port
+        )
         return
     accounts = account_names(load.connections if load.messages else 1)
     users_path = work / "users.txt"
@@ -278,11 +288,11 @@ def started_target(kind: str, load: Load, args: argparse.Namespace, work: Path) 
     if kind == OURS:
         connections = str(max(100, load.connections + 10))
         extra = ["--hostname", "bench.test", "--max-connections", connections, "--max-connections-per-ip", connections]
-        command = [sys.executable, str(args.server), *common, *extra]
+        command = [sys.executable, str(args.server), *common, "--pop3-port", "0", *extra]  # never 1100: it may be taken
     else:
         command = [sys.executable, str(BASELINE_SCRIPT), *common]
-    with ServerProcess(kind, command, work / "server.log") as server:
-        yield Target(kind, "127.0.0.1", server.port, accounts, PASSWORD, server.monitor)
+    with ServerProcess(kind, command, work / "server.log", pop3=kind == OURS) as server:
+        yield Target(kind, "127.0.0.1", server.port, accounts, PASSWORD, server.monitor, server.pop3_port)
 
 
 # ----------------------------------------------------------------------- the clients
@@ -330,11 +340,11 @@ class Client:
         self.expect(b"AUTH PLAIN " + token + b"\r\n", 235)
         return time.monotonic() - started
 
-    def send(self, payload: bytes) -> float:
+    def send(self, payload: bytes, recipient: bytes = RECIPIENT) -> float:
         """One transaction as smtplib does it, without pipelining; the seconds from MAIL to the 250 after DATA."""
         started = time.monotonic()
         self.expect(SENDER, 250)
-        self.expect(RECIPIENT, 250)
+        self.expect(recipient, 250)
         self.expect(b"DATA\r\n", 354)
         self.expect(payload, 250)
         return time.monotonic() - started
@@ -461,6 +471,7 @@ class SendJob:
     timeout: float
     sessions: list[tuple[str, int]]  # (user, messages) for each connection
     size: int
+    to_self: bool = False  # each user sends to its own inbox (user@localhost), else to a remote address
 
 
 def send_worker(job: SendJob, channel: Channel) -> None:
@@ -489,8 +500,9 @@ def _send_session(job: SendJob, user: str, count: int, payload: bytes, outcome: 
         with Client(job.host, job.port, job.timeout) as client:
             outcome["logins"].append(client.login(user, job.password))
             outcome["login_ends"].append(time.monotonic())
+            recipient = f"RCPT TO:<{user}@localhost>\r\n".encode() if job.to_self else RECIPIENT
             for _ in range(count):
-                outcome["latencies"].append(client.send(payload))
+                outcome["latencies"].append(client.send(payload, recipient))
             client.expect(b"QUIT\r\n", 221)
     except (OSError, ProtocolError) as error:
         outcome["errors"].append(f"{user}: {error}")
@@ -655,11 +667,11 @@ def make_result(
 
 
 def drive_senders(
-    target: Target, sessions: list[tuple[str, int]], size: int, args: argparse.Namespace
+    target: Target, sessions: list[tuple[str, int]], size: int, args: argparse.Namespace, *, to_self: bool = False
 ) -> tuple[float, list[dict[str, Any]]]:
     """Run the sessions from --processes client processes; return (start time, outcomes)."""
     jobs = [
-        SendJob(target.host, target.port, target.password, args.timeout, hand, size)
+        SendJob(target.host, target.port, target.password, args.timeout, hand, size, to_self)
         for hand in split(sessions, args.processes)
     ]
     with Fleet(send_worker, jobs, args.max_seconds) as fleet:
@@ -726,13 +738,7 @@ def run_retr(load: Load, target: Target, args: argparse.Namespace) -> Result:
     with Client(target.host, target.port, args.timeout) as client:
         client.login(user, target.password)
         client.expect(b"DELE\r\n", 250)
-    fillers = min(10, count)  # ten sessions fill it faster than one; all as the same user
-    sessions = [(user, count // fillers + (number < count % fillers)) for number in range(fillers)]
-    if sessions:
-        _, filled = drive_senders(target, sessions, load.size, args)
-        errors = [error for outcome in filled for error in outcome["errors"]]
-        if errors:
-            raise BenchmarkError(f"could not fill the mailbox: {errors[:3]}")
+    fill_mailbox(target, user, count, load.size, args)
     usage = Usage(target.monitor)
     usage.start()
     outcome: dict[str, Any] = {"errors": [], "latencies": [], "logins": [], "cpu": 0.0}
@@ -752,6 +758,19 @@ def run_retr(load: Load, target: Target, args: argparse.Namespace) -> Result:
     return make_result(load, target, usage, [outcome], **figures)
 
 
+def fill_mailbox(
+    target: Target, user: str, count: int, size: int, args: argparse.Namespace, *, to_self: bool = False
+) -> None:
+    """user sends count messages: to a remote address (its Sent fills), or to itself (its inbox fills too)."""
+    fillers = min(10, count)  # ten sessions fill it faster than one; all as the same user
+    sessions = [(user, count // fillers + (number < count % fillers)) for number in range(fillers)]
+    if sessions:
+        _, filled = drive_senders(target, sessions, size, args, to_self=to_self)
+        errors = [error for outcome in filled for error in outcome["errors"]]
+        if errors:
+            raise BenchmarkError(f"could not fill the mailbox: {errors[:3]}")
+
+
 def retrieve_all(client: Client) -> tuple[int, int]:
     """Send RETR and read every block up to its "." line; return (messages, octets)."""
     line = client.expect(b"RETR\r\n", 250)
@@ -766,6 +785,97 @@ def retrieve_all(client: Client) -> tuple[int, int]:
     return received, octets
 
 
+class POP3Client:
+    """A minimal blocking POP3 client, as Client is for SMTP: less work per message than poplib."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.file = self.sock.makefile("rb")
+
+    def __enter__(self) -> POP3Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def ok(self, command: bytes = b"") -> bytes:
+        """Send command (if any) and read its status line; anything but +OK is a ProtocolError."""
+        if command:
+            self.sock.sendall(command)
+        line = self.file.readline(8192)
+        if not line.startswith(b"+OK"):
+            verb = command.split(b" ")[0].strip() or b"greeting"
+            raise ProtocolError(f"POP3 {verb.decode()}: {line.decode(errors='replace').strip() or 'connection closed'}")
+        return line
+
+    def login(self, user: str, password: str) -> float:
+        """Greeting, USER, PASS; return the seconds from PASS to its +OK (the bcrypt check and the snapshot)."""
+        self.ok()
+        self.ok(f"USER {user}\r\n".encode())
+        started = time.monotonic()
+        self.ok(f"PASS {password}\r\n".encode())
+        return time.monotonic() - started
+
+    def block(self) -> tuple[int, int]:
+        """Read a multi-line response to its "." line; return (lines, octets)."""
+        lines = octets = 0
+        while (line := self.file.readline(MIB)) != b".\r\n":
+            if not line:
+                raise ProtocolError("the server closed the connection in a POP3 block")
+            lines += 1
+            octets += len(line)
+        return lines, octets
+
+    def empty_inbox(self) -> None:
+        """DELE every message (pipelined), then QUIT: a running server's inbox may hold mail already."""
+        count = int(self.ok(b"STAT\r\n").split()[1])
+        self.sock.sendall(b"".join(f"DELE {number}\r\n".encode() for number in range(1, count + 1)))
+        for _ in range(count):
+            self.ok()
+        self.ok(b"QUIT\r\n")
+
+
+def run_pop3(load: Load, target: Target, args: argparse.Namespace) -> Result:
+    """Scenario 7: fill one inbox over SMTP (emptied first, for a running server), then LIST and RETR each over POP3."""
+    user, count = target.users[0], load.messages
+    with POP3Client(target.host, target.pop3_port, args.timeout) as client:
+        client.login(user, target.password)
+        client.empty_inbox()
+    fill_mailbox(target, user, count, load.size, args, to_self=True)
+    usage = Usage(target.monitor)
+    usage.start()
+    outcome: dict[str, Any] = {"errors": [], "latencies": [], "logins": [], "cpu": 0.0}
+    octets = 0
+    with POP3Client(target.host, target.pop3_port, args.timeout) as client:
+        outcome["logins"].append(client.login(user, target.password))
+        started = time.monotonic()
+        client.ok(b"LIST\r\n")
+        listed, _ = client.block()
+        list_seconds = time.monotonic() - started
+        for number in range(1, listed + 1):
+            sent = time.monotonic()
+            client.ok(f"RETR {number}\r\n".encode())
+            octets += client.block()[1]
+            outcome["latencies"].append(time.monotonic() - sent)
+        seconds = time.monotonic() - started
+        client.ok(b"QUIT\r\n")  # nothing marked: the inbox stays as it is
+    retrieved = len(outcome["latencies"])
+    if retrieved != count:
+        outcome["errors"].append(f"POP3 listed {listed} and retrieved {retrieved} messages, expected {count}")
+    notes: dict[str, Any] = {"list_s": round(list_seconds, 3), "retr_s": round(seconds - list_seconds, 3)}
+    notes["retrieved"] = retrieved
+    if usage.monitor:
+        notes["rss_growth_mib"] = round(usage.monitor.peak_rss_mib() - usage.rss_before, 1)
+    summary = (
+        f"LIST of {listed} in {notes['list_s']} s, then RETR of each in {notes['retr_s']} s, "
+        f"RSS growth {notes.get('rss_growth_mib')} MiB"
+    )
+    figures = {"messages": retrieved, "octets": octets, "seconds": seconds, "notes": notes, "summary": summary}
+    return make_result(load, target, usage, [outcome], **figures)
+
+
 RUNNERS: dict[str, Callable[[Load, Target, argparse.Namespace], Result]] = {
     "small": run_send,
     "large": run_send,
@@ -773,6 +883,7 @@ RUNNERS: dict[str, Callable[[Load, Target, argparse.Namespace], Result]] = {
     "burst": run_burst,
     "huge": run_send,
     "retr": run_retr,
+    "pop3": run_pop3,
 }
 
 
@@ -786,7 +897,7 @@ def measure(scenario: Scenario, kind: str, args: argparse.Namespace) -> Result:
     )
     if scenario.name == "huge":  # one message on one connection by design
         load = dataclasses.replace(load, connections=1, messages=1)
-    if scenario.name == "retr":  # one RETR; --messages is the mailbox's size
+    if scenario.name in ("retr", "pop3"):  # one session reads; --messages is the mailbox's size
         load = dataclasses.replace(load, connections=1)
     if scenario.name == "burst":
         load = dataclasses.replace(load, messages=0, size=0)
@@ -936,7 +1047,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="which scenario (name or number; default all)",
     )
     parser.add_argument("--connections", type=int, help="connections (default: the scenario's)")
-    parser.add_argument("--messages", type=int, help="messages per connection; for retr, the mailbox size")
+    parser.add_argument("--messages", type=int, help="messages per connection; for retr and pop3, the mailbox size")
     parser.add_argument("--size", type=int, help="message size in octets (default: the scenario's)")
     parser.add_argument("--rounds", type=int, default=12, help="bcrypt cost of the accounts (default 12)")
     parser.add_argument("--processes", type=int, default=4, help="client processes (default 4)")
@@ -959,9 +1070,12 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--user",
         action="append",
-        help="account to log in as; repeat it and connections take turns (retr runs DELE on the first!)",
+        help="account to log in as; repeat it and connections take turns (retr and pop3 empty the first's mail!)",
     )
     target.add_argument("--password")
+    target.add_argument(
+        "--pop3-port", type=int, default=1100, help="its POP3 port, for the pop3 scenario (default 1100)"
+    )
     target.add_argument("--pid", type=int, help="its process id, to read CPU and RSS from /proc")
     return parser
 

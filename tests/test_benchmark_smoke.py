@@ -18,7 +18,7 @@ import pytest
 
 BENCHMARK = Path(__file__).resolve().with_name("benchmark.py")
 TINY = ["--connections", "3", "--messages", "2", "--size", "700", "--rounds", "4", "--hold", "0.1", "--processes", "2"]
-SCENARIOS = ["small", "large", "login", "burst", "huge", "retr"]
+SCENARIOS = ["small", "large", "login", "burst", "huge", "retr", "pop3"]
 
 
 def run_benchmark(*args: str, tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -59,6 +59,7 @@ def test_every_scenario_runs_and_reports_json(tmp_path: Path) -> None:
     assert results["burst"]["notes"]["noop_ok"] == 3
     assert results["huge"]["messages"] == 1
     assert results["retr"]["notes"]["retrieved"] == 2
+    assert results["pop3"]["notes"]["retrieved"] == results["pop3"]["messages"] == 2
     assert report["failures"] == []
     assert not list(tmp_path.iterdir()), "temporary mailboxes left behind"
 

@@ -335,3 +335,15 @@ def test_the_senders_sent_folder_has_no_quota(small_quota: RunningServer, connec
     for _ in range(3):
         assert send(session, ["someone@example.org"], body=b"y" * 900 + b"\r\n")[0] == 250
     assert len(small_quota.stored("alice")) == 3
+
+
+def test_the_quota_counts_messages_other_programs_put_in_the_inbox(
+    small_quota: RunningServer, connect: Callable[..., Session]
+) -> None:
+    """A file without Maildir++'s S= size in its name (not the server's) is counted by its size on disk."""
+    deliver(small_quota.server.mailboxes, "bob", b"small\n", sender="alice")
+    (small_quota.mailboxes_path / "bob" / "cur" / "1700000000.M1P1.elsewhere:2,S").write_bytes(b"z" * 1000)
+    session = connect(small_quota)
+    session.login()
+    assert session.command("MAIL FROM:<alice@mail.test>")[0] == 250
+    assert rcpt(session, "bob@localhost") == (452, ["4.2.2 <bob@localhost>: mailbox full"])
