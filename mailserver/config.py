@@ -33,7 +33,7 @@ class ServerConfig:
     host: str = option("127.0.0.1", "address to listen on")
     port: int = option(2525, "SMTP port; 0 picks a free one")
     # 1100: unprivileged, as mpopd's default; 110 would need root.
-    pop3_port: int = option(1100, "POP3 port; 0 picks a free one")
+    pop3_port: int = option(1100, "POP3 port; 0 picks a free one", metavar="PORT")
     pop3s_port: int | None = option(None, "also serve POP3 here with implicit TLS (POP3S)", metavar="PORT", type=int)
     no_pop3: bool = option(False, "do not serve POP3")
     hostname: str = option(socket.gethostname(), "the server's name, in the greeting and the replies")

@@ -175,7 +175,7 @@ def test_pop3_serves_beside_smtp_and_logs_its_port(server_process: Callable[...,
 
 def test_pop3_port_defaults_to_1100() -> None:
     result = run("--help")
-    assert re.search(r"--pop3-port POP3_PORT\s+POP3 port \(0 picks a free one\) \(default 1100\)", result.stdout)
+    assert re.search(r"--pop3-port PORT\s+POP3 port; 0 picks a free one \(default 1100\)", result.stdout)
 
 
 def test_no_pop3_serves_smtp_only(server_process: Callable[..., ServerProcess]) -> None:

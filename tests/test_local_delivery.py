@@ -16,29 +16,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import USERS, Certificate, RunningServer, Session, deliver, inbox_of, plain_response, write_users_file
+from conftest import USERS, Certificate, RawSession, RunningServer, deliver, inbox_of, plain_response, write_users_file
 
 from mailserver import storage
 
 BODY = b"Subject: hello\r\n\r\nHi Bob.\r\n..a dotted line\r\n"
 STORED = b"Subject: hello\n\nHi Bob.\n.a dotted line\n"  # on disk: LF ends, the dot unstuffed
+SENDER = "alice@mail.test"
 
 
-def rcpt(session: Session, address: str) -> tuple[int, list[str]]:
+def rcpt(session: RawSession, address: str) -> tuple[int, list[str]]:
     return session.command(f"RCPT TO:<{address}>")
-
-
-def send(
-    session: Session, recipients: list[str], body: bytes = BODY, sender: str = "alice@mail.test"
-) -> tuple[int, list[str]]:
-    """MAIL, a RCPT for each recipient (each must get 250), DATA and body; return the reply to the data."""
-    assert session.command(f"MAIL FROM:<{sender}>")[0] == 250
-    for address in recipients:
-        code, text = rcpt(session, address)
-        assert code == 250, f"RCPT {address}: {code} {text}"
-    assert session.command("DATA")[0] == 354
-    session.send(body + b".\r\n")
-    return session.read_reply()
 
 
 def header_and_rest(inbox_copy: bytes) -> tuple[list[bytes], bytes]:
@@ -55,8 +43,8 @@ def inode_of(maildir: Path) -> os.stat_result:
 # ---------------------------------------------------------------- which addresses are ours
 
 
-def test_mail_to_an_account_here_reaches_its_inbox(logged_in: Session, smtp_server: RunningServer) -> None:
-    code, text = send(logged_in, ["bob@localhost"])
+def test_mail_to_an_account_here_reaches_its_inbox(logged_in: RawSession, smtp_server: RunningServer) -> None:
+    code, text = logged_in.send_message(BODY, SENDER, ["bob@localhost"])
     assert code == 250, text
     [copy] = smtp_server.inbox("bob")
     assert header_and_rest(copy)[1] == STORED
@@ -69,22 +57,22 @@ def test_mail_to_an_account_here_reaches_its_inbox(logged_in: Session, smtp_serv
     ["bob@mail.test", "bob@MAIL.Test", "bob@localhost", "bob@LocalHost", "bob@school.example", "bob@CLASS.example"],
 )
 def test_local_domains_are_the_hostname_localhost_and_each_domain(
-    start_server: Callable[..., RunningServer], connect: Callable[..., Session], address: str
+    start_server: Callable[..., RunningServer], connect: Callable[..., RawSession], address: str
 ) -> None:
     server = start_server(domain=("school.example", "Class.Example"))
     session = connect(server)
     session.login()
-    assert send(session, [address])[0] == 250
+    assert session.send_message(BODY, SENDER, [address])[0] == 250
     assert len(server.inbox("bob")) == 1
 
 
-def test_account_names_ignore_case(logged_in: Session, smtp_server: RunningServer) -> None:
-    assert send(logged_in, ["BoB@localhost"])[0] == 250
+def test_account_names_ignore_case(logged_in: RawSession, smtp_server: RunningServer) -> None:
+    assert logged_in.send_message(BODY, SENDER, ["BoB@localhost"])[0] == 250
     assert len(smtp_server.inbox("bob")) == 1
     assert sorted(path.name for path in smtp_server.mailboxes_path.iterdir()) == ["alice", "bob"]
 
 
-def test_an_unknown_local_user_is_refused_with_550(logged_in: Session, smtp_server: RunningServer) -> None:
+def test_an_unknown_local_user_is_refused_with_550(logged_in: RawSession, smtp_server: RunningServer) -> None:
     logged_in.expect("""
         C: MAIL FROM:<alice@mail.test>
         S: 250 OK
@@ -104,28 +92,30 @@ def test_an_unknown_local_user_is_refused_with_550(logged_in: Session, smtp_serv
     assert not (smtp_server.mailboxes_path / "nobody").exists()
 
 
-def test_other_domains_are_kept_only_in_the_senders_sent(logged_in: Session, smtp_server: RunningServer) -> None:
+def test_other_domains_are_kept_only_in_the_senders_sent(logged_in: RawSession, smtp_server: RunningServer) -> None:
     # bob@example.org is not bob here: the server does not relay, and no inbox gets it.
-    assert send(logged_in, ["bob@example.org", "someone@mail.test.example"])[0] == 250
+    assert logged_in.send_message(BODY, SENDER, ["bob@example.org", "someone@mail.test.example"])[0] == 250
     assert smtp_server.stored("alice") == [STORED]
     assert sorted(path.name for path in smtp_server.mailboxes_path.iterdir()) == ["alice"]
     assert smtp_server.inbox("alice") == []
 
 
-def test_help_rcpt_says_the_server_does_not_relay(session: Session) -> None:
+def test_help_rcpt_says_the_server_does_not_relay(session: RawSession) -> None:
     code, lines = session.command("HELP RCPT")
     assert code == 214
     assert lines[0] == "RCPT TO:<address>"
     assert "does not relay" in " ".join(lines)
 
 
-def test_one_message_to_the_same_inbox_twice_is_delivered_once(logged_in: Session, smtp_server: RunningServer) -> None:
-    assert send(logged_in, ["bob@localhost", "BOB@mail.test", "bob@localhost"])[0] == 250
+def test_one_message_to_the_same_inbox_twice_is_delivered_once(
+    logged_in: RawSession, smtp_server: RunningServer
+) -> None:
+    assert logged_in.send_message(BODY, SENDER, ["bob@localhost", "BOB@mail.test", "bob@localhost"])[0] == 250
     assert len(smtp_server.inbox("bob")) == 1
 
 
-def test_mail_to_yourself_is_in_your_inbox_and_your_sent(logged_in: Session, smtp_server: RunningServer) -> None:
-    assert send(logged_in, ["alice@localhost"])[0] == 250
+def test_mail_to_yourself_is_in_your_inbox_and_your_sent(logged_in: RawSession, smtp_server: RunningServer) -> None:
+    assert logged_in.send_message(BODY, SENDER, ["alice@localhost"])[0] == 250
     assert smtp_server.stored("alice") == [STORED]
     assert header_and_rest(smtp_server.inbox("alice")[0])[1] == STORED
     assert logged_in.retr() == [BODY.replace(b"\r\n..", b"\r\n.")]  # RETR: the Sent copy, no trace fields
@@ -141,10 +131,10 @@ def users_with_postmaster(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("address", ["postmaster", "PostMaster", "postmaster@localhost", "POSTMASTER@mail.test"])
 def test_postmaster_is_accepted_without_such_an_account(
-    logged_in: Session, smtp_server: RunningServer, address: str
+    logged_in: RawSession, smtp_server: RunningServer, address: str
 ) -> None:
     """RFC 5321 4.5.1: accepted always; with no postmaster account, only the sender's Sent keeps it."""
-    assert send(logged_in, [address])[0] == 250
+    assert logged_in.send_message(BODY, SENDER, [address])[0] == 250
     assert smtp_server.stored("alice") == [STORED]
     assert sorted(path.name for path in smtp_server.mailboxes_path.iterdir()) == ["alice"]
 
@@ -152,22 +142,22 @@ def test_postmaster_is_accepted_without_such_an_account(
 @pytest.mark.parametrize("address", ["postmaster", "Postmaster@localhost"])
 def test_postmaster_reaches_the_postmaster_account(
     start_server: Callable[..., RunningServer],
-    connect: Callable[..., Session],
+    connect: Callable[..., RawSession],
     users_with_postmaster: Path,
     address: str,
 ) -> None:
     server = start_server(users_path=users_with_postmaster)
     session = connect(server)
     session.login()
-    assert send(session, [address])[0] == 250
+    assert session.send_message(BODY, SENDER, [address])[0] == 250
     assert len(server.inbox("postmaster")) == 1
 
 
 # ---------------------------------------------------------------------------- trace fields
 
 
-def test_the_inbox_copy_starts_with_return_path_and_received(logged_in: Session, smtp_server: RunningServer) -> None:
-    assert send(logged_in, ["bob@localhost"], sender="alice@mail.test")[0] == 250
+def test_the_inbox_copy_starts_with_return_path_and_received(logged_in: RawSession, smtp_server: RunningServer) -> None:
+    assert logged_in.send_message(BODY, SENDER, ["bob@localhost"])[0] == 250
     [copy] = smtp_server.inbox("bob")
     (return_path, received, by), rest = header_and_rest(copy)
     assert return_path == b"Return-Path: <alice@mail.test>"
@@ -179,8 +169,8 @@ def test_the_inbox_copy_starts_with_return_path_and_received(logged_in: Session,
     assert smtp_server.stored("alice") == [STORED]  # and none on the Sent copy
 
 
-def test_the_null_sender_gets_an_empty_return_path(logged_in: Session, smtp_server: RunningServer) -> None:
-    assert send(logged_in, ["bob@localhost"], sender="")[0] == 250
+def test_the_null_sender_gets_an_empty_return_path(logged_in: RawSession, smtp_server: RunningServer) -> None:
+    assert logged_in.send_message(BODY, "", ["bob@localhost"])[0] == 250
     assert smtp_server.inbox("bob")[0].startswith(b"Return-Path: <>\nReceived: ")
 
 
@@ -196,13 +186,13 @@ def test_received_says_esmtpsa_under_tls(start_server: Callable[..., RunningServ
 
 
 def test_a_hostile_helo_name_cannot_add_header_lines(
-    connect: Callable[..., Session], smtp_server: RunningServer
+    connect: Callable[..., RawSession], smtp_server: RunningServer
 ) -> None:
     session = connect()
     assert session.command("EHLO evil\x1b[2J\x00Bcc: everyone")[0] == 250
     code, text = session.command(f"AUTH PLAIN {plain_response('alice', USERS['alice'])}")
     assert code == 235, text
-    assert send(session, ["bob@localhost"])[0] == 250
+    assert session.send_message(BODY, SENDER, ["bob@localhost"])[0] == 250
     (_, received, _), rest = header_and_rest(smtp_server.inbox("bob")[0])
     assert received.isascii() and b"\x1b" not in received and b"\x00" not in received
     assert rest == STORED
@@ -211,8 +201,8 @@ def test_a_hostile_helo_name_cannot_add_header_lines(
 # ------------------------------------------------------------------- one write, all or none
 
 
-def test_one_file_is_linked_into_every_local_inbox(logged_in: Session, smtp_server: RunningServer) -> None:
-    assert send(logged_in, ["bob@localhost", "carol@localhost", "alice@localhost"])[0] == 250
+def test_one_file_is_linked_into_every_local_inbox(logged_in: RawSession, smtp_server: RunningServer) -> None:
+    assert logged_in.send_message(BODY, SENDER, ["bob@localhost", "carol@localhost", "alice@localhost"])[0] == 250
     inboxes = [smtp_server.mailboxes_path / user for user in ("bob", "carol", "alice")]
     stats = [inode_of(inbox) for inbox in inboxes]
     assert len({stat.st_ino for stat in stats}) == 1  # one file written for the inboxes ...
@@ -223,13 +213,13 @@ def test_one_file_is_linked_into_every_local_inbox(logged_in: Session, smtp_serv
 
 
 def test_where_a_link_fails_the_inbox_gets_a_copy(
-    logged_in: Session, smtp_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+    logged_in: RawSession, smtp_server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def no_links(source: object, target: object) -> None:
         raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))  # as across filesystems
 
     monkeypatch.setattr(os, "link", no_links)
-    assert send(logged_in, ["bob@localhost", "carol@localhost"])[0] == 250
+    assert logged_in.send_message(BODY, SENDER, ["bob@localhost", "carol@localhost"])[0] == 250
     bob, carol = (smtp_server.mailboxes_path / user for user in ("bob", "carol"))
     assert inode_of(bob).st_ino != inode_of(carol).st_ino
     assert inbox_of(bob) == inbox_of(carol) and header_and_rest(inbox_of(bob)[0])[1] == STORED
@@ -238,7 +228,7 @@ def test_where_a_link_fails_the_inbox_gets_a_copy(
 
 @pytest.mark.parametrize("failure", ["link", "copy", "directory-fsync"])
 def test_if_any_copy_fails_none_stays_visible_and_a_retry_duplicates_nothing(
-    logged_in: Session, smtp_server: RunningServer, monkeypatch: pytest.MonkeyPatch, failure: str
+    logged_in: RawSession, smtp_server: RunningServer, monkeypatch: pytest.MonkeyPatch, failure: str
 ) -> None:
     carol = (smtp_server.mailboxes_path / "carol").resolve()
     real_link, real_fsync_directory = os.link, storage.fsync_directory
@@ -262,14 +252,14 @@ def test_if_any_copy_fails_none_stays_visible_and_a_retry_duplicates_nothing(
         else:
             patch.setattr(os, "link", link)
             patch.setattr(storage.shutil, "copyfileobj", copy)
-        code, _ = send(logged_in, ["bob@localhost", "carol@localhost"])
+        code, _ = logged_in.send_message(BODY, SENDER, ["bob@localhost", "carol@localhost"])
     assert code == (452 if failure == "copy" else 451)
     for user in ("alice", "bob", "carol"):
         assert smtp_server.inbox(user) == []
     assert smtp_server.stored("alice") == []
     assert not [*smtp_server.mailboxes_path.glob("*/tmp/*"), *smtp_server.mailboxes_path.glob("*/.Sent/tmp/*")]
 
-    assert send(logged_in, ["bob@localhost", "carol@localhost"])[0] == 250  # the client's retry
+    assert logged_in.send_message(BODY, SENDER, ["bob@localhost", "carol@localhost"])[0] == 250  # the client's retry
     assert len(smtp_server.inbox("bob")) == len(smtp_server.inbox("carol")) == len(smtp_server.stored("alice")) == 1
 
 
@@ -282,7 +272,7 @@ def small_quota(start_server: Callable[..., RunningServer]) -> RunningServer:
 
 
 def test_a_full_inbox_is_refused_452_at_rcpt_and_the_others_still_get_theirs(
-    small_quota: RunningServer, connect: Callable[..., Session]
+    small_quota: RunningServer, connect: Callable[..., RawSession]
 ) -> None:
     deliver(small_quota.server.mailboxes, "bob", b"x" * 1000 + b"\n")
     session = connect(small_quota)
@@ -304,7 +294,7 @@ def test_a_full_inbox_is_refused_452_at_rcpt_and_the_others_still_get_theirs(
     assert header_and_rest(small_quota.inbox("carol")[0])[1] == b"for carol\n"
 
 
-def test_the_quota_counts_a_declared_size(small_quota: RunningServer, connect: Callable[..., Session]) -> None:
+def test_the_quota_counts_a_declared_size(small_quota: RunningServer, connect: Callable[..., RawSession]) -> None:
     deliver(small_quota.server.mailboxes, "bob", b"x" * 500 + b"\n")  # 501 octets of 1000
     session = connect(small_quota)
     session.login()
@@ -322,23 +312,25 @@ def test_the_quota_counts_a_declared_size(small_quota: RunningServer, connect: C
     """)
 
 
-def test_below_the_quota_mail_is_accepted(small_quota: RunningServer, connect: Callable[..., Session]) -> None:
+def test_below_the_quota_mail_is_accepted(small_quota: RunningServer, connect: Callable[..., RawSession]) -> None:
     deliver(small_quota.server.mailboxes, "bob", b"x" * 900 + b"\n")
     session = connect(small_quota)
     session.login()
-    assert send(session, ["bob@localhost"])[0] == 250  # the check is at RCPT: this one may pass the quota
+    assert (
+        session.send_message(BODY, SENDER, ["bob@localhost"])[0] == 250
+    )  # the check is at RCPT: this one may pass the quota
 
 
-def test_the_senders_sent_folder_has_no_quota(small_quota: RunningServer, connect: Callable[..., Session]) -> None:
+def test_the_senders_sent_folder_has_no_quota(small_quota: RunningServer, connect: Callable[..., RawSession]) -> None:
     session = connect(small_quota)
     session.login()
     for _ in range(3):
-        assert send(session, ["someone@example.org"], body=b"y" * 900 + b"\r\n")[0] == 250
+        assert session.send_message(b"y" * 900 + b"\r\n", SENDER, ["someone@example.org"])[0] == 250
     assert len(small_quota.stored("alice")) == 3
 
 
 def test_the_quota_counts_messages_other_programs_put_in_the_inbox(
-    small_quota: RunningServer, connect: Callable[..., Session]
+    small_quota: RunningServer, connect: Callable[..., RawSession]
 ) -> None:
     """A file without Maildir++'s S= size in its name (not the server's) is counted by its size on disk."""
     deliver(small_quota.server.mailboxes, "bob", b"small\n", sender="alice")

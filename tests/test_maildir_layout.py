@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, RunningServer, ServerProcess, Session, deliver, retrieve
+from conftest import ROOT, RawSession, RunningServer, ServerProcess, deliver, retrieve
 
 from mailserver import storage
 from mailserver.storage import MailboxStore
@@ -50,7 +50,7 @@ def files_of(maildir: Path) -> dict[str, bytes]:
 # --------------------------------------------------------------------------- the layout
 
 
-def test_python_mailbox_reads_the_inbox_and_the_sent_folder(logged_in: Session, smtp_server: RunningServer) -> None:
+def test_python_mailbox_reads_the_inbox_and_the_sent_folder(logged_in: RawSession, smtp_server: RunningServer) -> None:
     for recipient in ("bob@localhost", "bob@example.org"):
         logged_in.expect(f"""
             C: MAIL FROM:<alice@mail.test>

@@ -19,8 +19,8 @@ from conftest import (
     USERS,
     Certificate,
     POP3Session,
+    RawSession,
     RunningServer,
-    Session,
     deliver,
     plain_response,
     wait_for,
@@ -408,7 +408,10 @@ def test_quit_before_login_says_goodbye(pop3: POP3Session) -> None:
 
 
 def test_a_second_session_of_the_same_user_is_in_use(
-    inbox: RunningServer, alice: POP3Session, pop3_connect: Callable[..., POP3Session], connect: Callable[..., Session]
+    inbox: RunningServer,
+    alice: POP3Session,
+    pop3_connect: Callable[..., POP3Session],
+    connect: Callable[..., RawSession],
 ) -> None:
     second = pop3_connect(inbox)
     second.expect(f"""
@@ -460,7 +463,7 @@ def test_too_many_errors_end_the_session(pop3: POP3Session) -> None:
 def test_pop3_has_an_idle_timeout_of_its_own(
     start_server: Callable[..., RunningServer],
     pop3_connect: Callable[..., POP3Session],
-    connect: Callable[..., Session],
+    connect: Callable[..., RawSession],
 ) -> None:
     """--pop3-timeout for POP3 (RFC 1939 3 asks at least 10 minutes), --timeout for SMTP."""
     server = start_server(pop3=True, timeout=30.0, pop3_timeout=0.5)
@@ -480,7 +483,7 @@ def test_pop3_has_an_idle_timeout_of_its_own(
 def test_the_connection_caps_count_both_protocols(
     start_server: Callable[..., RunningServer],
     pop3_connect: Callable[..., POP3Session],
-    connect: Callable[..., Session],
+    connect: Callable[..., RawSession],
 ) -> None:
     server = start_server(pop3=True, max_connections_per_ip=2)
     connect(server)
@@ -494,7 +497,7 @@ def test_the_connection_caps_count_both_protocols(
 def test_failed_logins_in_one_protocol_throttle_the_other(
     start_server: Callable[..., RunningServer],
     pop3_connect: Callable[..., POP3Session],
-    connect: Callable[..., Session],
+    connect: Callable[..., RawSession],
 ) -> None:
     server = start_server(pop3=True, max_login_failures=2)
     for _ in range(2):
@@ -512,7 +515,7 @@ def test_failed_logins_in_one_protocol_throttle_the_other(
 def test_failed_smtp_logins_throttle_pop3(
     start_server: Callable[..., RunningServer],
     pop3_connect: Callable[..., POP3Session],
-    connect: Callable[..., Session],
+    connect: Callable[..., RawSession],
 ) -> None:
     server = start_server(pop3=True, max_login_failures=2)
     for _ in range(2):
