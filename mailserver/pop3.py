@@ -338,15 +338,7 @@ class POP3Handler(LineHandler):
 
         Send the message, ended by a line holding a single dot.
         """
-        number = self.message_number("RETR", argument)
-        if number is None:
-            return
-        message = self.open_message(number)
-        if message is None:
-            return
-        with message:
-            self.reply(OK, f"{self.drop.get(number).size} octets")
-            self.send_stored(chunks_of(message))
+        self.send_message("RETR", argument, lambda number: f"{self.drop.get(number).size} octets", chunks_of)
 
     @in_state(State.TRANSACTION)
     def pop3_TOP(self, argument: str) -> None:
@@ -359,15 +351,7 @@ class POP3Handler(LineHandler):
         if lines is None:
             self.reply_syntax("TOP")
             return
-        number = self.message_number("TOP", number_text)
-        if number is None:
-            return
-        message = self.open_message(number)
-        if message is None:
-            return
-        with message:
-            self.reply(OK, "Top of message follows")
-            self.send_stored(message_top(message, lines))
+        self.send_message("TOP", number_text, lambda _: "Top of message follows", lambda m: message_top(m, lines))
 
     @in_state(State.TRANSACTION)
     def pop3_DELE(self, argument: str) -> None:
@@ -441,14 +425,29 @@ class POP3Handler(LineHandler):
             return None
         return number
 
-    def open_message(self, number: int) -> BinaryIO | None:
-        """Open a message for RETR or TOP; None after an -ERR if it cannot be read."""
+    def send_message(
+        self,
+        verb: str,
+        argument: str,
+        status: Callable[[int], str],
+        content: Callable[[BinaryIO], Iterable[bytes]],
+    ) -> None:
+        """RETR and TOP: `+OK status`, then the content of the message that argument names, as a block.
+
+        The message is opened before the +OK, so that a message another program removed gets an -ERR.
+        """
+        number = self.message_number(verb, argument)
+        if number is None:
+            return
         try:
-            return self.drop.open(number)
+            message = self.drop.open(number)
         except (KeyError, OSError) as error:
             log.warning("%s POP3 could not open message %d: %s", self.peer, number, error)
             self.reply(ERR, "[SYS/TEMP] The message cannot be read now (another program moved or removed it?)")
-            return None
+            return
+        with message:
+            self.reply(OK, status(number))
+            self.send_stored(content(message))
 
 
 def parse_number(text: str) -> int | None:

@@ -57,7 +57,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import bcrypt
 
@@ -298,20 +298,24 @@ def started_target(kind: str, load: Load, args: argparse.Namespace, work: Path) 
 # ----------------------------------------------------------------------- the clients
 
 
-class Client:
-    """A minimal blocking SMTP client: less work per message than smtplib, so the server is measured."""
+class Connection:
+    """A blocking connection with a buffered reader, closed at the end of a with block."""
 
     def __init__(self, host: str, port: int, timeout: float) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.file = self.sock.makefile("rb")
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.file.close()
         self.sock.close()
+
+
+class Client(Connection):
+    """A minimal blocking SMTP client: less work per message than smtplib, so the server is measured."""
 
     def reply(self) -> tuple[int, bytes]:
         """Read one reply, multi-line or not: (code, last line)."""
@@ -785,20 +789,8 @@ def retrieve_all(client: Client) -> tuple[int, int]:
     return received, octets
 
 
-class POP3Client:
+class POP3Client(Connection):
     """A minimal blocking POP3 client, as Client is for SMTP: less work per message than poplib."""
-
-    def __init__(self, host: str, port: int, timeout: float) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.file = self.sock.makefile("rb")
-
-    def __enter__(self) -> POP3Client:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.file.close()
-        self.sock.close()
 
     def ok(self, command: bytes = b"") -> bytes:
         """Send command (if any) and read its status line; anything but +OK is a ProtocolError."""

@@ -8,7 +8,7 @@
 
 In a transcript, `C:` lines are sent (CRLF added) and `S:` lines must match the
 replies line by line; `*` in an `S:` line matches any text. POP3 transcripts work the
-same way on a `pop3` session (`pop3_server`, `pop3_connect`, `pop3`, `pop3_logged_in`).
+same way on a `pop3` session (`pop3_server`, `pop3_connect`, `pop3`).
 """
 
 from __future__ import annotations
@@ -441,14 +441,6 @@ def pop3_connect(pop3_server: RunningServer) -> Iterator[Callable[..., POP3Sessi
 def pop3(pop3_connect: Callable[..., POP3Session]) -> POP3Session:
     """A POP3 session to pop3_server, greeting already read."""
     return pop3_connect()
-
-
-@pytest.fixture
-def pop3_logged_in(pop3_connect: Callable[..., POP3Session]) -> POP3Session:
-    """A POP3 session after USER and PASS as alice."""
-    session = pop3_connect()
-    session.login()
-    return session
 
 
 class ServerProcess:
