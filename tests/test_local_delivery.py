@@ -19,6 +19,7 @@ import pytest
 from conftest import USERS, Certificate, RawSession, RunningServer, deliver, inbox_of, plain_response, write_users_file
 
 from mailserver import storage
+from mailserver.smtp import SMTPHandler
 
 BODY = b"Subject: hello\r\n\r\nHi Bob.\r\n..a dotted line\r\n"
 STORED = b"Subject: hello\n\nHi Bob.\n.a dotted line\n"  # on disk: LF ends, the dot unstuffed
@@ -339,3 +340,45 @@ def test_the_quota_counts_messages_other_programs_put_in_the_inbox(
     session.login()
     assert session.command("MAIL FROM:<alice@mail.test>")[0] == 250
     assert rcpt(session, "bob@localhost") == (452, ["4.2.2 <bob@localhost>: mailbox full"])
+
+
+def test_250_comes_only_when_every_copy_is_durable(
+    logged_in: RawSession, smtp_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each file fsynced, then renamed or linked into new/, each new/ fsynced, and only then the 250."""
+    events: list[tuple[str, ...]] = []
+    root = smtp_server.mailboxes_path.resolve()
+
+    def spy(name: str, real: Callable[..., object]) -> Callable[..., object]:
+        def recorded(*args: object) -> object:
+            result = real(*args)
+            paths = [os.readlink(f"/proc/self/fd/{a}") if isinstance(a, int) else str(a) for a in args]
+            events.append((name, *(str(Path(path).resolve().relative_to(root)) for path in paths)))
+            return result
+
+        return recorded
+
+    monkeypatch.setattr(os, "fsync", spy("fsync", os.fsync))
+    monkeypatch.setattr(os, "rename", spy("rename", os.rename))
+    monkeypatch.setattr(os, "link", spy("link", os.link))
+    real_reply = SMTPHandler.reply
+    monkeypatch.setattr(SMTPHandler, "reply", lambda handler, code, *lines: (
+        events.append(("reply", str(code))), real_reply(handler, code, *lines)))  # fmt: skip
+    logged_in.start_data(SENDER, ["bob@localhost", "carol@localhost"])
+    events.clear()
+    logged_in.send(BODY + b".\r\n")
+    assert logged_in.read_reply()[0] == 250
+    [sent] = (root / "alice" / ".Sent" / "new").iterdir()
+    [inbox] = (root / "bob" / "new").iterdir()
+    name, inbox_name = sent.name, inbox.name
+    assert events == [
+        ("fsync", f"alice/.Sent/tmp/{name}"),
+        ("fsync", f"bob/tmp/{name}"),
+        ("rename", f"alice/.Sent/tmp/{name}", f"alice/.Sent/new/{name}"),
+        ("link", f"bob/tmp/{name}", f"bob/new/{inbox_name}"),
+        ("link", f"bob/tmp/{name}", f"carol/new/{inbox_name}"),
+        ("fsync", "alice/.Sent/new"),
+        ("fsync", "bob/new"),
+        ("fsync", "carol/new"),
+        ("reply", "250"),
+    ]

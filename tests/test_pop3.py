@@ -574,6 +574,19 @@ def test_require_tls_refuses_logins_before_stls(
     assert session.status("STLS") == "-ERR Already logged in"
 
 
+def test_stls_forgets_a_user_named_in_clear_text(
+    start_server: Callable[..., RunningServer], pop3_connect: Callable[..., POP3Session], certificate: Certificate
+) -> None:
+    """RFC 2595 4: after the handshake, nothing said before counts, not even a USER answered +OK."""
+    server = start_server(pop3=True, tls_context=certificate.server_context())
+    session = pop3_connect(server)
+    assert session.status("USER alice") == "+OK Send your password with PASS"
+    assert session.status("STLS") == "+OK Begin TLS negotiation"
+    start_tls(session, certificate.client_context())
+    assert session.status(f"PASS {USERS['alice']}") == "-ERR Send USER first"
+    session.login()
+
+
 def test_stls_without_a_certificate_is_refused(pop3: POP3Session) -> None:
     assert pop3.status("STLS") == "-ERR TLS not available"
     pop3.login()
