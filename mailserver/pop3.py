@@ -397,6 +397,8 @@ class POP3Handler(LineHandler):
             log.error("%s POP3 could not remove deleted messages: %s", self.peer, error)
             self.reply(ERR, "[SYS/TEMP] Some deleted messages were not removed")
             raise Hangup from None
+        finally:
+            self.maildrop.close()  # before the reply: a client that logs in again at once is not [IN-USE]
         left = len(self.maildrop.messages) - removed
         if removed:
             log.info("%s POP3 %s removed %s", self.peer, self.maildrop.inbox.name, plural(removed, "message"))

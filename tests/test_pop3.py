@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import ssl
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from conftest import (
     wait_for,
     write_users_file,
 )
+
+from mailserver.pop3 import POP3Handler
 
 FIRST = b"Subject: first\n\nHello Alice.\n"
 SECOND = b"Subject: second\n\n.a line with a leading dot\n.\nend\n"
@@ -381,6 +384,28 @@ def test_quit_removes_the_marked_messages(
     again = pop3_connect(inbox)
     again.login()
     assert again.status("STAT") == f"+OK 1 {SIZES[1]}"
+
+
+def test_the_inbox_is_free_as_soon_as_quit_answers(
+    inbox: RunningServer, alice: POP3Session, pop3_connect: Callable[..., POP3Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that logs in again right after QUIT's +OK finds its inbox free, however late the old thread ends."""
+    ended = threading.Event()
+    real_finish = POP3Handler.finish
+
+    def lingering_finish(handler: POP3Handler) -> None:
+        ended.wait(10)
+        real_finish(handler)
+
+    monkeypatch.setattr(POP3Handler, "finish", lingering_finish)
+    try:
+        assert alice.status("DELE 1") == "+OK Message 1 deleted"
+        assert alice.status("QUIT").startswith("+OK")
+        again = pop3_connect(inbox)
+        again.login()
+        assert again.status("STAT") == f"+OK 2 {SIZES[1] + SIZES[2]}"
+    finally:
+        ended.set()
 
 
 def test_a_dropped_connection_deletes_nothing(
