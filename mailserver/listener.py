@@ -10,7 +10,8 @@
 
 Methods for the caller: `MailServer.listen()`, `serve_forever()`, `close()`, and the
 context manager. Methods a protocol overrides: `greet()`, `reply_line_too_long()`,
-`reply_unknown_command()`, `closing()`, `tls_started()`, `refusal()` and `idle_timeout()`.
+`reply_unknown_command()`, `closing()`, `tls_started()`, `refusal()`, `idle_timeout()`,
+`send_challenge()` and `refuse_auth()`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .config import ServerConfig
 from .data import MessageTrace, dot_stuffed
 from .limits import ConnectionTable, LoginRefused, LoginThrottle
 from .logs import WireLog, log
-from .sasl import Credentials
+from .sasl import MAX_AUTH_LINE, AuthProblem, Cancelled, Credentials, decode_response
 
 if TYPE_CHECKING:
     from .storage import MailboxStore
@@ -87,6 +88,14 @@ class LineHandler(socketserver.StreamRequestHandler):
     def idle_timeout(self) -> float:
         """Seconds a session may sit idle, and the most one command line may take."""
         return self.config.timeout
+
+    def send_challenge(self, challenge: bytes) -> None:
+        """Ask for the next answer of an AUTH exchange (SMTP `334`, POP3 `+`)."""
+        raise NotImplementedError
+
+    def refuse_auth(self, problem: AuthProblem) -> None:
+        """Answer an AUTH whose answer cannot be used; the session goes on."""
+        raise NotImplementedError
 
     @classmethod
     def refusal(cls, hostname: str, reason: str) -> bytes:
@@ -231,6 +240,27 @@ class LineHandler(socketserver.StreamRequestHandler):
             if self.mail.users.check(credentials.user, credentials.password) and wanted_identity:
                 attempt.succeeded()
         return attempt.success
+
+    def auth_response(self, initial: str | None, challenge: bytes) -> bytes | None:
+        """Return the decoded initial response, or send the challenge and read the answer;
+        None once refuse_auth() has answered (a line too long, "*", not base64)."""
+        if initial is None:
+            self.send_challenge(challenge)
+            line = self.read_line(MAX_AUTH_LINE)
+            if line is None:
+                self.refuse_auth(AuthProblem.TOO_LONG)
+                return None
+            answer = line.decode("ascii", "replace").strip()
+            self.trace("C:", answer, credential=True)
+        else:
+            answer = initial
+        try:
+            return decode_response(answer)
+        except Cancelled:
+            self.refuse_auth(AuthProblem.CANCELLED)
+        except ValueError:
+            self.refuse_auth(AuthProblem.BAD_BASE64)
+        return None
 
     def loggable_name(self, name: str) -> str:
         """name if it is an account; a name that is not may be a password typed into the wrong field."""

@@ -30,6 +30,7 @@ ends any other way (a dropped connection, a timeout) removes nothing.
 
 from __future__ import annotations
 
+import base64
 import enum
 import functools
 import inspect
@@ -39,14 +40,18 @@ from typing import BinaryIO, ClassVar
 from .limits import LoginRefused
 from .listener import STORED_CHUNK, Hangup, LineHandler, chunks_of
 from .logs import log, plural
-from .sasl import Cancelled, Credentials, decode_response, plain_credentials
+from .sasl import MAX_AUTH_LINE, AuthProblem, Credentials, plain_credentials
 from .storage import Maildrop, MaildropInUse
 
 MAX_COMMAND_LINE = 255  # RFC 2449 4: octets, CRLF included
-MAX_AUTH_LINE = 12288  # an AUTH PLAIN answer may be longer than a command (as RFC 4954 allows SMTP's)
 
 OK = "+OK"
 ERR = "-ERR"
+AUTH_REFUSALS = {  # the -ERR for an answer to AUTH that cannot be used
+    AuthProblem.TOO_LONG: "Authentication line too long",
+    AuthProblem.CANCELLED: "Authentication cancelled",
+    AuthProblem.BAD_BASE64: "Invalid base64",
+}
 
 
 class State(enum.Enum):
@@ -220,7 +225,7 @@ class POP3Handler(LineHandler):
         if mechanism.upper() != "PLAIN":
             self.reply(ERR, "Unrecognized authentication type; use PLAIN")
             return
-        response = self.auth_response(initial.strip() or None)
+        response = self.auth_response(initial.strip() or None, b"")
         if response is None:
             return
         credentials = plain_credentials(response)
@@ -229,25 +234,11 @@ class POP3Handler(LineHandler):
             return
         self.log_in(credentials)
 
-    def auth_response(self, initial: str | None) -> bytes | None:
-        """Return the decoded initial response, or ask with "+ " (RFC 5034 4); None after an -ERR."""
-        if initial is None:
-            self.send_lines("+ \r\n")  # PLAIN's challenge is empty
-            line = self.read_line(MAX_AUTH_LINE)
-            if line is None:
-                self.reply(ERR, "Authentication line too long")
-                return None
-            answer = line.decode("ascii", "replace").strip()
-            self.trace("C:", answer, credential=True)
-        else:
-            answer = initial
-        try:
-            return decode_response(answer)
-        except Cancelled:
-            self.reply(ERR, "Authentication cancelled")
-        except ValueError:
-            self.reply(ERR, "Invalid base64")
-        return None
+    def send_challenge(self, challenge: bytes) -> None:
+        self.send_lines(f"+ {base64.b64encode(challenge).decode()}\r\n")  # RFC 5034 4; PLAIN's is empty: "+ "
+
+    def refuse_auth(self, problem: AuthProblem) -> None:
+        self.reply(ERR, AUTH_REFUSALS[problem])
 
     def needs_tls_first(self) -> bool:
         """True while --require-tls keeps logins out of a session not yet under TLS."""

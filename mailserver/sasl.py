@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 from typing import NamedTuple
+
+MAX_AUTH_LINE = 12288  # RFC 4954 4: an AUTH line or answer may be this long; POP3 (RFC 5034) takes the same
+
+
+class AuthProblem(enum.Enum):
+    """Why an answer to AUTH is refused; each protocol says it in its own words."""
+
+    TOO_LONG = "the answer is longer than 12288 octets"
+    CANCELLED = "the client cancelled"
+    BAD_BASE64 = "the answer is not base64"
 
 
 class Credentials(NamedTuple):

@@ -28,10 +28,9 @@ from .data import MAX_TEXT_LINE, DataReader, DataState
 from .limits import LoginRefused
 from .listener import Hangup, LineHandler, chunks_of
 from .logs import log, plural, printable
-from .sasl import Cancelled, Credentials, decode_response, plain_credentials, username_text
+from .sasl import MAX_AUTH_LINE, AuthProblem, Credentials, plain_credentials, username_text
 
 MAX_COMMAND_LINE = 512  # RFC 5321 4.5.3.1.4, CRLF included
-MAX_AUTH_LINE = 12288  # RFC 4954 4: an AUTH response line may be this long
 MAX_RECIPIENTS = 100  # RFC 5321 4.5.3.1.8: the minimum a server must accept
 MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
 MAX_DOMAIN = 255  # RFC 5321 4.5.3.1.2
@@ -57,6 +56,11 @@ class Reply(NamedTuple):
 
 
 OK = Reply(250, "OK")
+AUTH_REFUSALS = {  # the 501 for an answer to AUTH that cannot be used
+    AuthProblem.TOO_LONG: "Error: authentication line too long",
+    AuthProblem.CANCELLED: "Authentication cancelled",
+    AuthProblem.BAD_BASE64: "Error: invalid base64",
+}
 NEED_AUTH = Reply(530, "Authentication required")
 NEED_MAIL = Reply(503, "Error: need MAIL command")
 
@@ -470,25 +474,11 @@ class SMTPHandler(LineHandler):
             return None
         return Credentials("", username_text(user), password)
 
-    def auth_response(self, initial: str | None, prompt: bytes) -> bytes | None:
-        """Return the decoded initial response, or ask with a 334; None after a 501."""
-        if initial is None:
-            self.reply(334, base64.b64encode(prompt).decode())
-            line = self.read_line(MAX_AUTH_LINE)
-            if line is None:
-                self.reply(501, "Error: authentication line too long")
-                return None
-            answer = line.decode("ascii", "replace").strip()
-            self.trace("C:", answer, credential=True)
-        else:
-            answer = initial
-        try:
-            return decode_response(answer)
-        except Cancelled:
-            self.reply(501, "Authentication cancelled")
-        except ValueError:
-            self.reply(501, "Error: invalid base64")
-        return None
+    def send_challenge(self, challenge: bytes) -> None:
+        self.reply(334, base64.b64encode(challenge).decode())
+
+    def refuse_auth(self, problem: AuthProblem) -> None:
+        self.reply(501, AUTH_REFUSALS[problem])
 
     # -- TLS (RFC 3207) --------------------------------------------------------------
 
