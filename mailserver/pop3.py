@@ -7,13 +7,13 @@ syntax (the reply to wrong arguments quotes it), the rest what the command does.
     C: USER bob
     S: +OK Send your password with PASS
     C: PASS ********
-    S: +OK bob has 1 message (412 octets)
+    S: +OK bob has 1 message (214 octets)
     C: LIST
-    S: +OK 1 message (412 octets)
-    S: 1 412
+    S: +OK 1 message (214 octets)
+    S: 1 214
     S: .
     C: RETR 1
-    S: +OK 412 octets
+    S: +OK 214 octets
     S: Return-Path: <alice@mail.example>
     S: ...
     S: .
@@ -132,7 +132,10 @@ class POP3Handler(LineHandler):
         return f"{ERR} [SYS/TEMP] {hostname} {reason}, closing connection\r\n".encode()
 
     def reply(self, status: str, text: str, lines: Iterable[str] | None = None) -> None:
-        """Send `+OK text` or `-ERR text`; with lines, a multi-line response ended by "." (RFC 1939 3)."""
+        """Send `+OK text` or `-ERR text`; with lines, a multi-line response ended by "." (RFC 1939 3).
+
+        No line given here starts with a dot (capabilities, numbers, Maildir names), so none needs stuffing.
+        """
         if status == ERR:
             self.errors += 1
         block = "" if lines is None else "".join(f"{line}\r\n" for line in lines) + ".\r\n"
