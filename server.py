@@ -55,12 +55,25 @@ import dataclasses
 import getpass
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import ssl
 import sys
 import threading
 from pathlib import Path
+
+try:
+    import bcrypt  # noqa: F401  (the one package the server needs: checked first, to say how to get it)
+except ModuleNotFoundError:
+    # One line saying what to type (README, Quick start), not a traceback.
+    if sys.prefix != sys.base_prefix:  # in a virtual environment already: install into it
+        how = f"{sys.executable} -m pip install -r requirements.txt"
+    elif os.name == "nt":
+        how = r"py -m venv .venv; .venv\Scripts\pip install -r requirements.txt; .venv\Scripts\python server.py"
+    else:
+        how = "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/python server.py"
+    sys.exit(f"server.py needs the bcrypt package, which {sys.executable} does not have: {how}")
 
 from mailserver.config import ServerConfig, options
 from mailserver.listener import MailServer, server_tls_context
