@@ -51,6 +51,7 @@ package `mailserver/`, a module per concern:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import getpass
 import ipaddress
@@ -201,8 +202,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def serve(config: ServerConfig) -> None:
     """Run the server until Ctrl-C or SIGTERM."""
-    # From here on SIGTERM stops the server the way Ctrl-C does, at whatever moment it comes.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # From here on SIGTERM (and Windows' Ctrl-Break) stops the server the way Ctrl-C does, at whatever
+    # moment it comes.
+    for signum in stop_signals():
+        signal.signal(signum, signal.default_int_handler)
     try:
         server = start(config)
     except KeyboardInterrupt:
@@ -221,11 +224,16 @@ def serve(config: ServerConfig) -> None:
         log.info("shutting down")
     finally:
         # A second Ctrl-C must not interrupt the orderly stop; it takes two seconds at most.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for signum in (signal.SIGINT, *stop_signals()):
+            signal.signal(signum, signal.SIG_IGN)
         server.shutdown()
         server.close()
     log.info("stopped")
+
+
+def stop_signals() -> list[signal.Signals]:
+    """The signals besides Ctrl-C's SIGINT that stop the server, those this OS has."""
+    return [getattr(signal, name) for name in ("SIGTERM", "SIGBREAK") if hasattr(signal, name)]
 
 
 def start(config: ServerConfig) -> MailServer:
@@ -245,7 +253,9 @@ def start(config: ServerConfig) -> MailServer:
             "clear text (use --tls-cert, --tls-key and --require-tls)",
             config.host,
         )
-    threading.stack_size(512 * 1024)  # a session needs little stack; 1000 of them add up
+    # A session needs little stack, and 1000 of them add up; where the OS cannot set it, its default.
+    with contextlib.suppress(ValueError, RuntimeError):
+        threading.stack_size(512 * 1024)
     server = MailServer(config, users, mailboxes)
     try:
         server.listen((config.host, config.port), SMTPHandler)

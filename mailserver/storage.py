@@ -72,8 +72,10 @@ class Draft:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        # O_EXCL: a name clash must fail loudly, never overwrite another delivery.
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # O_EXCL: a name clash must fail loudly, never overwrite another delivery. O_BINARY (Windows
+        # only): without it the descriptor is in text mode there, and every LF written becomes CRLF.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        descriptor = os.open(path, flags, 0o600)
         self.file = open(descriptor, "wb", buffering=256 * 1024)  # noqa: SIM115 (closed by finish/discard)
 
     def finish(self) -> None:
