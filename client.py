@@ -34,20 +34,26 @@ import email.policy
 import email.utils
 import getpass
 import io
+import itertools
 import re
 import smtplib
 import socket
 import ssl
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from email.message import EmailMessage
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 2525
 # Seconds to wait for the server on each socket operation, so a server that
 # hangs ends the session with a message instead of freezing the terminal.
 SOCKET_TIMEOUT = 60
+# Seconds to wait for the 220 greeting: a server greets at once, and a TLS
+# port (SMTPS) stays silent, waiting for the client to start TLS.
+GREETING_TIMEOUT = 10
 MAX_LOGIN_ATTEMPTS = 3
 # The server's lines are at most 1001 octets (1000 + a stuffed dot);
 # smtplib allows replies of 8192, and so do we for RETR lines.
@@ -63,6 +69,7 @@ START_MAIL_INPUT = 354
 AUTH_CHALLENGE = 334
 AUTH_FAILED = 535
 SERVICE_NOT_AVAILABLE = 421
+TEMPORARY_AUTH_FAILURE = 454  # RFC 4954 6: e.g. too many failed logins
 
 # RFC 5321 4.1.2: Mailbox = Local-part "@" Domain.  We accept the common
 # Dot-string form; quoted local parts and address literals are not needed
@@ -72,6 +79,14 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*")
 MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
 MAX_PATH = 256  # RFC 5321 4.5.3.1.3, the angle brackets included
+
+# The server's 454 says how long to wait: "... try again in 42 s".
+RETRY_AFTER = re.compile(r"try again in (\d+) ?s\b")
+
+# X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH (OpenSSL's x509_vfy.h).
+NAME_MISMATCH = {62, 64}
+# What OpenSSL reports when a "TLS" server answers in plain text (the reason changed across versions).
+NOT_TLS = {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "UNKNOWN_PROTOCOL", "HTTP_REQUEST"}
 
 # Control characters other than tab and newline could drive the terminal
 # (escape sequences hidden in a message), so retrieved text shows them as "?".
@@ -105,6 +120,24 @@ class MailClient(smtplib.SMTP):
         self.last_reply: tuple[int, bytes] = (0, b"")
         # socket.getfqdn(), smtplib's default EHLO name, can stall on DNS.
         super().__init__(host, port, local_hostname=socket.gethostname(), timeout=timeout, **options)
+
+    def connect(self, host: str = "localhost", port: int = 0, source_address: Any = None) -> tuple[int, bytes]:
+        """Connect and read the greeting, as smtplib does, but wait at most GREETING_TIMEOUT for it.
+
+        Raise NoGreetingError if the server stays silent (a TLS port, when we speak plain text).
+        """
+        timeout, self.timeout = self.timeout, min(self.timeout, GREETING_TIMEOUT)
+        try:
+            reply = super().connect(host, port, source_address)
+        except smtplib.SMTPServerDisconnected as error:
+            if isinstance(error.__context__, TimeoutError):  # smtplib's getreply met the socket timeout
+                raise NoGreetingError(f"No greeting from {host}:{port} within {self.timeout:g} s") from error
+            raise
+        finally:
+            self.timeout = timeout
+        if self.sock is not None:
+            self.sock.settimeout(timeout)
+        return reply
 
     def send(self, s: str | bytes) -> None:
         """Send ``s`` to the server, tracing it first."""
@@ -145,6 +178,20 @@ class MailClient(smtplib.SMTP):
         count = self._count_reply("RETR")
         return [self._read_block() for _ in range(count)]
 
+    def count(self) -> int:
+        """Return how many messages RETR sends, reading past them without keeping or tracing them.
+
+        The protocol has no command that only counts, so this is RETR; the
+        trace shows a note instead of messages that are not shown anyway.
+        """
+        count = self._count_reply("RETR")
+        for _ in range(count):
+            for _line in self._block_lines():
+                pass
+        if count:
+            self._trace_note(f"({plural(count, 'message')} read to count them, not shown)")
+        return count
+
     def dele(self) -> int:
         """Delete all the logged-in user's messages; return how many went."""
         return self._count_reply("DELE")
@@ -159,15 +206,18 @@ class MailClient(smtplib.SMTP):
 
     def _read_block(self) -> bytes:
         """Read one dot-terminated message from the socket, unstuffed."""
-        wire_lines: list[bytes] = []
-        while (line := self._read_line()) != b".\r\n":
-            wire_lines.append(line)
+        wire_lines = list(self._block_lines())
         if self.trace is not None:
             shown = [decode(line.rstrip(b"\r\n")) for line in wire_lines]
             for line in shorten("S:", [*shown, "."]):
                 self.trace(line)
         # RFC 5321 4.5.2: the sender doubled a leading dot; undo it.
         return b"".join(line[1:] if line.startswith(b".") else line for line in wire_lines)
+
+    def _block_lines(self) -> Iterator[bytes]:
+        """Yield the lines of one dot-terminated block as sent, up to the final "." line."""
+        while (line := self._read_line()) != b".\r\n":
+            yield line
 
     def _read_line(self) -> bytes:
         """Read one line of a RETR block; raise if the server is gone."""
@@ -207,6 +257,10 @@ class MailClient(smtplib.SMTP):
 
 class MailClientTLS(MailClient, smtplib.SMTP_SSL):
     """MailClient speaking TLS from the first byte (SMTPS, RFC 8314); pass context=."""
+
+
+class NoGreetingError(smtplib.SMTPServerDisconnected):
+    """The server accepted the connection but sent no 220 within GREETING_TIMEOUT."""
 
 
 def command_for_trace(command: str) -> str:
@@ -259,13 +313,26 @@ def plural(count: int, noun: str) -> str:
 
 # --- The terminal side: prompts, the session, the menu ---------------------
 
+RECONNECTED = "(reconnected: the server had closed the idle connection)"
 
-class CannotConnectError(Exception):
-    """Nobody answered at HOST:PORT."""
+Connection = TypeVar("Connection")
+Result = TypeVar("Result")
 
 
-class LoginFailedError(Exception):
+class ClientError(Exception):
+    """What ends the client; its message is one line that says what to do next."""
+
+
+class CannotConnectError(ClientError):
+    """No usable session at HOST:PORT: nobody there, not SMTP as asked (TLS or not), or no login offered."""
+
+
+class LoginFailedError(ClientError):
     """The login cannot go on (too many attempts, or refused outright)."""
+
+
+class ReconnectFailedError(ClientError):
+    """The server had closed the connection, and logging in again failed."""
 
 
 def ask(prompt: str) -> str:
@@ -290,8 +357,29 @@ def is_address(address: str) -> bool:
     return ADDRESS.fullmatch(address) is not None and len(local_part) <= MAX_LOCAL_PART and len(address) + 2 <= MAX_PATH
 
 
+def reconnecting(
+    operation: Callable[[Connection], Result],
+    connection: Callable[[], Connection],
+    reconnect: Callable[[], Connection],
+    gone: tuple[type[Exception], ...],
+) -> Result:
+    """Run operation on connection(); if it finds the server gone (an error in gone), run it once more on
+    reconnect(). Nothing the user typed is asked again: the operation holds it."""
+    try:
+        return operation(connection())
+    except gone:
+        pass
+    return operation(reconnect())
+
+
 class Account:
-    """The user's account at one server: how to reach it, the connection, and how to end it politely."""
+    """The user's account at one server: how to reach it, the connection, and how to end it politely.
+
+    After a login the credentials stay in this object, in memory only (never
+    written anywhere), so that run() can log in again when the server has
+    closed an idle connection. A menu action over another connection (POP3)
+    can do the same: reconnecting() with its own connect and self.credentials.
+    """
 
     def __init__(
         self,
@@ -301,34 +389,114 @@ class Account:
         tls: ssl.SSLContext | None = None,
         *,
         implicit_tls: bool = False,
+        cafile: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.trace = trace
         self.tls = tls  # None: plain text; else STARTTLS, or TLS from the start with implicit_tls
         self.implicit_tls = implicit_tls
+        self.cafile = cafile  # named in the advice when the certificate is not trusted
         self.client: MailClient | None = None
         self.user = ""
+        self.credentials: tuple[str, str] | None = None  # (user, password) once logged in
+        self.failed_logins = 0
         self.server_name = host
 
-    def connect(self) -> MailClient:
-        """Open a fresh connection, read the greeting, and return the client."""
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def connect(self, *, show_greeting: bool = False) -> MailClient:
+        """Open a fresh connection: the greeting, STARTTLS if asked, EHLO; return the client.
+
+        Raise CannotConnectError with one line that says what to do instead.
+        """
         try:
-            if self.implicit_tls:
-                client = MailClientTLS(self.host, self.port, trace=self.trace, context=self.tls)
-            else:
-                client = MailClient(self.host, self.port, trace=self.trace)
-        except (smtplib.SMTPException, ssl.SSLError):
+            client = self._open(self.trace, show_greeting=show_greeting)
+        except ClientError:
             raise
-        except OSError as error:
-            message = f"Cannot connect to {self.host}:{self.port} — is the server running? (python server.py)"
-            raise CannotConnectError(message) from error
+        except ssl.SSLCertVerificationError as error:
+            raise CannotConnectError(self._untrusted(error)) from error
+        except (OSError, smtplib.SMTPException) as error:  # ssl.SSLError is an OSError
+            raise CannotConnectError(self._unreachable(error)) from error
         self.client = client
+        return client
+
+    def _open(self, trace: Trace | None, *, show_greeting: bool = False) -> MailClient:
+        if self.implicit_tls:
+            client: MailClient = MailClientTLS(self.host, self.port, trace=trace, context=self.tls)
+        else:
+            client = MailClient(self.host, self.port, trace=trace)
         # RFC 5321 4.3.1: the greeting starts with the server's name.
         self.server_name = decode(client.last_reply[1]).split(" ", 1)[0] or self.host
-        if self.tls is not None and not self.implicit_tls:
-            client.starttls(context=self.tls)  # raises SMTPNotSupportedError if not offered
+        if show_greeting:
+            print(format_reply(*client.last_reply))
+        try:
+            client.ehlo()
+            if self.tls is not None and not self.implicit_tls:
+                client.starttls(context=self.tls)  # raises SMTPNotSupportedError if not offered
+                client.ehlo()  # RFC 3207 4.2: what was said before TLS is forgotten
+            if not client.has_extn("auth"):
+                raise CannotConnectError(self._no_login(client))
+        except BaseException:
+            client.close()
+            raise
         return client
+
+    def _unreachable(self, error: Exception) -> str:
+        """One line for a connection that could not be made, or not made as asked."""
+        if isinstance(error, NoGreetingError):
+            instead = "use --tls instead of --starttls" if self.tls is not None else "add --tls"
+            return f"{error} — is this the TLS port? Then {instead}."
+        if isinstance(error, ssl.SSLError) and error.reason in NOT_TLS:
+            return f"{self.address} does not speak TLS — drop --tls, or use --starttls."
+        if isinstance(error, smtplib.SMTPNotSupportedError):  # from starttls()
+            return f"{self.address} does not offer STARTTLS — drop --starttls."
+        if isinstance(error, socket.gaierror):
+            return f"Unknown host {self.host!r}: check the name or address after --host."
+        if isinstance(error, ConnectionRefusedError):
+            return f"Cannot connect to {self.address} — is the server running?"
+        if isinstance(error, TimeoutError):
+            return f"No answer from {self.address} — check --host, and that no firewall blocks port {self.port}."
+        return error_message(error)
+
+    def _no_login(self, client: MailClient) -> str:
+        if client.has_extn("starttls"):
+            return "The server accepts logins only over TLS: add --starttls --cafile cert.pem."
+        return f"{self.address} offers no login (no AUTH in its EHLO reply): is it this course's server?"
+
+    def _untrusted(self, error: ssl.SSLCertVerificationError) -> str:
+        """One line for a certificate that failed the check: whom to trust, or which name to use."""
+        if error.verify_code in NAME_MISMATCH:
+            names = self._certificate_names()
+            if names:
+                return (
+                    f"The server's certificate is for {', '.join(names)}, not {self.host}: "
+                    f"use --host {names[0]}, or a certificate made for {self.host}."
+                )
+            return f"The server's certificate is not made for {self.host}: {error.verify_message}."
+        if self.cafile:
+            return (
+                f"The server's certificate is not trusted by {self.cafile} ({error.verify_message}): "
+                "is it the cert.pem your teacher handed out for this server?"
+            )
+        return "The server's certificate is not trusted: add --cafile cert.pem (the file your teacher handed out)."
+
+    def _certificate_names(self) -> list[str]:
+        """The names in the server's certificate, read over a connection that trusts it but skips the name check."""
+        assert self.tls is not None
+        self.tls.check_hostname = False
+        try:
+            client = self._open(None)
+            certificate = client.sock.getpeercert() if isinstance(client.sock, ssl.SSLSocket) else None
+            client.close()
+        except (ClientError, OSError, smtplib.SMTPException):
+            return []
+        finally:
+            self.tls.check_hostname = True
+        alternative_names = (certificate or {}).get("subjectAltName", ())
+        return [value for kind, value in alternative_names if kind in ("DNS", "IP Address")]
 
     def log_in(self, user: str | None) -> None:
         """Ask for credentials until the server accepts them.
@@ -336,41 +504,66 @@ class Account:
         The server closes the connection after a 535, so every retry opens
         a new one.  Raise LoginFailedError after MAX_LOGIN_ATTEMPTS.
         """
-        client = self.connect()
-        print(format_reply(*client.last_reply))  # the greeting
+        client = self.connect(show_greeting=True)
         for attempt in range(MAX_LOGIN_ATTEMPTS):
             if attempt > 0 and client.sock is None:  # hung up after the 535
                 client = self.connect()
             name = user or ask("Username: ")
             password = ask_secret("Password: ")
             if self._try_login(client, name, password):
-                self.user = name
+                self.user, self.credentials = name, (name, password)
                 print(f"Logged in as {name}.")
                 return
         raise LoginFailedError(f"Login failed {MAX_LOGIN_ATTEMPTS} times; giving up.")
 
     def _try_login(self, client: MailClient, name: str, password: str) -> bool:
-        """Return True if the server accepts ``name`` and ``password``."""
+        """Return True if the server accepts ``name`` and ``password``; count and say why not."""
         try:
             client.login(name, password)
             return True
         except UnicodeEncodeError:
             # smtplib encodes AUTH responses as ASCII before sending anything.
-            print("Login failed: smtplib can only send ASCII usernames and passwords.")
-        except smtplib.SMTPNotSupportedError as error:
-            raise LoginFailedError(f"The server does not offer login: {error}") from error
+            reason = "smtplib can only send ASCII usernames and passwords"
         except smtplib.SMTPServerDisconnected:
             # After our 535 the server hangs up, and smtplib.login, trying the
             # next mechanism, meets a closed socket: a disconnect, not an
             # SMTPAuthenticationError.  Only the 535 tells the two apart.
             if client.last_reply[0] != AUTH_FAILED:
                 raise
-            print("Login failed: wrong username or password.")
+            reason = "wrong username or password"
         except smtplib.SMTPResponseException as error:
             if error.smtp_code != AUTH_FAILED:  # e.g. 454, too many failures
-                raise LoginFailedError(f"Login refused: {format_reply(error.smtp_code, error.smtp_error)}") from error
-            print("Login failed: wrong username or password.")
+                raise LoginFailedError(login_refusal(error.smtp_code, error.smtp_error)) from error
+            reason = "wrong username or password"
+        self.failed_logins += 1
+        print(f"Login failed: {reason}.")
         return False
+
+    def run(self, operation: Callable[[MailClient], Result]) -> Result:
+        """Carry out operation on the connection. If the server has closed it meanwhile (idle timeout,
+        restart), log in again with this session's credentials and carry it out on the new one."""
+        return reconnecting(operation, self.connection, self.reconnect, (smtplib.SMTPServerDisconnected,))
+
+    def connection(self) -> MailClient:
+        """The open connection; raise SMTPServerDisconnected if there is none."""
+        if self.client is None or self.client.sock is None:
+            raise smtplib.SMTPServerDisconnected("not connected")
+        return self.client
+
+    def reconnect(self) -> MailClient:
+        """Open a new connection and log in as before, saying so in one line; raise ReconnectFailedError."""
+        try:
+            if self.credentials is None:
+                raise LoginFailedError("not logged in")
+            client = self.connect()
+            if not self._try_login(client, *self.credentials):
+                raise LoginFailedError("the server no longer accepts this session's password")
+        except (ClientError, smtplib.SMTPException, OSError) as error:
+            raise ReconnectFailedError(
+                f"The server closed the connection, and reconnecting failed: {error_message(error)}"
+            ) from error
+        print(RECONNECTED)
+        return client
 
     def close(self) -> None:
         """Send QUIT if still connected; a server already gone is fine."""
@@ -384,23 +577,30 @@ class Account:
             client.close()
 
 
+def login_refusal(code: int, text: bytes) -> str:
+    """One line for a refused login that is not a wrong password: e.g. 454, wait and try again."""
+    wait = RETRY_AFTER.search(decode(text))
+    if code == TEMPORARY_AUTH_FAILURE and wait:
+        return f"Login refused: too many failed logins; try again in {wait[1]} s."
+    return f"Login refused: {format_reply(code, text)}"
+
+
 # --- Menu actions: each prompts, calls one MailClient method, prints. -------
 # Each returns True to show the menu again, False to end the session.
 
 
 def send_mail(account: Account) -> bool:
-    """Menu 1: build a message from the answers and send it."""
-    default_sender = f"{account.user}@{account.server_name}"
-    sender = ask_address(f"From [{default_sender}]: ", default_sender)
-    recipients = ask_recipients()
-    subject = ask("Subject: ")
-    print("Type the message; end it with a line holding only '.' (or Ctrl-D).")
-    message = build_message(sender, recipients, subject, read_body())
+    """Menu 1: build a message from the answers and send it; Ctrl-C while writing it gives it up."""
+    try:
+        sender, recipients, message = compose(account)
+    except KeyboardInterrupt:
+        print()
+        print("Message not sent.")
+        return True
     # RFC 6152: 8-bit text (UTF-8 written as is) must be declared in MAIL.
     options = ["BODY=8BITMIME"] if message["Content-Transfer-Encoding"] == "8bit" else []
-    client = active_client(account)
     try:
-        refused = client.send_message(message, sender, recipients, mail_options=options)
+        refused = account.run(lambda client: client.send_message(message, sender, recipients, mail_options=options))
     except smtplib.SMTPRecipientsRefused as error:
         print("Not sent: the server refused every recipient.")
         print_refused(error.recipients)
@@ -408,11 +608,37 @@ def send_mail(account: Account) -> bool:
     except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as error:
         print(f"Not sent: {format_reply(error.smtp_code, error.smtp_error)}")
         return True
-    print(f"Sent: {format_reply(*client.last_reply)}")
+    except (ReconnectFailedError, smtplib.SMTPServerDisconnected):
+        keep_unsent(message)  # what the student typed must not be lost with the connection
+        raise
+    print(f"Sent: {format_reply(*account.connection().last_reply)}")
     if refused:
         print("These recipients were refused:")
         print_refused(refused)
     return True
+
+
+def compose(account: Account) -> tuple[str, list[str], EmailMessage]:
+    """Ask for sender, recipients, subject and text; return them with the message built from them."""
+    default = default_sender(account.user, account.server_name)
+    sender = ask_address(f"From [{default}]: " if default else "From: ", default)
+    recipients = ask_recipients()
+    subject = ask("Subject: ")
+    print(f"Type the message; end it with a line holding only '.' (or {end_of_input_key()}).")
+    return sender, recipients, build_message(sender, recipients, subject, read_body())
+
+
+def default_sender(user: str, server_name: str) -> str:
+    """user@<the server's name>; user@localhost if that name is no domain (a machine called my_laptop)."""
+    for domain in (server_name, "localhost"):
+        if is_address(f"{user}@{domain}"):
+            return f"{user}@{domain}"
+    return ""
+
+
+def end_of_input_key() -> str:
+    """What ends input at this terminal: Ctrl-D, or on Windows Ctrl-Z and Enter."""
+    return "Ctrl-Z, Enter" if sys.platform == "win32" else "Ctrl-D"
 
 
 def ask_address(prompt: str, default: str) -> str:
@@ -474,9 +700,27 @@ def print_refused(refused: dict[str, tuple[int, bytes]]) -> None:
         print(f"  {address}: {format_reply(code, text)}")
 
 
+def keep_unsent(message: EmailMessage) -> None:
+    """Save a message that could not be sent as unsent-<date-time>.eml in the current folder; say where."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in itertools.count(1):
+        path = Path(f"unsent-{stamp}.eml" if attempt == 1 else f"unsent-{stamp}-{attempt}.eml")
+        try:
+            with open(path, "xb") as file:  # x: never overwrite an earlier one
+                file.write(message.as_bytes())
+        except FileExistsError:
+            continue
+        except OSError as error:
+            print(f"Message not sent, and it could not be saved ({error}); here it is:")
+            print(message.as_string())
+            return
+        print(f"Message not sent; it is saved in {path.resolve()}")
+        return
+
+
 def retrieve_mail(account: Account) -> bool:
     """Menu 2: show every message this user sent, decoded."""
-    messages = active_client(account).retr()
+    messages = account.run(MailClient.retr)
     if not messages:
         print("No messages.")
         return True
@@ -532,15 +776,14 @@ def describe_part(part: EmailMessage) -> str:
 
 def delete_mail(account: Account) -> bool:
     """Menu 3: after a yes, delete all this user's messages."""
-    client = active_client(account)
-    count = len(client.retr())  # the protocol has no other way to count
+    count = account.run(MailClient.count)
     if count == 0:
         print("No messages.")
         return True
     if ask(f"Delete all {plural(count, 'message')}? [y/N] ").strip().lower() not in ("y", "yes"):
         print("Nothing deleted.")
         return True
-    print(f"Deleted {plural(client.dele(), 'message')}.")
+    print(f"Deleted {plural(account.run(MailClient.dele), 'message')}.")
     return True
 
 
@@ -548,12 +791,6 @@ def quit_session(account: Account) -> bool:
     """Menu 4: QUIT and show the server's goodbye."""
     account.close()
     return False
-
-
-def active_client(account: Account) -> MailClient:
-    if account.client is None:
-        raise smtplib.SMTPServerDisconnected("not connected")
-    return account.client
 
 
 MENU: dict[str, tuple[str, Callable[[Account], bool]]] = {
@@ -610,24 +847,31 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # A terminal that cannot show a character, or input that is not UTF-8,
     # must not end the session in a traceback.
-    for stream in (sys.stdin, sys.stdout):
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="replace")
+    if not 0 < args.port < 65536:
+        print(f"Port {args.port} is out of range: a port is a number from 1 to 65535.", file=sys.stderr)
+        return 2
     try:
         tls = ssl.create_default_context(cafile=args.cafile) if args.starttls or args.tls else None
     except (OSError, ssl.SSLError) as error:
         print(f"Cannot use --cafile {args.cafile}: {error}", file=sys.stderr)
         return 2
-    account = Account(args.host, args.port, print if args.trace else None, tls, implicit_tls=args.tls)
+    trace = print if args.trace else None
+    account = Account(args.host, args.port, trace, tls, implicit_tls=args.tls, cafile=args.cafile)
     try:
         account.log_in(args.user)
         run_menu(account)
     except EOFError:  # Ctrl-D, or the end of a script
         print()
+        if account.failed_logins and not account.user:  # a script whose login failed must not look like a success
+            print("Not logged in: the input ended after a failed login.", file=sys.stderr)
+            return 1
     except KeyboardInterrupt:  # Ctrl-C
         print()
         return 130
-    except (CannotConnectError, LoginFailedError, smtplib.SMTPException, ssl.SSLError) as error:
+    except (ClientError, smtplib.SMTPException, OSError) as error:
         print(error_message(error), file=sys.stderr)
         return 1
     finally:
@@ -643,9 +887,11 @@ def error_message(error: Exception) -> str:
         return f"The server refused the connection: {format_reply(error.smtp_code, error.smtp_error)}"
     if isinstance(error, smtplib.SMTPException):  # anything else smtplib can raise
         return f"SMTP error: {error}"
-    if isinstance(error, ssl.SSLError):  # e.g. a certificate we were not told to trust (--cafile)
+    if isinstance(error, ssl.SSLError):
         return f"TLS failed: {error}"
-    return str(error)
+    if isinstance(error, ClientError):
+        return str(error)
+    return f"Connection failed: {error}"  # any other OSError
 
 
 if __name__ == "__main__":

@@ -573,20 +573,26 @@ class Certificate:
         return ssl.create_default_context(cafile=str(self.cert))
 
 
-@pytest.fixture(scope="session")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
-    """One certificate per test run, made with the README's `openssl req` recipe (valid one day, not a year)."""
+def make_certificate(directory: Path, names: str = "DNS:localhost,IP:127.0.0.1") -> Certificate:
+    """A self-signed certificate for names (subjectAltName syntax), made with the docs' `openssl req` recipe
+    (valid one day, not a year)."""
     openssl = require_tool("openssl")
-    directory = tmp_path_factory.mktemp("certificate")
     cert, key = directory / "cert.pem", directory / "key.pem"
+    common_name = names.split(",")[0].partition(":")[2]
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={common_name}",
+         "-addext", f"subjectAltName={names}", "-keyout", str(key), "-out", str(cert)],
         check=True,
         capture_output=True,
         timeout=30,
     )  # fmt: skip
     return Certificate(cert, key)
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    """One certificate per test run, for localhost and 127.0.0.1."""
+    return make_certificate(tmp_path_factory.mktemp("certificate"))
 
 
 def read_retr(session: RawSession) -> list[list[str]]:

@@ -340,9 +340,10 @@ def test_end_of_input_at_a_prompt_quits_cleanly(smtp_server: RunningServer, scri
 class ClientProcess:
     """client.py with a pipe we keep writing to, for what happens mid-session."""
 
-    def __init__(self, port: int, *args: str) -> None:
+    def __init__(self, port: int, *args: str, cwd: Path | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, str(CLIENT), "--port", str(port), *args],
+            cwd=cwd,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -383,12 +384,12 @@ class ClientProcess:
         return Result(self.process.returncode, self.output(), "".join(self.stderr))
 
 
-@pytest.fixture
-def client_process() -> Iterator[Callable[..., ClientProcess]]:
+@pytest.fixture(name="client_process")  # named apart from the function, so other modules can import it
+def client_process_fixture() -> Iterator[Callable[..., ClientProcess]]:
     started: list[ClientProcess] = []
 
-    def start(port: int, *args: str) -> ClientProcess:
-        started.append(ClientProcess(port, *args))
+    def start(port: int, *args: str, cwd: Path | None = None) -> ClientProcess:
+        started.append(ClientProcess(port, *args, cwd=cwd))
         return started[-1]
 
     yield start
@@ -403,11 +404,12 @@ def test_server_shutdown_mid_session(smtp_server: RunningServer, client_process:
     client.type(LOGIN)
     wait_for(lambda: MENU_PROMPT in client.output())
     smtp_server.stop()  # the server says 421 to every open session
-    client.type("2\n")
+    client.type("2\n")  # the client tries to log in again, and finds nobody
     result = client.finish()
     assert result.returncode == 1
     assert result.stderr == (
-        "Connection closed by server: 421 mail.test Service shutting down, closing transmission channel\n"
+        "The server closed the connection, and reconnecting failed: "
+        f"Cannot connect to 127.0.0.1:{smtp_server.port} — is the server running?\n"
     )
 
 
@@ -423,8 +425,10 @@ def test_server_killed_mid_session(
     client.type("2\n")
     result = client.finish()
     assert result.returncode == 1
-    assert result.stderr.startswith("Connection closed by server: Connection unexpectedly closed")
-    assert "Traceback" not in result.stderr
+    assert result.stderr == (
+        "The server closed the connection, and reconnecting failed: "
+        f"Cannot connect to 127.0.0.1:{server.port} — is the server running?\n"
+    )
 
 
 def test_ctrl_c_on_a_pipe_quits_with_130(
@@ -443,7 +447,7 @@ def test_ctrl_c_on_a_pipe_quits_with_130(
 def test_cannot_connect(closed_port: int) -> None:
     result = run_client(closed_port, LOGIN + "4\n")
     assert result.returncode == 1
-    assert result.stderr == f"Cannot connect to 127.0.0.1:{closed_port} — is the server running? (python server.py)\n"
+    assert result.stderr == f"Cannot connect to 127.0.0.1:{closed_port} — is the server running?\n"
     assert result.stdout == ""
 
 
@@ -602,8 +606,8 @@ class Terminal:
         os.close(self.fd)
 
 
-@pytest.fixture
-def terminal() -> Iterator[Callable[..., Terminal]]:
+@pytest.fixture(name="terminal")
+def terminal_fixture() -> Iterator[Callable[..., Terminal]]:
     opened: list[Terminal] = []
 
     def open_terminal(*args: str) -> Terminal:
@@ -689,8 +693,9 @@ def test_untrusted_certificate_is_a_clear_error(
     server = start_server(tls_context=certificate.server_context())
     result = run_client(server.port, LOGIN + "4\n", "--starttls")  # no --cafile: the system CAs don't know it
     assert result.returncode == 1
-    assert result.stderr.startswith("TLS failed: [SSL: CERTIFICATE_VERIFY_FAILED]")
-    assert "Traceback" not in result.stderr
+    assert result.stderr == (
+        "The server's certificate is not trusted: add --cafile cert.pem (the file your teacher handed out).\n"
+    )
 
 
 def test_missing_cafile_is_a_clear_error(smtp_server: RunningServer, tmp_path: Path) -> None:
