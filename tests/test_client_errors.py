@@ -1,0 +1,232 @@
+"""client.py's errors say what to do next, in one line: TLS mix-ups, certificates, hosts and ports, waits.
+
+Each test makes the mistake a student makes in class and checks the one line that comes back.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Certificate, RunningServer, make_certificate
+from test_client import LOGIN, deliver, run_client, trace_lines
+
+import client as client_module
+
+
+def test_plain_client_on_the_tls_port_is_told_to_add_tls(
+    start_server: Callable[..., RunningServer], certificate: Certificate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SMTPS port waits for a TLS handshake and never greets; the client says so instead of hanging."""
+    server = start_server(tls_context=certificate.server_context(), implicit_tls=True)
+    monkeypatch.setattr(client_module, "GREETING_TIMEOUT", 0.5)  # the real one is 10 s
+    account = client_module.Account("127.0.0.1", server.port, None)
+    with pytest.raises(client_module.CannotConnectError) as refused:
+        account.connect()
+    assert str(refused.value) == (
+        f"No greeting from 127.0.0.1:{server.port} within 0.5 s — is this the TLS port? Then add --tls."
+    )
+
+
+def test_starttls_client_on_the_tls_port_is_told_to_use_tls_instead(
+    start_server: Callable[..., RunningServer], certificate: Certificate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = start_server(tls_context=certificate.server_context(), implicit_tls=True)
+    monkeypatch.setattr(client_module, "GREETING_TIMEOUT", 0.5)
+    account = client_module.Account("127.0.0.1", server.port, None, certificate.client_context())
+    with pytest.raises(client_module.CannotConnectError, match=r"Then use --tls instead of --starttls\.$"):
+        account.connect()
+
+
+def test_greeting_timeout_is_ten_seconds_and_the_session_timeout_stays(smtp_server: RunningServer) -> None:
+    assert client_module.GREETING_TIMEOUT == 10
+    with client_module.MailClient(smtp_server.host, smtp_server.port) as client:
+        assert client.sock is not None
+        assert client.sock.gettimeout() == client_module.SOCKET_TIMEOUT == client.timeout
+
+
+def test_tls_client_on_the_plain_port(smtp_server: RunningServer) -> None:
+    result = run_client(smtp_server.port, LOGIN + "4\n", "--tls")
+    assert result.returncode == 1
+    assert result.stderr == f"127.0.0.1:{smtp_server.port} does not speak TLS — drop --tls, or use --starttls.\n"
+
+
+def test_starttls_against_a_server_without_tls(smtp_server: RunningServer) -> None:
+    result = run_client(smtp_server.port, LOGIN + "4\n", "--starttls")
+    assert result.returncode == 1
+    assert result.stderr == f"127.0.0.1:{smtp_server.port} does not offer STARTTLS — drop --starttls.\n"
+
+
+def test_plain_client_against_require_tls_is_told_before_typing_a_password(
+    start_server: Callable[..., RunningServer], certificate: Certificate
+) -> None:
+    server = start_server(tls_context=certificate.server_context(), require_tls=True)
+    result = run_client(server.port, LOGIN + "4\n")
+    assert result.returncode == 1
+    assert result.stderr == "The server accepts logins only over TLS: add --starttls --cafile cert.pem.\n"
+    assert "Password:" not in result.stdout and "Username:" not in result.stdout
+
+
+def test_certificate_of_another_server_in_cafile(
+    start_server: Callable[..., RunningServer], certificate: Certificate, tmp_path: Path
+) -> None:
+    other = make_certificate(tmp_path)  # same names, another key: not the one the server has
+    server = start_server(tls_context=certificate.server_context())
+    result = run_client(server.port, LOGIN + "4\n", "--starttls", "--cafile", str(other.cert))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"The server's certificate is not trusted by {other.cert} (")
+    assert result.stderr.endswith("): is it the cert.pem your teacher handed out for this server?\n")
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("mode", ["--starttls", "--tls"])
+def test_certificate_for_another_name_says_which_names_it_holds(
+    start_server: Callable[..., RunningServer], tmp_path: Path, mode: str
+) -> None:
+    teachers = make_certificate(tmp_path, "DNS:teacher.lan,IP:192.0.2.7")
+    server = start_server(tls_context=teachers.server_context(), implicit_tls=mode == "--tls")
+    result = run_client(server.port, LOGIN + "4\n", mode, "--cafile", str(teachers.cert))
+    assert result.returncode == 1
+    assert result.stderr == (
+        "The server's certificate is for teacher.lan, 192.0.2.7, not 127.0.0.1: "
+        "use --host teacher.lan, or a certificate made for 127.0.0.1.\n"
+    )
+
+
+def test_name_check_stays_on_after_reading_the_names(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    teachers = make_certificate(tmp_path, "DNS:teacher.lan")
+    server = start_server(tls_context=teachers.server_context())
+    context = teachers.client_context()
+    account = client_module.Account("127.0.0.1", server.port, None, context)
+    with pytest.raises(client_module.CannotConnectError, match=r"is for teacher\.lan, not 127\.0\.0\.1"):
+        account.connect()
+    assert context.check_hostname
+
+
+def test_unknown_host() -> None:
+    result = run_client(2525, LOGIN + "4\n", "--host", "no-such-host.invalid")
+    assert result.returncode == 1
+    assert result.stderr == "Unknown host 'no-such-host.invalid': check the name or address after --host.\n"
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999", "-1"])
+def test_port_out_of_range(port: str) -> None:
+    result = run_client(2525, LOGIN + "4\n", "--port", port)  # the last --port wins
+    assert result.returncode == 2
+    assert result.stderr == f"Port {port} is out of range: a port is a number from 1 to 65535.\n"
+    assert result.stdout == ""
+
+
+# --- a login the server refuses for a while: 454 says how long ----------------------------
+
+
+@pytest.fixture
+def throttled_server() -> Iterator[int]:
+    """A server that answers every AUTH as a throttled server does: 454 with the seconds to wait."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection, connection.makefile("rb") as lines:
+            connection.sendall(b"220 mail.test Service ready\r\n")
+            for line in lines:
+                verb = line.split()[0].upper() if line.split() else b""
+                if verb == b"EHLO":
+                    connection.sendall(b"250-mail.test Hello\r\n250 AUTH PLAIN LOGIN\r\n")
+                elif verb == b"AUTH":
+                    connection.sendall(b"454 4.7.0 Too many failed logins for this name, try again in 42 s\r\n")
+                elif verb == b"QUIT":
+                    connection.sendall(b"221 mail.test Bye\r\n")
+                    return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    listener.close()
+    thread.join(5)
+
+
+def test_454_says_how_long_to_wait(throttled_server: int) -> None:
+    result = run_client(throttled_server, LOGIN + "4\n")
+    assert result.returncode == 1
+    assert result.stderr == "Login refused: too many failed logins; try again in 42 s.\n"
+
+
+def test_other_refusals_are_shown_as_the_server_says_them() -> None:
+    assert client_module.login_refusal(454, b"4.7.0 Too many failed logins, try again later") == (
+        "Login refused: 454 4.7.0 Too many failed logins, try again later"
+    )
+
+
+# --- the small things ------------------------------------------------------------------------
+
+
+def test_failed_scripted_login_exits_1_when_the_input_ends(smtp_server: RunningServer) -> None:
+    result = run_client(smtp_server.port, "alice\nnot-the-password\n")
+    assert result.returncode == 1
+    assert "Login failed: wrong username or password." in result.stdout
+    assert result.stderr == "Not logged in: the input ended after a failed login.\n"
+
+
+def test_machine_name_with_an_underscore_gives_a_valid_default_sender(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    server = start_server(hostname="teachers_laptop")
+    result = run_client(server.port, LOGIN + "1\n\nbob@example.org\nhi\nhello\n.\n4\n")
+    assert result.returncode == 0, result.stderr
+    assert "From [alice@localhost]: " in result.stdout
+    [stored] = server.stored("alice")
+    assert b"From: alice@localhost\n" in stored
+
+
+def test_default_sender_is_the_servers_name_when_it_is_a_domain() -> None:
+    assert client_module.default_sender("alice", "mail.test") == "alice@mail.test"
+    assert client_module.default_sender("alice", "my_laptop") == "alice@localhost"
+    assert client_module.default_sender("a..b", "my_laptop") == ""  # no default: the prompt asks
+
+
+def test_delete_with_trace_counts_without_printing_the_messages(smtp_server: RunningServer) -> None:
+    for number in (1, 2):
+        deliver(smtp_server, f"Subject: private {number}\r\n\r\nsecret text {number}\r\n")
+    result = run_client(smtp_server.port, LOGIN + "3\ny\n4\n", "--trace")
+    assert result.returncode == 0, result.stderr
+    assert "secret text" not in result.stdout and "private" not in result.stdout
+    assert "   (2 messages read to count them, not shown)" in result.stdout
+    assert "Delete all 2 messages? [y/N] " in result.stdout
+    lines = trace_lines(result.stdout)
+    assert lines[lines.index("C: RETR") + 1] == "S: 250 2 messages follow"
+    assert "S: 250 2 messages deleted" in lines
+    assert smtp_server.stored("alice") == []
+
+
+def test_count_reads_past_every_message(smtp_server: RunningServer) -> None:
+    """After counting, the connection is in step: the next command gets its own reply."""
+    for number in range(3):
+        deliver(smtp_server, f"Subject: {number}\r\n\r\n.leading dot\r\n")
+    with client_module.MailClient(smtp_server.host, smtp_server.port) as client:
+        client.login("alice", "alice-password")
+        assert client.count() == 3
+        assert client.noop() == (250, b"OK")
+
+
+def test_end_of_input_key_on_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert client_module.end_of_input_key() == "Ctrl-D"
+    monkeypatch.setattr(client_module.sys, "platform", "win32")
+    assert client_module.end_of_input_key() == "Ctrl-Z, Enter"
+
+
+def test_every_error_that_ends_the_client_is_one_line() -> None:
+    errors = [
+        smtplib.SMTPServerDisconnected("Connection unexpectedly closed"),
+        smtplib.SMTPResponseException(421, b"mail.test Timeout\nsecond line"),
+        client_module.ReconnectFailedError("reason"),
+        OSError(101, "Network is unreachable"),
+    ]
+    for error in errors:
+        assert "\n" not in client_module.error_message(error)
