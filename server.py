@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import getpass
 import ipaddress
 import logging
@@ -76,8 +77,8 @@ except ModuleNotFoundError:
         how = "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/python server.py"
     sys.exit(f"server.py needs the bcrypt package, which {sys.executable} does not have: {how}")
 
-from mailserver.config import ServerConfig, options
-from mailserver.listener import MailServer, server_tls_context
+from mailserver.config import CLASSROOM, ServerConfig, options
+from mailserver.listener import LineHandler, MailServer, server_tls_context
 from mailserver.logs import log
 from mailserver.pop3 import POP3Handler
 from mailserver.smtp import SMTPHandler
@@ -130,7 +131,9 @@ def manage_users(args: argparse.Namespace) -> None:
         raise UsersFileError(f"{path}: no user {name!r}")
     if args.command == "deluser":
         rewrite_users_file(path, name, None)
-        print(f"deleted {name} from {path}; the mailbox {Path(args.mailboxes) / name} is kept")
+        mailbox = Path(args.mailboxes) / name
+        kept = f"the mailbox {mailbox} is kept" if mailbox.exists() else f"{name} had no mailbox in {mailbox.parent}"
+        print(f"deleted {name} from {path}; {kept}")
         return
     rewrite_users_file(path, name, hash_password(read_new_password(name), args.rounds))
     print(f"{'added' if args.command == 'adduser' else 'changed the password of'} {name} in {path}")
@@ -145,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     for field in options():
         flag = "--" + field.name.replace("_", "-")
         default, help_text = getattr(DEFAULTS, field.name), field.metadata["help"]
-        if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", help=help_text)
+        if isinstance(default, bool):  # --verbose and --no-verbose: either overrules --classroom (--no-pop3 is one)
+            action = "store_true" if field.name.startswith("no_") else argparse.BooleanOptionalAction
+            parser.add_argument(flag, action=action, default=default, help=help_text)
             continue
         if isinstance(default, tuple):  # repeatable: each use adds one item
             parser.add_argument(flag, action="append", type=field.metadata["type"], default=[],
@@ -156,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
             help_text += f" (default {default:g})" if isinstance(default, float) else f" (default {default})"
         parser.add_argument(flag, type=field.metadata["type"], default=default, metavar=field.metadata["metavar"],
                             help=help_text)  # fmt: skip
+    preset = " ".join(flag_for(name, value) for name, value in CLASSROOM.items())
+    parser.add_argument("--classroom", action="store_true", help=f"a class's settings: {preset} (options given win)")
     commands = parser.add_subparsers(dest="command", metavar="{adduser,passwd,deluser}")
     for command, help_text in (
         ("adduser", "add an account"),
@@ -167,6 +173,23 @@ def build_parser() -> argparse.ArgumentParser:
         if command != "deluser":
             sub.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="bcrypt cost (default 12)")
     return parser
+
+
+def flag_for(name: str, value: object) -> str:
+    """The command-line words that set name to value: --verbose, --timeout 1800."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line; with --classroom, parse again with its settings as the defaults."""
+    args = parser.parse_args(argv)
+    if args.classroom:
+        parser.set_defaults(**CLASSROOM)
+        args = parser.parse_args(argv)
+    return args
 
 
 def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ServerConfig:
@@ -184,7 +207,7 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Se
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         if args.command:
@@ -258,17 +281,48 @@ def start(config: ServerConfig) -> MailServer:
         threading.stack_size(512 * 1024)
     server = MailServer(config, users, mailboxes)
     try:
-        server.listen((config.host, config.port), SMTPHandler)
+        listen(server, (config.host, config.port), SMTPHandler, "--port")
         if config.tls_port is not None:
-            server.listen((config.host, config.tls_port), SMTPHandler, implicit_tls=True)
+            listen(server, (config.host, config.tls_port), SMTPHandler, "--tls-port", implicit_tls=True)
         if not config.no_pop3:
-            server.listen((config.host, config.pop3_port), POP3Handler)
+            listen(server, (config.host, config.pop3_port), POP3Handler, "--pop3-port")
         if config.pop3s_port is not None:
-            server.listen((config.host, config.pop3s_port), POP3Handler, implicit_tls=True)
+            listen(server, (config.host, config.pop3s_port), POP3Handler, "--pop3s-port", implicit_tls=True)
     except BaseException:
         server.close()
         raise
     return server
+
+
+def listen(
+    server: MailServer, address: tuple[str, int], handler: type[LineHandler], option: str, *, implicit_tls: bool = False
+) -> None:
+    """Bind one port of the server; if that fails, raise OSError with one line naming the address and the way out."""
+    try:
+        server.listen(address, handler, implicit_tls=implicit_tls)
+    except (OSError, OverflowError) as error:
+        raise OSError(f"cannot listen on {address[0]}:{address[1]}: {why_not(error, address[0], option)}") from None
+
+
+def why_not(error: OSError | OverflowError, host: str, option: str) -> str:
+    """What a failed bind means, and what to do about it."""
+    code = getattr(error, "errno", None)
+    if code is not None and code in error_codes("EADDRINUSE"):
+        return f"the port is in use (is another server running? stop it, or choose another {option})"
+    if isinstance(error, PermissionError) or (code is not None and code in error_codes("EACCES")):
+        return f"permission denied (ports below 1024 need administrator rights: choose {option} 1024 or above)"
+    if code is not None and code in error_codes("EADDRNOTAVAIL"):
+        return f"{host} is not an address of this machine (check --host)"
+    if isinstance(error, socket.gaierror):
+        return f"unknown host {host} (check --host)"
+    if isinstance(error, OverflowError):
+        return f"a port is a number from 0 to 65535 (check {option})"
+    return error.strerror or str(error)
+
+
+def error_codes(name: str) -> set[int]:
+    """The errno values called name here: POSIX's, and the WSA one Windows sockets report."""
+    return {code for code in (getattr(errno, name, None), getattr(errno, "WSA" + name, None)) if code is not None}
 
 
 def is_loopback(host: str) -> bool:

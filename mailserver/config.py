@@ -74,6 +74,15 @@ class ServerConfig:
         return frozenset(name.lower().rstrip(".") for name in (self.hostname, "localhost", *self.domain))
 
 
+# --classroom: the settings for a class. server.py makes them the defaults, so that an option given on
+# the command line still wins (--classroom --timeout 600).
+CLASSROOM: dict[str, Any] = {
+    "timeout": 1800.0,  # a student listens to the teacher for a while between two menu choices
+    "max_login_failures": 5,
+    "verbose": True,  # the whole dialogue, for the projector
+}
+
+
 def is_option(field: dataclasses.Field[Any]) -> bool:
     return "help" in field.metadata
 

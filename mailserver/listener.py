@@ -470,3 +470,8 @@ class MailServer:
     def _watch_deadlines(self) -> None:
         while not self._closing.wait(self.watchdog_interval):
             self.connections.expire_overdue()
+            try:
+                # An edit of users.txt takes effect, and is logged, within about a second, login or not.
+                self.users.refresh()
+            except Exception:  # a bug there must not stop the deadlines above
+                log.exception("could not reload %s", self.users.path)

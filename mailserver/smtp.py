@@ -187,7 +187,7 @@ class SMTPHandler(LineHandler):
         if not self.needs_tls_first():
             extensions.append("AUTH PLAIN LOGIN")  # never CRAM-MD5: bcrypt keeps no plaintext
         extensions += [f"SIZE {self.config.max_message_size}", "8BITMIME", "PIPELINING"]
-        if self.config.tls_context is not None and not self.tls_active:
+        if self.offers_starttls():
             extensions.append("STARTTLS")
         extensions.append("HELP")
         return extensions
@@ -381,7 +381,7 @@ class SMTPHandler(LineHandler):
         if not argument:
             self.reply(501, "Syntax: VRFY <address>")
             return
-        self.reply(252, "Cannot VRFY user, but will accept message and attempt delivery")
+        self.reply(252, "Cannot VRFY user: this server does not say which users exist")
 
     def smtp_HELP(self, argument: str) -> None:
         """HELP [<command>]
@@ -389,7 +389,8 @@ class SMTPHandler(LineHandler):
         List the commands, or explain one.
         """
         if not argument:
-            self.reply(214, "Commands: " + " ".join(self.commands()), "HELP <command> explains one")
+            offered = [verb for verb in self.commands() if verb != "STARTTLS" or self.offers_starttls()]
+            self.reply(214, "Commands: " + " ".join(offered), "HELP <command> explains one")
             return
         method = self.command(argument)
         if method is None:
@@ -481,6 +482,10 @@ class SMTPHandler(LineHandler):
         self.reply(501, AUTH_REFUSALS[problem])
 
     # -- TLS (RFC 3207) --------------------------------------------------------------
+
+    def offers_starttls(self) -> bool:
+        """True if STARTTLS can work in this session: TLS is configured and not on yet (EHLO and HELP say so)."""
+        return self.config.tls_context is not None and not self.tls_active
 
     def needs_tls_first(self) -> bool:
         """True while --require-tls keeps AUTH out of a session not yet under TLS."""

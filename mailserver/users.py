@@ -20,7 +20,8 @@ import bcrypt
 from .logs import log
 
 USERNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")  # names folders: no "/", no leading "."
-BCRYPT_HASH = re.compile(r"\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}")
+# bcrypt's costs are 4 to 31: another one is no hash bcrypt can check.
+BCRYPT_HASH = re.compile(r"\$2[abxy]?\$(?:0[4-9]|[12]\d|3[01])\$[./A-Za-z0-9]{53}")
 BCRYPT_MAX_PASSWORD = 72  # bcrypt ignores (bcrypt 5 refuses) longer passwords
 DEFAULT_ROUNDS = 12  # bcrypt's own default cost: about 0.2 s a check
 
@@ -129,13 +130,17 @@ class UserStore:
         matches = bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], hashed)
         return matches and len(password) <= BCRYPT_MAX_PASSWORD
 
-    def _current(self) -> dict[str, bytes]:
+    def refresh(self) -> None:
+        """Reload users.txt if it changed since the last look; look at most once every reload_interval."""
         now = time.monotonic()
         if now >= self._next_stat:
             with self._lock:
                 if now >= self._next_stat:
                     self._next_stat = now + self.reload_interval
                     self._reload_if_changed()
+
+    def _current(self) -> dict[str, bytes]:
+        self.refresh()
         return self._table
 
     def _file_stamp(self) -> tuple[int, int, int] | None:

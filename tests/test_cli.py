@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import os
 import poplib
 import re
@@ -11,15 +12,19 @@ import select
 import signal
 import smtplib
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, USERS, RawSession, ServerProcess, store_message, wait_for, write_users_file
+from conftest import ROOT, USERS, Certificate, RawSession, ServerProcess, store_message, wait_for, write_users_file
 
+import server as server_module
+from mailserver.config import CLASSROOM, ServerConfig, options
 from mailserver.storage import MailboxStore
 from mailserver.users import UserStore
 
@@ -150,7 +155,9 @@ def test_unreadable_users_file(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("bad_line", ["no colon here", ".dot:$2b$04$" + "a" * 53, "alice:plaintext"])
+@pytest.mark.parametrize(
+    "bad_line", ["no colon here", ".dot:$2b$04$" + "a" * 53, "alice:plaintext", "alice:$2b$99$" + "a" * 53]
+)
 def test_malformed_users_file_names_the_line(tmp_path: Path, bad_line: str) -> None:
     users = tmp_path / "users.txt"
     users.write_text(f"# accounts\nbob:$2b$04${'b' * 53}\n{bad_line}\n")
@@ -419,11 +426,18 @@ def test_deluser_keeps_the_mailbox_and_says_so(tmp_path: Path) -> None:
     store_message(MailboxStore(tmp_path / "mailboxes"), "bob", b"bob's mail\n")
     result = manage(users, "deluser", "bob")
     assert result.returncode == 0, result.stderr
-    assert "mailbox" in result.stdout + result.stderr
+    assert result.stdout == f"deleted bob from {users}; the mailbox {tmp_path / 'mailboxes' / 'bob'} is kept\n"
     store = UserStore(users)
     assert "bob" not in store and store.check("alice", b"alice-password")
     with MailboxStore(tmp_path / "mailboxes").sent_messages("bob") as messages:
         assert len(messages) == 1
+
+
+def test_deluser_names_no_mailbox_that_does_not_exist(tmp_path: Path) -> None:
+    users = write_users_file(tmp_path / "users.txt", {"alice": "alice-password", "bob": "bob-password"})
+    result = manage(users, "deluser", "bob")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"deleted bob from {users}; bob had no mailbox in {tmp_path / 'mailboxes'}\n"
 
 
 def test_deluser_does_not_ask(tmp_path: Path) -> None:
@@ -462,6 +476,18 @@ def test_running_server_notices_a_changed_password(
     assert manage(users, "passwd", "alice", stdin="changed\n").returncode == 0
     wait_for(lambda: can_log_in(process.port, "alice", "changed"), timeout=5)
     assert not can_log_in(process.port, "alice", "alice-password")
+
+
+def test_an_edit_of_users_txt_is_logged_within_about_a_second_without_a_login(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    users = write_users_file(tmp_path / "live-users.txt", {"alice": "alice-password"})
+    process = server_process(users=users)
+    assert manage(users, "adduser", "dave", stdin="dave-password\n").returncode == 0
+    wait_for(lambda: f"reloaded {users}: 2 accounts" in process.log, timeout=5)
+    users.write_text(users.read_text() + "broken line\n")
+    wait_for(lambda: f"{users}:4: expected name:bcrypt-hash; keeping the previous 2 accounts" in process.log, timeout=5)
+    assert "login" not in process.log and "connected" not in process.log
 
 
 def test_running_server_keeps_the_accounts_after_a_malformed_edit(
@@ -587,3 +613,106 @@ def test_log_without_verbose(server_process: Callable[..., ServerProcess]) -> No
     assert "stored" in log
     for secret in ("alice-password", "secret-wrong-password", base64.b64encode(b"\0alice\0alice-password").decode()):
         assert secret not in log
+
+
+# ------------------------------------------------- the options, --classroom, and a port that cannot be had
+
+
+def test_every_option_has_help_text() -> None:
+    for action in server_module.build_parser()._actions:
+        if action.option_strings:  # "(default ...)" alone is no help
+            assert re.sub(r"\(default [^)]*\)$", "", action.help or "").strip(), action.option_strings
+
+
+def config_of(*argv: str) -> ServerConfig:
+    parser = server_module.build_parser()
+    return server_module.config_from(server_module.parse_arguments(parser, list(argv)), parser)
+
+
+def test_classroom_preset() -> None:
+    config = config_of("--classroom")
+    assert config.timeout == 30 * 60  # a student may listen to the teacher for half an hour
+    assert config.max_login_failures == 5
+    assert config.verbose
+
+
+def test_without_classroom_the_defaults_stay() -> None:
+    assert config_of() == ServerConfig()
+
+
+@pytest.mark.parametrize(
+    "argv", [["--classroom", "--timeout", "600", "--no-verbose"], ["--timeout", "600", "--no-verbose", "--classroom"]]
+)
+def test_options_given_win_over_the_classroom_preset(argv: list[str]) -> None:
+    config = config_of(*argv)
+    assert config.timeout == 600 and not config.verbose
+    assert config.max_login_failures == CLASSROOM["max_login_failures"]
+
+
+def test_every_classroom_setting_is_an_option() -> None:
+    assert set(CLASSROOM) <= {field.name for field in options()}
+
+
+def test_classroom_help_lists_the_settings() -> None:
+    [classroom] = [action for action in server_module.build_parser()._actions if "--classroom" in action.option_strings]
+    assert "--timeout 1800 --max-login-failures 5 --verbose" in classroom.help
+
+
+def test_classroom_reaches_the_running_server(server_process: Callable[..., ServerProcess]) -> None:
+    process = server_process("--classroom")
+    session = RawSession("127.0.0.1", process.port)
+    try:
+        session.read_reply()
+        session.command("NOOP")
+    finally:
+        session.close()
+    wait_for(lambda: re.search(r"127\.0\.0\.1:\d+ C: NOOP", process.log))  # --verbose came with it
+
+
+def test_a_port_in_use_is_named(tmp_path: Path, shared_users_file: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = run("--port", str(port), "--users", str(shared_users_file), "--mailboxes", str(tmp_path / "mb"))
+    assert result.returncode == 2
+    assert result.stderr.endswith(
+        f"server.py: error: cannot listen on 127.0.0.1:{port}: the port is in use "
+        "(is another server running? stop it, or choose another --port)\n"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_a_tls_port_in_use_is_named_as_such(tmp_path: Path, shared_users_file: Path, certificate: Certificate) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        tls = ["--tls-cert", str(certificate.cert), "--tls-key", str(certificate.key), "--tls-port", str(port)]
+        result = run("--port", "0", *tls, "--users", str(shared_users_file), "--mailboxes", str(tmp_path / "mb"))
+    assert result.returncode == 2
+    assert result.stderr.endswith(f"127.0.0.1:{port}: the port is in use (is another server running? stop it, "
+                                  "or choose another --tls-port)\n")  # fmt: skip
+
+
+def test_a_port_out_of_range(tmp_path: Path, shared_users_file: Path) -> None:
+    result = run("--port", "70000", "--users", str(shared_users_file), "--mailboxes", str(tmp_path / "mb"))
+    assert result.returncode == 2
+    assert result.stderr.endswith(
+        "server.py: error: cannot listen on 127.0.0.1:70000: a port is a number from 0 to 65535 (check --port)\n"
+    )
+
+
+def test_permission_denied_names_the_port(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, shared_users_file: Path
+) -> None:
+    """Ports below 1024 need root on Linux and macOS; the test runs as anyone, so the refusal is played."""
+
+    def refuse(listener: socketserver.TCPServer) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(socketserver.TCPServer, "server_bind", refuse)
+    monkeypatch.setattr(threading, "stack_size", lambda size=0: 0)  # leave this process's threads as they are
+    config = ServerConfig(port=25, users=str(shared_users_file), mailboxes=str(tmp_path / "mb"))
+    with pytest.raises(OSError) as refused:
+        server_module.start(config)
+    assert str(refused.value) == (
+        "cannot listen on 127.0.0.1:25: permission denied "
+        "(ports below 1024 need administrator rights: choose --port 1024 or above)"
+    )

@@ -11,7 +11,7 @@ import smtplib
 from collections.abc import Callable
 
 import pytest
-from conftest import USERS, RawSession, RunningServer, wait_for
+from conftest import USERS, Certificate, RawSession, RunningServer, wait_for
 
 from mailserver.smtp import SMTPHandler
 
@@ -119,6 +119,15 @@ def test_help_on_a_command_gives_its_syntax_and_meaning(session: RawSession, top
     assert len(lines) >= 2, lines  # then what it does
 
 
+def test_help_lists_starttls_only_where_it_can_work(
+    start_server: Callable[..., RunningServer], connect: Callable[..., RawSession], certificate: Certificate
+) -> None:
+    without_tls = connect()
+    assert "STARTTLS" not in " ".join(without_tls.command("HELP")[1]).split()
+    with_tls = connect(start_server(tls_context=certificate.server_context()))
+    assert "STARTTLS" in " ".join(with_tls.command("HELP")[1]).split()
+
+
 def test_help_topics_are_case_insensitive(session: RawSession) -> None:
     assert session.command("HELP mail") == session.command("HELP MAIL") == session.command("HELP Mail")
 
@@ -152,9 +161,9 @@ def test_rset(session: RawSession) -> None:
 def test_vrfy_neither_confirms_nor_denies(session: RawSession) -> None:
     session.expect("""
         C: VRFY alice
-        S: 252 *
+        S: 252 Cannot VRFY user: this server does not say which users exist
         C: VRFY nobody@example.org
-        S: 252 *
+        S: 252 Cannot VRFY user: this server does not say which users exist
     """)
 
 

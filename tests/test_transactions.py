@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import mailbox
 import smtplib
 
@@ -580,10 +581,11 @@ def test_dele_counts_and_deletes(logged_in: RawSession, smtp_server: RunningServ
     assert smtp_server.stored("alice") == []
 
 
-def test_dele_with_one_message(logged_in: RawSession) -> None:
+def test_dele_with_one_message(logged_in: RawSession, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mailserver")
     logged_in.send_message(b"one\r\n")
-    code, lines = logged_in.command("DELE")
-    assert code == 250 and lines[0].split()[0] == "1"
+    assert logged_in.command("DELE") == (250, ["1 message deleted"])
+    assert "alice deleted 1 message" in caplog.text and "1 messages" not in caplog.text
 
 
 def test_dele_with_nothing_stored(logged_in: RawSession) -> None:
