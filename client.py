@@ -457,8 +457,11 @@ class Account:
             return f"Unknown host {self.host!r}: check the name or address after --host."
         if isinstance(error, ConnectionRefusedError):
             return f"Cannot connect to {self.address} — is the server running?"
+        check = f"check --host, and that no firewall blocks port {self.port}"
         if isinstance(error, TimeoutError):
-            return f"No answer from {self.address} — check --host, and that no firewall blocks port {self.port}."
+            return f"No answer from {self.address} — {check}."
+        if not isinstance(error, smtplib.SMTPException):  # EHOSTUNREACH (a firewall may answer so), ENETUNREACH...
+            return f"Cannot connect to {self.address}: {error.strerror or error} — {check}."
         return error_message(error)
 
     def _no_login(self, client: MailClient) -> str:

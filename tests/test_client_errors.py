@@ -5,6 +5,7 @@ Each test makes the mistake a student makes in class and checks the one line tha
 
 from __future__ import annotations
 
+import errno
 import smtplib
 import socket
 import threading
@@ -113,6 +114,25 @@ def test_unknown_host() -> None:
     result = run_client(2525, LOGIN + "4\n", "--host", "no-such-host.invalid")
     assert result.returncode == 1
     assert result.stderr == "Unknown host 'no-such-host.invalid': check the name or address after --host.\n"
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (TimeoutError("timed out"), "No answer from 192.0.2.7:2525"),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), "Cannot connect to 192.0.2.7:2525: No route to host"),
+    ],
+)
+def test_a_host_that_cannot_be_reached_points_at_the_address_and_the_firewall(
+    monkeypatch: pytest.MonkeyPatch, error: OSError, expected: str
+) -> None:
+    def unreachable(*args: object, **kwargs: object) -> socket.socket:
+        raise error
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    with pytest.raises(client_module.CannotConnectError) as refused:
+        client_module.Account("192.0.2.7", 2525, None).connect()
+    assert str(refused.value) == f"{expected} — check --host, and that no firewall blocks port 2525."
 
 
 @pytest.mark.parametrize("port", ["0", "65536", "99999", "-1"])

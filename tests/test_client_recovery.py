@@ -132,6 +132,7 @@ def test_when_the_password_changed_meanwhile_the_message_is_saved(
     client = client_process(server.port, cwd=folder)
     logged_in_then_idle(server, client)
     rewrite_users_file(users, "alice", hash_password("changed by the teacher", rounds=4))
+    wait_for(lambda: not server.server.users.check("alice", USERS["alice"].encode()))  # noticed within a second
     client.type(send_script("bob@example.org", "Homework", ["done"]))
     result = client.finish()
     assert result.returncode == 1
