@@ -658,6 +658,11 @@ def test_classroom_help_lists_the_settings() -> None:
     assert "--timeout 1800 --max-login-failures 5 --verbose" in classroom.help
 
 
+def test_the_classroom_guide_spells_the_preset_out() -> None:
+    preset = " ".join(server_module.flag_for(name, value) for name, value in CLASSROOM.items())
+    assert f"`--classroom` stands for `{preset}`" in (ROOT / "docs" / "classroom.md").read_text()
+
+
 def test_classroom_reaches_the_running_server(server_process: Callable[..., ServerProcess]) -> None:
     process = server_process("--classroom")
     session = RawSession("127.0.0.1", process.port)

@@ -93,7 +93,7 @@ def test_what_the_recipes_create_is_ignored_by_git() -> None:
     git = shutil.which("git")
     if git is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    created = [".venv/bin/python", "cert.pem", "key.pem", "msmtprc", "message.txt", "unsent-20260101-120000.eml"]
+    created = [".venv/bin/python", "cert.pem", "key.pem", "msmtprc", "message.txt", "unsent-1.eml", "class.txt"]
     result = subprocess.run([git, "check-ignore", "--no-index", *created], cwd=ROOT, capture_output=True, text=True)
     assert result.stdout.split() == created
 
