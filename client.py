@@ -46,6 +46,9 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, TypeVar
 
+if sys.version_info < (3, 11):  # noqa: UP036  (for whoever runs an older Python: one line, not a traceback)
+    sys.exit(f"client.py needs Python 3.11 or newer; this is Python {sys.version.split()[0]} (python.org has it)")
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 2525
 # Seconds to wait for the server on each socket operation, so a server that

@@ -65,6 +65,9 @@ import sys
 import threading
 from pathlib import Path
 
+if sys.version_info < (3, 11):  # noqa: UP036  (for whoever runs an older Python: one line, not a traceback)
+    sys.exit(f"server.py needs Python 3.11 or newer; this is Python {sys.version.split()[0]} (python.org has it)")
+
 try:
     import bcrypt  # noqa: F401  (the one package the server needs: checked first, to say how to get it)
 except ModuleNotFoundError:

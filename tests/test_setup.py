@@ -133,3 +133,15 @@ def test_students_need_only_python_and_client_py(tmp_path: Path, smtp_server: Ru
     assert result.returncode == 0, result.stderr
     assert "Logged in as alice." in result.stdout
     assert [path.name for path in folder.iterdir()] == ["client.py"]
+
+
+@pytest.mark.parametrize("script", ["server.py", "client.py"])
+def test_an_older_python_is_told_what_is_needed(script: str, tmp_path: Path) -> None:
+    """macOS's own python3 is 3.9: the scripts say so in one line before anything newer runs."""
+    older = (
+        "import runpy, sys; sys.version_info = (3, 9, 6, 'final', 0); sys.version = '3.9.6 (default)'; "
+        f"sys.argv = [{script!r}]; runpy.run_path({str(ROOT / script)!r}, run_name='__main__')"
+    )
+    result = subprocess.run([sys.executable, "-c", older], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr == f"{script} needs Python 3.11 or newer; this is Python 3.9.6 (python.org has it)\n"
