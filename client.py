@@ -57,6 +57,8 @@ SOCKET_TIMEOUT = 60
 # Seconds to wait for the 220 greeting: a server greets at once, and a TLS
 # port (SMTPS) stays silent, waiting for the client to start TLS.
 GREETING_TIMEOUT = 10
+# Seconds to wait for the answer to QUIT when leaving.
+QUIT_TIMEOUT = 2
 MAX_LOGIN_ATTEMPTS = 3
 # The server's lines are at most 1001 octets (1000 + a stuffed dot);
 # smtplib allows replies of 8192, and so do we for RETR lines.
@@ -577,6 +579,7 @@ class Account:
         if client is None or client.sock is None:
             return
         try:
+            client.sock.settimeout(QUIT_TIMEOUT)  # after a Ctrl-C the server may be the one not answering
             code, text = client.quit()
             print(format_reply(code, text))
         except (smtplib.SMTPException, OSError):
@@ -614,8 +617,8 @@ def send_mail(account: Account) -> bool:
     except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as error:
         print(f"Not sent: {format_reply(error.smtp_code, error.smtp_error)}")
         return True
-    except (ReconnectFailedError, smtplib.SMTPServerDisconnected):
-        keep_unsent(message)  # what the student typed must not be lost with the connection
+    except (ReconnectFailedError, smtplib.SMTPServerDisconnected, KeyboardInterrupt):
+        keep_unsent(message)  # what the student typed must not be lost with the connection (or a Ctrl-C)
         raise
     print(f"Sent: {format_reply(*account.connection().last_reply)}")
     if refused:

@@ -5,9 +5,12 @@ that message.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import smtplib
-from collections.abc import Callable
+import socket
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -111,6 +114,49 @@ def test_when_reconnecting_fails_the_message_is_saved_and_the_path_printed(
         "The server closed the connection, and reconnecting failed: "
         f"Cannot connect to 127.0.0.1:{smtp_server.port} — is the server running?\n"
     )
+
+
+@pytest.fixture
+def server_that_hangs_after_login() -> Iterator[tuple[int, list[bytes]]]:
+    """A server that logs anyone in, then answers nothing else (not even QUIT); yields its port and
+    the command lines it received."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    received: list[bytes] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            connection, _ = listener.accept()
+            with connection, connection.makefile("rb") as lines:
+                connection.sendall(b"220 hang.test Service ready\r\n")
+                for line in lines:
+                    received.append(line)
+                    verb = line.split(b" ")[0].strip().upper()
+                    if verb == b"EHLO":
+                        connection.sendall(b"250-hang.test\r\n250 AUTH PLAIN\r\n")
+                    elif verb == b"AUTH":
+                        connection.sendall(b"235 2.7.0 Authentication successful\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1], received
+    listener.close()
+
+
+def test_ctrl_c_while_the_server_does_not_answer_keeps_the_message(
+    server_that_hangs_after_login: tuple[int, list[bytes]],
+    client_process: Callable[..., ClientProcess],
+    tmp_path: Path,
+) -> None:
+    port, received = server_that_hangs_after_login
+    client = client_process(port, cwd=tmp_path)
+    client.type(LOGIN + send_script("bob@example.org", "Essay", ["An hour of work."]))
+    wait_for(lambda: any(line.upper().startswith(b"MAIL FROM:") for line in received))  # waiting for the answer
+    client.process.send_signal(signal.SIGINT)
+    result = client.finish()
+    assert result.returncode == 130
+    [saved] = tmp_path.iterdir()
+    assert f"Message not sent; it is saved in {saved}" in result.stdout
+    assert saved.read_text().endswith("\n\nAn hour of work.\n")
 
 
 def test_a_second_unsent_message_does_not_overwrite_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
