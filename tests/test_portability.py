@@ -16,6 +16,7 @@ import os
 import signal
 import smtplib
 import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,14 +61,24 @@ WIRE = b"Subject: portable\r\n\r\nline one\r\n.a line starting with a dot\r\nlin
 STORED = WIRE.replace(b"\r\n", b"\n")  # the Maildir holds LF line ends
 
 
-def server_as_on(patches: str, tmp_path: Path, users: Path) -> ServerProcess:
-    """server.py as a real process, with patches applied before it starts (via sitecustomize)."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(textwrap.dedent(patches))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(site)}
-    arguments = ["--users", str(users), "--mailboxes", str(tmp_path / "mailboxes"), "--hostname", "mail.test"]
-    return ServerProcess(*arguments, env=env)
+@pytest.fixture
+def server_as_on(tmp_path: Path, shared_users_file: Path) -> Iterator[Callable[[str], ServerProcess]]:
+    """server_as_on(patches): server.py as a real process, with patches applied before it starts (via
+    sitecustomize); every one is stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def start(patches: str) -> ServerProcess:
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(textwrap.dedent(patches))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(site)}
+        arguments = ["--users", str(shared_users_file), "--mailboxes", str(tmp_path / "mailboxes")]
+        started.append(ServerProcess(*arguments, "--hostname", "mail.test", env=env))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 def deliver_retrieve_delete(port: int) -> None:
@@ -89,40 +100,24 @@ def stops_cleanly(server: ServerProcess, signum: int) -> None:
     assert "error" not in server.log.lower(), server.log
 
 
-def test_windows_like_os_delivers_retrieves_deletes_and_stops(tmp_path: Path, shared_users_file: Path) -> None:
-    server = server_as_on(WINDOWS_LIKE, tmp_path, shared_users_file)
-    try:
-        deliver_retrieve_delete(server.port)
-        stops_cleanly(server, signal.SIGINT)
-    finally:
-        server.stop()
+@pytest.mark.parametrize("patches", [WINDOWS_LIKE, NO_SIGTERM], ids=["windows-like", "no-sigterm"])
+def test_delivery_retr_dele_and_ctrl_c_work_without_the_missing_pieces(
+    server_as_on: Callable[[str], ServerProcess], patches: str
+) -> None:
+    server = server_as_on(patches)
+    deliver_retrieve_delete(server.port)
+    stops_cleanly(server, signal.SIGINT)
 
 
-def test_windows_like_os_stores_the_bytes_as_sent(tmp_path: Path, shared_users_file: Path) -> None:
-    server = server_as_on(WINDOWS_LIKE, tmp_path, shared_users_file)
-    try:
-        with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test") as smtp:
-            smtp.login("alice", USERS["alice"])
-            smtp.sendmail("alice@mail.test", ["bob@example.org"], WIRE)
-        [path] = (tmp_path / "mailboxes" / "alice" / "new").iterdir()
-        assert path.read_bytes() == STORED
-    finally:
-        server.stop()
-
-
-def test_without_sigterm_ctrl_c_still_stops_the_server(tmp_path: Path, shared_users_file: Path) -> None:
-    server = server_as_on(NO_SIGTERM, tmp_path, shared_users_file)
-    try:
-        deliver_retrieve_delete(server.port)
-        stops_cleanly(server, signal.SIGINT)
-    finally:
-        server.stop()
+def test_windows_like_os_stores_the_bytes_as_sent(server_as_on: Callable[[str], ServerProcess], tmp_path: Path) -> None:
+    server = server_as_on(WINDOWS_LIKE)
+    with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test") as smtp:
+        smtp.login("alice", USERS["alice"])
+        smtp.sendmail("alice@mail.test", ["bob@example.org"], WIRE)
+    [path] = (tmp_path / "mailboxes" / "alice" / "new").iterdir()
+    assert path.read_bytes() == STORED
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs a spare signal to play SIGBREAK")
-def test_ctrl_break_stops_the_server_where_the_os_has_it(tmp_path: Path, shared_users_file: Path) -> None:
-    server = server_as_on(WITH_SIGBREAK, tmp_path, shared_users_file)
-    try:
-        stops_cleanly(server, signal.SIGUSR1)
-    finally:
-        server.stop()
+def test_ctrl_break_stops_the_server_where_the_os_has_it(server_as_on: Callable[[str], ServerProcess]) -> None:
+    stops_cleanly(server_as_on(WITH_SIGBREAK), signal.SIGUSR1)
