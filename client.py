@@ -194,7 +194,7 @@ class MailClient(smtplib.SMTP):
             for _line in self._block_lines():
                 pass
         if count:
-            self._trace_note(f"({plural(count, 'message')} read to count them, not shown)")
+            self._trace_note(f"({plural(count, 'message')} counted, not shown)")
         return count
 
     def dele(self) -> int:
