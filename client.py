@@ -85,8 +85,8 @@ ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*")
 MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
 MAX_PATH = 256  # RFC 5321 4.5.3.1.3, the angle brackets included
 
-# The server's 454 says how long to wait: "... try again in 42 s".
-RETRY_AFTER = re.compile(r"try again in (\d+) ?s\b")
+# The server's 454 says why and how long to wait: "4.7.0 Too many failed logins for this name, try again in 42 s".
+RETRY_AFTER = re.compile(r"(?:\d\.\d{1,3}\.\d{1,3} )?(?P<reason>.+?), try again in (?P<seconds>\d+) ?s\b")
 
 # X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH (OpenSSL's x509_vfy.h).
 NAME_MISMATCH = {62, 64}
@@ -588,9 +588,10 @@ class Account:
 
 def login_refusal(code: int, text: bytes) -> str:
     """One line for a refused login that is not a wrong password: e.g. 454, wait and try again."""
-    wait = RETRY_AFTER.search(decode(text))
+    wait = RETRY_AFTER.match(decode(text))
     if code == TEMPORARY_AUTH_FAILURE and wait:
-        return f"Login refused: too many failed logins; try again in {wait[1]} s."
+        reason = wait["reason"]
+        return f"Login refused: {reason[:1].lower()}{reason[1:]}; try again in {wait['seconds']} s."
     return f"Login refused: {format_reply(code, text)}"
 
 

@@ -78,7 +78,8 @@ class ServerConfig:
 # the command line still wins (--classroom --timeout 600).
 CLASSROOM: dict[str, Any] = {
     "timeout": 1800.0,  # a student listens to the teacher for a while between two menu choices
-    "max_login_failures": 5,
+    "max_login_failures": 5,  # one student's typos make that name wait, not the class
+    "max_login_failures_per_ip": 30,  # and guessing across many names from one address stops
     "verbose": True,  # the whole dialogue, for the projector
 }
 

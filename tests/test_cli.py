@@ -632,7 +632,7 @@ def config_of(*argv: str) -> ServerConfig:
 def test_classroom_preset() -> None:
     config = config_of("--classroom")
     assert config.timeout == 30 * 60  # a student may listen to the teacher for half an hour
-    assert config.max_login_failures == 5
+    assert config.max_login_failures == 5 and config.max_login_failures_per_ip == 30
     assert config.verbose
 
 
@@ -655,7 +655,7 @@ def test_every_classroom_setting_is_an_option() -> None:
 
 def test_classroom_help_lists_the_settings() -> None:
     [classroom] = [action for action in server_module.build_parser()._actions if "--classroom" in action.option_strings]
-    assert "--timeout 1800 --max-login-failures 5 --verbose" in classroom.help
+    assert "--timeout 1800 --max-login-failures 5 --max-login-failures-per-ip 30 --verbose" in classroom.help
 
 
 def test_the_classroom_guide_spells_the_preset_out() -> None:

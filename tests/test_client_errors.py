@@ -6,10 +6,10 @@ Each test makes the mistake a student makes in class and checks the one line tha
 from __future__ import annotations
 
 import errno
+import re
 import smtplib
 import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -146,36 +146,25 @@ def test_port_out_of_range(port: str) -> None:
 # --- a login the server refuses for a while: 454 says how long ----------------------------
 
 
-@pytest.fixture
-def throttled_server() -> Iterator[int]:
-    """A server that answers every AUTH as a throttled server does: 454 with the seconds to wait."""
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        connection, _ = listener.accept()
-        with connection, connection.makefile("rb") as lines:
-            connection.sendall(b"220 mail.test Service ready\r\n")
-            for line in lines:
-                verb = line.split()[0].upper() if line.split() else b""
-                if verb == b"EHLO":
-                    connection.sendall(b"250-mail.test Hello\r\n250 AUTH PLAIN LOGIN\r\n")
-                elif verb == b"AUTH":
-                    connection.sendall(b"454 4.7.0 Too many failed logins for this name, try again in 42 s\r\n")
-                elif verb == b"QUIT":
-                    connection.sendall(b"221 mail.test Bye\r\n")
-                    return
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1]
-    listener.close()
-    thread.join(5)
-
-
-def test_454_says_how_long_to_wait(throttled_server: int) -> None:
-    result = run_client(throttled_server, LOGIN + "4\n")
+@pytest.mark.parametrize(
+    ("limits", "names", "reason"),
+    [
+        ({"max_login_failures": 2}, ["alice", "alice"], "for this name"),
+        ({"max_login_failures_per_ip": 2}, ["bob", "carol"], "from your address"),
+    ],
+)
+def test_454_says_why_and_how_long_to_wait(
+    start_server: Callable[..., RunningServer], limits: dict[str, int], names: list[str], reason: str
+) -> None:
+    server = start_server(**limits)
+    for name in names:
+        with smtplib.SMTP(server.host, server.port) as smtp, pytest.raises(smtplib.SMTPException):
+            smtp.login(name, "a typo")
+    result = run_client(server.port, LOGIN + "4\n")
     assert result.returncode == 1
-    assert result.stderr == "Login refused: too many failed logins; try again in 42 s.\n"
+    wait = re.fullmatch(rf"Login refused: too many failed logins {reason}; try again in (\d+) s\.\n", result.stderr)
+    assert wait, result.stderr
+    assert 0 < int(wait[1]) <= server.config.login_failure_window
 
 
 def test_other_refusals_are_shown_as_the_server_says_them() -> None:
