@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import USERS, RunningServer, ServerProcess, wait_for, write_users_file
+from conftest import USERS, RunningServer, ServerProcess, retrieve, wait_for, write_users_file
 from test_client import (  # noqa: F401  (the fixtures client_process and terminal)
     LOGIN,
     MENU_PROMPT,
@@ -87,7 +87,8 @@ def test_after_a_server_restart_the_message_is_sent_to_the_new_server(
     assert result.returncode == 0, result.stderr
     assert RECONNECTED in result.stdout
     assert "Sent: 250 OK" in result.stdout
-    assert "across a restart" in "".join(path.read_text() for path in (tmp_path / "mailboxes" / "alice").glob("*/*"))
+    [stored] = retrieve("127.0.0.1", second.port)  # RETR from the new server: what alice sent
+    assert "Subject: across a restart" in stored
     assert second.stop() == 0
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from conftest import USERS, ServerProcess, retrieve, wait_for
 
+from mailserver.storage import MailboxStore
+
 FAKE_O_BINARY = 1 << 30  # a bit no POSIX open() flag uses: os.open below strips it again
 
 WINDOWS_LIKE = f"""
@@ -114,8 +116,10 @@ def test_windows_like_os_stores_the_bytes_as_sent(server_as_on: Callable[[str], 
     with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test") as smtp:
         smtp.login("alice", USERS["alice"])
         smtp.sendmail("alice@mail.test", ["bob@example.org"], WIRE)
-    [path] = (tmp_path / "mailboxes" / "alice" / "new").iterdir()
-    assert path.read_bytes() == STORED
+    with MailboxStore(tmp_path / "mailboxes").sent_messages("alice") as messages:
+        [open_message] = messages
+        with open_message() as message:
+            assert message.read() == STORED
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs a spare signal to play SIGBREAK")
