@@ -32,7 +32,7 @@ import client as client_module
 from mailserver.users import hash_password, rewrite_users_file
 
 RECONNECTED = "(reconnected: the server had closed the idle connection)"
-IDLE_TIMEOUT = 1.0  # seconds: the server closes a session that says nothing for this long
+IDLE_TIMEOUT = 3.0  # seconds: the server closes a session that says nothing for this long (the login is faster)
 
 
 def logged_in_then_idle(server: RunningServer, client: ClientProcess) -> None:
