@@ -45,7 +45,7 @@ package `mailserver/`, a module per concern:
     smtp.py      the SMTP session, a method per command  data.py      DATA on the wire
     pop3.py      the POP3 session, a method per command  sasl.py      AUTH's answers, both protocols
     listener.py  the server, its ports and sessions      limits.py    caps and the login throttle
-    logs.py      what reaches the log
+    logs.py      what reaches the log                    auth_cache.py  logins that cost bcrypt once
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ except ModuleNotFoundError:
         how = "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/python server.py"
     sys.exit(f"server.py needs the bcrypt package, which {sys.executable} does not have: {how}")
 
+from mailserver.auth_cache import AuthCache
 from mailserver.config import CLASSROOM, ServerConfig, options
 from mailserver.listener import LineHandler, MailServer, server_tls_context
 from mailserver.logs import log
@@ -205,6 +206,8 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Se
         parser.error("--require-tls, --tls-port and --pop3s-port need --tls-cert and --tls-key")
     if config.no_pop3 and config.pop3s_port is not None:
         parser.error("--no-pop3 and --pop3s-port contradict each other")
+    if config.auth_cache_ttl < 0:
+        parser.error("--auth-cache-ttl must be 0 (off) or more seconds")
     return config
 
 
@@ -266,7 +269,7 @@ def start(config: ServerConfig) -> MailServer:
     """Load the users, open the mailboxes, and bind the SMTP and POP3 ports (and the TLS ones if asked)."""
     if config.tls_cert and config.tls_key:
         config = dataclasses.replace(config, tls_context=server_tls_context(config.tls_cert, config.tls_key))
-    users = UserStore(Path(config.users))
+    users = UserStore(Path(config.users), AuthCache(config.auth_cache_ttl))
     mailboxes = MailboxStore(Path(config.mailboxes))
     if removed := mailboxes.clean_temporary_files():
         log.info("removed %d unfinished deliveries left by a crash", removed)

@@ -60,6 +60,10 @@ class ServerConfig:
         30, "failed logins from one address, all names together, before it must wait", metavar="N"
     )
     login_failure_window: float = option(60.0, "how long a failed login counts", metavar="SECONDS")
+    # As Dovecot's auth_cache_ttl: a client that logs in for every message pays bcrypt once an hour.
+    auth_cache_ttl: float = option(
+        3600.0, "how long a successful login is remembered, so the next costs no bcrypt (0: off)", metavar="SECONDS"
+    )
     tls_cert: str | None = option(None, "certificate (PEM) for STARTTLS, STLS and the TLS ports", metavar="FILE")
     tls_key: str | None = option(None, "private key (PEM) of --tls-cert", metavar="FILE")
     tls_port: int | None = option(None, "also listen here with implicit TLS (SMTPS)", metavar="PORT", type=int)

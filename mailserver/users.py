@@ -17,6 +17,7 @@ from pathlib import Path
 
 import bcrypt
 
+from .auth_cache import AuthCache
 from .logs import log
 
 USERNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")  # names folders: no "/", no leading "."
@@ -94,12 +95,18 @@ def parse_users(path: Path) -> dict[str, bytes]:
 
 
 class UserStore:
-    """The accounts of users.txt, reloaded when the file changes."""
+    """The accounts of users.txt, reloaded when the file changes.
+
+    A login looks at the file every time, so that passwd and deluser count from the next
+    login on; other questions (is this a name?) look at most once a second.
+    """
 
     reload_interval = 1.0  # seconds between stat() calls: edits show up within about a second
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, auth_cache: AuthCache | None = None) -> None:
         self.path = Path(path)
+        # The server hands in its one cache (--auth-cache-ttl); without it, every login pays bcrypt.
+        self.auth_cache = AuthCache(ttl=0) if auth_cache is None else auth_cache
         self._lock = threading.Lock()
         self._table = parse_users(self.path)
         self._dummies = DummyHashes(self._table)
@@ -120,27 +127,35 @@ class UserStore:
         """Return True if name exists and password is its password.
 
         Whatever the name and the password, the bcrypt work is that of an account, so
-        timing does not tell which names exist (see DummyHashes).
+        timing does not tell which names exist (see DummyHashes). A password that passed
+        recently against the same hash is answered by the auth cache, without bcrypt.
         """
-        hashed = self._current().get(name)
+        hashed = self._current(fresh=True).get(name)
         if hashed is None:
             bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], self._dummies.for_name(name))
             return False
+        return self.auth_cache.recalls(name, password, hashed) or self._bcrypt_check(name, password, hashed)
+
+    def _bcrypt_check(self, name: str, password: bytes, hashed: bytes) -> bool:
         # bcrypt 5 refuses a longer password; it is wrong, but pays this account's cost like any wrong one.
         matches = bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], hashed)
-        return matches and len(password) <= BCRYPT_MAX_PASSWORD
+        if not (matches and len(password) <= BCRYPT_MAX_PASSWORD):
+            return False  # never cached: the login throttle counts failures
+        self.auth_cache.remember(name, password, hashed)
+        return True
 
-    def refresh(self) -> None:
-        """Reload users.txt if it changed since the last look; look at most once every reload_interval."""
+    def refresh(self, *, fresh: bool = False) -> None:
+        """Reload users.txt if it changed: look now if fresh, else at most once every reload_interval."""
         now = time.monotonic()
-        if now >= self._next_stat:
+        if fresh or now >= self._next_stat:
             with self._lock:
-                if now >= self._next_stat:
+                if fresh or now >= self._next_stat:
                     self._next_stat = now + self.reload_interval
                     self._reload_if_changed()
 
-    def _current(self) -> dict[str, bytes]:
-        self.refresh()
+    def _current(self, *, fresh: bool = False) -> dict[str, bytes]:
+        """The accounts, after a look at users.txt (see refresh)."""
+        self.refresh(fresh=fresh)
         return self._table
 
     def _file_stamp(self) -> tuple[int, int, int] | None:
@@ -162,6 +177,7 @@ class UserStore:
             return
         # No bcrypt work (a new dummy hash used to take 0.2 s here): accounts and costs change together.
         self._table, self._dummies = table, DummyHashes(table)
+        self.auth_cache.forget_changed(table)  # a changed or removed account: its entry goes at once
         log.info("reloaded %s: %d accounts", self.path, len(self._table))
 
 

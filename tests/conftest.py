@@ -34,7 +34,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mailserver.config import ServerConfig  # noqa: E402  (needs the path above)
+from mailserver.auth_cache import AuthCache  # noqa: E402  (needs the path above)
+from mailserver.config import ServerConfig  # noqa: E402
 from mailserver.listener import Listener, MailServer, server_tls_context  # noqa: E402
 from mailserver.pop3 import POP3Handler  # noqa: E402
 from mailserver.smtp import SMTPHandler  # noqa: E402
@@ -122,11 +123,9 @@ def start_server(tmp_path: Path, shared_users_file: Path) -> Iterator[Callable[.
     ) -> RunningServer:
         config.setdefault("hostname", "mail.test")
         mailboxes = mailboxes_path or tmp_path / f"mailboxes{len(running) or ''}"
-        server = MailServer(
-            ServerConfig(**config),  # type: ignore[arg-type]
-            UserStore(users_path or shared_users_file),
-            MailboxStore(mailboxes),
-        )
+        settings = ServerConfig(**config)  # type: ignore[arg-type]
+        users = UserStore(users_path or shared_users_file, AuthCache(settings.auth_cache_ttl))  # as server.start()
+        server = MailServer(settings, users, MailboxStore(mailboxes))
         listener = server.listen(("127.0.0.1", 0), SMTPHandler, implicit_tls=implicit_tls)
         # stop() waits for serve_forever to look at its shutdown flag, once a poll_interval: every test pays it.
         server.serve_in_background(listener, poll_interval=0.01)

@@ -493,6 +493,28 @@ def test_an_edit_of_users_txt_is_logged_within_about_a_second_without_a_login(
     assert "login" not in process.log and "connected" not in process.log
 
 
+def test_running_server_refuses_a_remembered_password_right_after_passwd(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """The auth cache knows alice's old password, yet the login right after passwd sees the new hash."""
+    users = write_users_file(tmp_path / "live-users.txt", {"alice": "alice-password", "bob": "bob-password"})
+    process = server_process(*PATIENT, users=users)
+    assert can_log_in(process.port, "alice", "alice-password")
+    assert can_log_in(process.port, "bob", "bob-password")
+    assert manage(users, "passwd", "alice", stdin="changed\n").returncode == 0
+    assert not can_log_in(process.port, "alice", "alice-password")
+    assert manage(users, "deluser", "bob").returncode == 0
+    assert not can_log_in(process.port, "bob", "bob-password")
+    assert can_log_in(process.port, "alice", "changed")
+
+
+def test_a_negative_auth_cache_ttl_is_a_usage_error(tmp_path: Path) -> None:
+    result = run("--auth-cache-ttl", "-1", "--users", str(tmp_path / "users.txt"))
+    assert result.returncode == 2
+    assert "--auth-cache-ttl must be 0 (off) or more seconds" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_running_server_keeps_the_accounts_after_a_malformed_edit(
     server_process: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
