@@ -3,6 +3,9 @@
     python tests/benchmark.py                                  # all seven scenarios, bcrypt cost 12
     python tests/benchmark.py --scenario small --compare aiosmtpd --repeat 3
     python tests/benchmark.py --scenario small --rounds 4 --compare aiosmtpd
+    python tests/benchmark.py --scenario oneshot --compare aiosmtpd --repeat 3
+    python tests/benchmark.py --scenario small --compare ../main/server.py   # before/after a change
+    python tests/benchmark.py --scenario small --python ~/.pyenv/versions/3.13.0/bin/python
     python tests/benchmark.py --scenario small --host 127.0.0.1 --port 2525 --user alice --password wonderland
     python tests/benchmark.py --scenario pop3 --rounds 4
 
@@ -20,10 +23,21 @@ Scenarios (--connections, --messages and --size override their numbers):
   5 huge   one 100 MiB message, with the size limit raised: MiB/s, RSS growth
   6 retr   RETR of a mailbox of 1000 messages of 2 KiB: seconds
   7 pop3   POP3 LIST and RETR of each message of a 1000-message inbox of 2 KiB: messages/s
+  8 oneshot  200 connections over 10 accounts, each logging in and sending one 2 KiB message,
+           as swaks or msmtp do; each account's connections one after another, as a
+           student's sending script runs them: messages/s, and latency once every
+           account has logged in once
 
---compare aiosmtpd also runs scenarios 1 and 2 against tests/aiosmtpd_baseline.py,
-alternating with server.py run by run, and prints the ratios. --server runs a changed
-copy of server.py instead, to measure a change before making it.
+Every scenario reports the server's CPU per message (user + kernel, from /proc)
+beside its rate; the scenarios that log in also report the bcrypt floor: the
+accounts' first logins (N checks x one check's time / cores), the least time the
+logins can take however fast the rest is.
+
+--compare aiosmtpd also runs scenarios 1, 2 and 7 against tests/aiosmtpd_baseline.py,
+alternating with server.py run by run, and prints the ratios and both CPU figures.
+--compare PATH/server.py does the same against another copy of server.py (a checkout
+of main, say): today's code against a change. --server runs a changed copy instead
+of server.py; --python runs the servers under another interpreter.
 
 Exit status: 0 all measured; 1 some sessions failed (see the errors column);
 2 a server could not be started; 3 --compare aiosmtpd was asked for but aiosmtpd
@@ -36,7 +50,6 @@ import argparse
 import base64
 import contextlib
 import dataclasses
-import importlib.metadata
 import json
 import math
 import multiprocessing
@@ -87,6 +100,8 @@ class Scenario:
     messages: int  # per connection; for retr and pop3, the mailbox size
     size: int
     comparable: bool = False  # run against aiosmtpd too with --compare
+    accounts: int | None = None  # None: one account per connection
+    one_after_another: bool = False  # an account's connections run in turn, as a sending script's do
 
 
 SCENARIOS = [
@@ -97,6 +112,9 @@ SCENARIOS = [
     Scenario(5, "huge", "one huge message", 1, 1, 100 * MIB),
     Scenario(6, "retr", "RETR of a big mailbox", 1, 1000, 2 * KIB),
     Scenario(7, "pop3", "POP3 LIST and RETR of a big inbox", 1, 1000, 2 * KIB),
+    Scenario(
+        8, "oneshot", "a message per connection", 200, 1, 2 * KIB, comparable=True, accounts=10, one_after_another=True
+    ),
 ]
 
 
@@ -109,6 +127,7 @@ class Load:
     messages: int
     size: int
     rounds: int
+    accounts: int
 
 
 @dataclasses.dataclass
@@ -128,7 +147,7 @@ class Result:
     login_ms: dict[str, float] | None  # p50, p99
     server_cpu_seconds: float | None
     server_cpu_user_system: tuple[float, float] | None  # user vs kernel: Python work or system calls?
-    cpu_seconds_per_1000: float | None
+    cpu_ms_per_message: float | None  # the server's user + kernel CPU, bcrypt included, per message
     peak_rss_mib: float | None
     client_cpu_seconds: float
     errors: int
@@ -257,13 +276,33 @@ class Target:
 
 
 _hash_cache: dict[int, str] = {}
+_check_cpu_seconds: dict[int, float] = {}
+
+
+def password_hash(rounds: int) -> str:
+    if rounds not in _hash_cache:
+        _hash_cache[rounds] = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds)).decode()
+    return _hash_cache[rounds]
 
 
 def write_users_file(path: Path, names: list[str], rounds: int) -> None:
-    """All accounts share one hash of PASSWORD: each check still costs the full bcrypt work."""
-    if rounds not in _hash_cache:
-        _hash_cache[rounds] = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds)).decode()
-    path.write_text("".join(f"{name}:{_hash_cache[rounds]}\n" for name in names))
+    """All accounts share one hash of PASSWORD: each check still costs the full bcrypt work.
+
+    (The server's auth cache is per user name: sharing a hash gives no account another's entry.)
+    """
+    path.write_text("".join(f"{name}:{password_hash(rounds)}\n" for name in names))
+
+
+def bcrypt_check_cpu_seconds(rounds: int) -> float:
+    """The CPU time of one bcrypt check at this cost on this machine: the least of three, as floors are."""
+    if rounds not in _check_cpu_seconds:
+        hashed, times = password_hash(rounds).encode(), []
+        for _ in range(3):
+            started = time.thread_time()
+            bcrypt.checkpw(PASSWORD.encode(), hashed)
+            times.append(time.thread_time() - started)
+        _check_cpu_seconds[rounds] = min(times)
+    return _check_cpu_seconds[rounds]
 
 
 def account_names(count: int) -> list[str]:
@@ -279,19 +318,22 @@ def started_target(kind: str, load: Load, args: argparse.Namespace, work: Path) 
             f"{args.host}:{args.port}", args.host, args.port, args.user, args.password, monitor, args.pop3_port
         )
         return
-    accounts = account_names(load.connections if load.messages else 1)
+    accounts = account_names(load.accounts)
     users_path = work / "users.txt"
     write_users_file(users_path, accounts, load.rounds)
     limit = max(10 * MIB, load.size + MIB)  # the huge message needs the limit raised
     common = ["--host", "127.0.0.1", "--port", "0", "--users", str(users_path)]
     common += ["--mailboxes", str(work / "mailboxes"), "--max-message-size", str(limit)]
-    if kind == OURS:
+    if kind == AIOSMTPD:
+        command = [args.python, str(BASELINE_SCRIPT), *common]
+    else:  # server.py, or the other copy of it that --compare names
         connections = str(max(100, load.connections + 10))
         extra = ["--hostname", "bench.test", "--max-connections", connections, "--max-connections-per-ip", connections]
-        command = [sys.executable, str(args.server), *common, "--pop3-port", "0", *extra]  # never 1100: it may be taken
-    else:
-        command = [sys.executable, str(BASELINE_SCRIPT), *common]
-    with ServerProcess(kind, command, work / "server.log", pop3=kind == OURS) as server:
+        # --pop3-port 0, never 1100: it may be taken. Only the pop3 scenario waits for that port.
+        script = args.server if kind == OURS else args.peer_script
+        command = [args.python, str(script), *common, "--pop3-port", "0", *extra]
+    pop3 = load.scenario.name == "pop3"
+    with ServerProcess(kind, command, work / "server.log", pop3=pop3) as server:
         yield Target(kind, "127.0.0.1", server.port, accounts, PASSWORD, server.monitor, server.pop3_port)
 
 
@@ -467,26 +509,29 @@ def _own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+Script = list[tuple[str, int]]  # connections run one after another: (user, messages) for each
+
+
 @dataclasses.dataclass(frozen=True)
 class SendJob:
     host: str
     port: int
     password: str
     timeout: float
-    sessions: list[tuple[str, int]]  # (user, messages) for each connection
+    scripts: list[Script]  # run side by side, a thread each
     size: int
     to_self: bool = False  # each user sends to its own inbox (user@localhost), else to a remote address
 
 
 def send_worker(job: SendJob, channel: Channel) -> None:
-    """One thread per connection: log in, send the messages one after the other, quit."""
+    """One thread per script: each connection logs in, sends its messages one after the other, quits."""
     payload = make_message(job.size) + b".\r\n"  # built before the start: not part of the measurement
-    outcome: dict[str, Any] = {"latencies": [], "logins": [], "login_ends": [], "ends": [], "errors": []}
+    outcome: dict[str, Any] = {"latencies": [], "logins": [], "connections": [], "errors": []}
     channel.report("ready")
     channel.wait(channel.go)
     threads = [
-        threading.Thread(target=_send_session, args=(job, user, count, payload, outcome), daemon=True)
-        for user, count in job.sessions
+        threading.Thread(target=_run_script, args=(job, script, payload, outcome), daemon=True)
+        for script in job.scripts
     ]
     for thread in threads:
         thread.start()
@@ -499,19 +544,28 @@ def send_worker(job: SendJob, channel: Channel) -> None:
     channel.report("done", outcome)
 
 
+def _run_script(job: SendJob, script: Script, payload: bytes, outcome: dict[str, Any]) -> None:
+    for user, count in script:
+        _send_session(job, user, count, payload, outcome)
+
+
 def _send_session(job: SendJob, user: str, count: int, payload: bytes, outcome: dict[str, Any]) -> None:
+    """One connection; outcome["connections"] gets when it started, logged in (None if not) and ended."""
+    connection = {"user": user, "started": time.monotonic(), "logged_in": None, "latencies": []}
     try:
         with Client(job.host, job.port, job.timeout) as client:
             outcome["logins"].append(client.login(user, job.password))
-            outcome["login_ends"].append(time.monotonic())
+            connection["logged_in"] = time.monotonic()
             recipient = f"RCPT TO:<{user}@localhost>\r\n".encode() if job.to_self else RECIPIENT
             for _ in range(count):
-                outcome["latencies"].append(client.send(payload, recipient))
+                connection["latencies"].append(client.send(payload, recipient))
             client.expect(b"QUIT\r\n", 221)
     except (OSError, ProtocolError) as error:
         outcome["errors"].append(f"{user}: {error}")
     finally:
-        outcome["ends"].append(time.monotonic())
+        connection["ended"] = time.monotonic()
+        outcome["latencies"].extend(connection["latencies"])
+        outcome["connections"].append(connection)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -657,7 +711,7 @@ def make_result(
         login_ms=milliseconds([x for outcome in outcomes for x in outcome.get("logins", [])], (50, 99)),
         server_cpu_seconds=cpu,
         server_cpu_user_system=user_system,
-        cpu_seconds_per_1000=round(cpu / messages * 1000, 2) if cpu is not None and messages else None,
+        cpu_ms_per_message=round(cpu / messages * 1000, 3) if cpu is not None and messages else None,
         peak_rss_mib=usage.peak(),
         client_cpu_seconds=round(sum(outcome.get("cpu", 0.0) for outcome in outcomes), 2),
         errors=len(errors),
@@ -671,29 +725,37 @@ def make_result(
 
 
 def drive_senders(
-    target: Target, sessions: list[tuple[str, int]], size: int, args: argparse.Namespace, *, to_self: bool = False
+    target: Target, scripts: list[Script], size: int, args: argparse.Namespace, *, to_self: bool = False
 ) -> tuple[float, list[dict[str, Any]]]:
-    """Run the sessions from --processes client processes; return (start time, outcomes)."""
+    """Run the scripts from --processes client processes; return (start time, outcomes)."""
     jobs = [
         SendJob(target.host, target.port, target.password, args.timeout, hand, size, to_self)
-        for hand in split(sessions, args.processes)
+        for hand in split(scripts, args.processes)
     ]
     with Fleet(send_worker, jobs, args.max_seconds) as fleet:
         started = fleet.release()
         return started, fleet.collect("done")
 
 
+def scripts_of(load: Load, users: list[str]) -> list[Script]:
+    """The connections of the scenario, grouped into scripts: one per connection, or one per account."""
+    connections = [(users[number % len(users)], load.messages) for number in range(load.connections)]
+    if not load.scenario.one_after_another:
+        return [[connection] for connection in connections]
+    return [[c for c in connections if c[0] == user] for user in users]
+
+
 def run_send(load: Load, target: Target, args: argparse.Namespace) -> Result:
-    """Scenarios 1, 2, 3 and 5: every connection logs in and sends its messages."""
-    sessions = [(target.users[number % len(target.users)], load.messages) for number in range(load.connections)]
+    """Scenarios 1, 2, 3, 5 and 7: every connection logs in and sends its messages."""
     usage = Usage(target.monitor)
     usage.start()
-    started, outcomes = drive_senders(target, sessions, load.size, args)
-    seconds = max(end for outcome in outcomes for end in outcome["ends"]) - started
+    started, outcomes = drive_senders(target, scripts_of(load, target.users), load.size, args)
+    connections = [connection for outcome in outcomes for connection in outcome["connections"]]
+    seconds = max(connection["ended"] for connection in connections) - started
     messages = sum(len(outcome["latencies"]) for outcome in outcomes)
-    login_ends = [end for outcome in outcomes for end in outcome["login_ends"]]
-    notes: dict[str, Any] = {"all_logged_in_s": round(max(login_ends) - started, 3) if login_ends else None}
-    summary = f"all logged in after {notes['all_logged_in_s']} s"
+    notes, summary = login_notes(load, connections, started)
+    if load.scenario.one_after_another:
+        summary = warm_notes(connections, notes, started)
     if load.scenario.name == "huge":  # the rate of the transfer itself (MAIL to 250), not of the login
         seconds = sum(x for outcome in outcomes for x in outcome["latencies"]) or seconds
         growth = round(usage.monitor.peak_rss_mib() - usage.rss_before, 1) if usage.monitor else None
@@ -702,6 +764,48 @@ def run_send(load: Load, target: Target, args: argparse.Namespace) -> Result:
     octets = messages * load.size
     figures = {"messages": messages, "octets": octets, "seconds": seconds, "notes": notes, "summary": summary}
     return make_result(load, target, usage, outcomes, **figures)
+
+
+def login_notes(load: Load, connections: list[dict[str, Any]], started: float) -> tuple[dict[str, Any], str]:
+    """When all connections, and every account once, had logged in; and the bcrypt floor of those first logins.
+
+    The floor is N checks x one check's CPU time / cores, N the accounts: with the auth
+    cache, a second login of an account costs no bcrypt, so no server can log them in sooner.
+    """
+    logins = [connection for connection in connections if connection["logged_in"] is not None]
+    if not logins:
+        return {"all_logged_in_s": None}, "nobody logged in"
+    first_login: dict[str, float] = {}
+    for connection in logins:
+        first_login[connection["user"]] = min(first_login.get(connection["user"], math.inf), connection["logged_in"])
+    floor = len(first_login) * bcrypt_check_cpu_seconds(load.rounds) / (os.cpu_count() or 1)
+    accounts_in = max(first_login.values()) - started
+    notes = {
+        "all_logged_in_s": round(max(connection["logged_in"] for connection in logins) - started, 3),
+        "accounts_logged_in_s": round(accounts_in, 3),
+        "bcrypt_floor_s": round(floor, 3),
+        "accounts_logged_in_vs_floor": round(accounts_in / floor, 2) if floor else None,
+    }
+    ratio = notes["accounts_logged_in_vs_floor"]
+    summary = (
+        f"all logged in after {notes['all_logged_in_s']} s ({ratio}x the bcrypt floor of {notes['bcrypt_floor_s']} s)"
+    )
+    return notes, summary
+
+
+def warm_notes(connections: list[dict[str, Any]], notes: dict[str, Any], started: float) -> str:
+    """Latency of the connections that began once every account had logged in once (the auth cache warm)."""
+    warm_after = started + notes["accounts_logged_in_s"] if notes.get("accounts_logged_in_s") is not None else math.inf
+    warm = [c for c in connections if c["started"] >= warm_after and c["logged_in"] is not None]
+    notes["warm_connections"] = len(warm)
+    notes["warm_session_ms"] = milliseconds([c["ended"] - c["started"] for c in warm], (50, 99))
+    notes["warm_message_ms"] = milliseconds([latency for c in warm for latency in c["latencies"]], (50, 99))
+    session, message = notes["warm_session_ms"] or {}, notes["warm_message_ms"] or {}
+    return (
+        f"every account logged in after {notes.get('accounts_logged_in_s')} s "
+        f"({notes.get('accounts_logged_in_vs_floor')}x the bcrypt floor); then {len(warm)} connections: "
+        f"connect-to-221 p99 {session.get('p99')} ms, message p99 {message.get('p99')} ms"
+    )
 
 
 def run_burst(load: Load, target: Target, args: argparse.Namespace) -> Result:
@@ -767,9 +871,9 @@ def fill_mailbox(
 ) -> None:
     """user sends count messages: to a remote address (its Sent fills), or to itself (its inbox fills too)."""
     fillers = min(10, count)  # ten sessions fill it faster than one; all as the same user
-    sessions = [(user, count // fillers + (number < count % fillers)) for number in range(fillers)]
-    if sessions:
-        _, filled = drive_senders(target, sessions, size, args, to_self=to_self)
+    scripts = [[(user, count // fillers + (number < count % fillers))] for number in range(fillers)]
+    if scripts:
+        _, filled = drive_senders(target, scripts, size, args, to_self=to_self)
         errors = [error for outcome in filled for error in outcome["errors"]]
         if errors:
             raise BenchmarkError(f"could not fill the mailbox: {errors[:3]}")
@@ -876,26 +980,24 @@ RUNNERS: dict[str, Callable[[Load, Target, argparse.Namespace], Result]] = {
     "huge": run_send,
     "retr": run_retr,
     "pop3": run_pop3,
+    "oneshot": run_send,
 }
 
 
 def measure(scenario: Scenario, kind: str, args: argparse.Namespace) -> Result:
-    load = Load(
-        scenario,
-        args.connections or scenario.connections,
-        args.messages if args.messages is not None else scenario.messages,
-        args.size or scenario.size,
-        args.rounds,
-    )
+    connections = args.connections or scenario.connections
+    messages = args.messages if args.messages is not None else scenario.messages
+    accounts = min(args.accounts or scenario.accounts or connections, connections) if messages else 1
+    load = Load(scenario, connections, messages, args.size or scenario.size, args.rounds, accounts)
     if scenario.name == "huge":  # one message on one connection by design
-        load = dataclasses.replace(load, connections=1, messages=1)
+        load = dataclasses.replace(load, connections=1, messages=1, accounts=1)
     if scenario.name in ("retr", "pop3"):  # one session reads; --messages is the mailbox's size
-        load = dataclasses.replace(load, connections=1)
+        load = dataclasses.replace(load, connections=1, accounts=1)
     if scenario.name == "burst":
-        load = dataclasses.replace(load, messages=0, size=0)
+        load = dataclasses.replace(load, messages=0, size=0, accounts=1)
     log(
         f"{scenario.number} {scenario.name} ({scenario.title}) on {kind}: {load.connections} connections, "
-        f"{load.messages} messages of {load.size} octets, bcrypt cost {load.rounds}"
+        f"{load.messages} messages of {load.size} octets, {load.accounts} accounts at bcrypt cost {load.rounds}"
     )
     with (
         tempfile.TemporaryDirectory(prefix="smtp-bench-", dir=args.workdir) as work,
@@ -928,13 +1030,13 @@ COLUMNS = [
     ("msgs", lambda r: r.messages),
     ("secs", lambda r: r.seconds),
     ("msgs/s", lambda r: r.messages_per_second),
+    ("CPU ms/msg", lambda r: r.cpu_ms_per_message),
     ("MiB/s", lambda r: r.mib_per_second),
     ("p50 ms", lambda r: (r.latency_ms or {}).get("p50")),
     ("p90 ms", lambda r: (r.latency_ms or {}).get("p90")),
     ("p99 ms", lambda r: (r.latency_ms or {}).get("p99")),
     ("login p50", lambda r: (r.login_ms or {}).get("p50")),
     ("login p99", lambda r: (r.login_ms or {}).get("p99")),
-    ("CPU s/1k", lambda r: r.cpu_seconds_per_1000),
     ("peak RSS MiB", lambda r: r.peak_rss_mib),
     ("errors", lambda r: r.errors),
     ("notes", lambda r: r.summary),
@@ -949,41 +1051,57 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def comparisons(results: list[Result]) -> list[dict[str, Any]]:
-    """server.py / aiosmtpd for each comparable scenario, run by run (they alternate) and as a median."""
+def median_of(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return round(statistics.median(known), 3) if known else None
+
+
+def comparisons(results: list[Result], peer: str | None) -> list[dict[str, Any]]:
+    """server.py against the peer for each comparable scenario, run by run (they alternate) and as medians."""
     compared = []
     for scenario in SCENARIOS:
         ours = [r for r in results if r.scenario == scenario.name and r.server == OURS]
-        theirs = [r for r in results if r.scenario == scenario.name and r.server.startswith(AIOSMTPD)]
+        theirs = [r for r in results if r.scenario == scenario.name and peer and r.server.startswith(peer)]
         pairs = [(a, b) for a, b in zip(ours, theirs, strict=False) if a.messages_per_second and b.messages_per_second]
         if not pairs:
             continue
         ratios = [round(a.messages_per_second / b.messages_per_second, 2) for a, b in pairs]  # type: ignore[operator]
+        cpu = [(a.cpu_ms_per_message, b.cpu_ms_per_message) for a, b in pairs]
         compared.append(
             {
                 "scenario": scenario.name,
+                "peer": pairs[0][1].server,
                 "rounds": pairs[0][0].rounds,
                 "ratios": ratios,
                 "median_ratio": round(statistics.median(ratios), 2),
                 "p99_ms": [((a.latency_ms or {}).get("p99"), (b.latency_ms or {}).get("p99")) for a, b in pairs],
+                "cpu_ms_per_message": cpu,
+                "median_cpu_ms_per_message": [median_of([c[0] for c in cpu]), median_of([c[1] for c in cpu])],
             }
         )
     return compared
 
 
 def format_comparisons(compared: list[dict[str, Any]]) -> str:
-    lines = ["server.py / aiosmtpd, messages/s (same as MiB/s: same messages), measured in this run:"]
+    lines = ["server.py against the peer, measured in this run, run by run (messages/s; MiB/s is the same ratio):"]
     for item in compared:
         runs = ", ".join(f"{ratio}x" for ratio in item["ratios"])
-        p99 = "; ".join(f"{ours} vs {theirs} ms" for ours, theirs in item["p99_ms"])
-        lines.append(f"  {item['scenario']:6} cost {item['rounds']}: median {item['median_ratio']}x  (runs: {runs})")
-        lines.append(f"  {'':6} p99 latency, server.py vs aiosmtpd: {p99}")
+        p99 = "; ".join(f"{ours} vs {theirs}" for ours, theirs in item["p99_ms"])
+        cpu = "; ".join(f"{ours} vs {theirs}" for ours, theirs in item["cpu_ms_per_message"])
+        ours_cpu, their_cpu = item["median_cpu_ms_per_message"]
+        lines.append(
+            f"  {item['scenario']:7} cost {item['rounds']}, against {item['peer']}: "
+            f"median {item['median_ratio']}x  (runs: {runs})"
+        )
+        lines.append(f"  {'':7} CPU ms per message, server.py vs peer: median {ours_cpu} vs {their_cpu}  (runs: {cpu})")
+        lines.append(f"  {'':7} message p99 ms, server.py vs peer: {p99}")
     return "\n".join(lines)
 
 
 def environment(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "python": platform.python_version(),
+        "server_python": python_version(args.python),
         "cpus": os.cpu_count(),
         # Before the run: other work on the machine (the benchmark itself raises it).
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
@@ -1006,17 +1124,19 @@ def filesystem_of(path: Path) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def aiosmtpd_version() -> str | None:
-    try:
-        return importlib.metadata.version("aiosmtpd")
-    except importlib.metadata.PackageNotFoundError:
-        return None
+def probe(python: str, code: str) -> str | None:
+    """What python prints running code, or None if it fails."""
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
-def aiosmtpd_importable() -> bool:
-    """Importable by a child Python like ours (the baseline runs as `python tests/aiosmtpd_baseline.py`)."""
-    probe = subprocess.run([sys.executable, "-c", "import aiosmtpd.smtp"], capture_output=True, cwd=ROOT, check=False)
-    return probe.returncode == 0
+def python_version(python: str) -> str | None:
+    return probe(python, "import platform; print(platform.python_version())")
+
+
+def aiosmtpd_version(python: str) -> str | None:
+    """The version of aiosmtpd that the servers' python imports (the baseline runs under it); None if none."""
+    return probe(python, "import importlib.metadata, aiosmtpd.smtp; print(importlib.metadata.version('aiosmtpd'))")
 
 
 def raise_open_files_limit(needed: int) -> None:
@@ -1044,7 +1164,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=12, help="bcrypt cost of the accounts (default 12)")
     parser.add_argument("--processes", type=int, default=4, help="client processes (default 4)")
     parser.add_argument("--repeat", type=int, default=1, help="measure each scenario this many times")
-    parser.add_argument("--compare", choices=[AIOSMTPD], help="also run scenarios 1-2 against aiosmtpd")
+    parser.add_argument(
+        "--compare",
+        metavar="aiosmtpd|SERVER.py",
+        help="also run the comparable scenarios (small, large, oneshot) against aiosmtpd, or another copy of server.py",
+    )
+    parser.add_argument("--accounts", type=int, help="accounts the connections log in as (default: the scenario's)")
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the interpreter that runs the servers (default: this one); it needs bcrypt, and aiosmtpd to compare",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--hold", type=float, default=2.0, help="seconds the burst's connections stay idle")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds a client waits for one reply")
@@ -1079,6 +1209,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--port of a running server needs --user and --password")
     if min(args.processes, args.repeat) < 1 or (args.messages is not None and args.messages < 0):
         parser.error("--processes and --repeat must be at least 1, --messages at least 0")
+    if args.accounts is not None and args.accounts < 1:
+        parser.error("--accounts must be at least 1")
+    args.peer, args.peer_script = None, None
+    if args.compare == AIOSMTPD:
+        args.peer = AIOSMTPD
+    elif args.compare:
+        args.peer_script = Path(args.compare).resolve()
+        if not args.peer_script.is_file():
+            parser.error(f"--compare: {args.compare} is neither aiosmtpd nor a server script")
+        args.peer = f"{args.peer_script.parent.name}/{args.peer_script.name}"  # e.g. main/server.py
     return args
 
 
@@ -1086,12 +1226,12 @@ def selected_scenarios(choice: str) -> list[Scenario]:
     return [s for s in SCENARIOS if choice in ("all", s.name, str(s.number))]
 
 
-def run_all(args: argparse.Namespace, compare: bool) -> tuple[list[Result], list[tuple[str, Exception]]]:
-    """Every selected scenario, --repeat times; aiosmtpd right after server.py, so drift hits both."""
+def run_all(args: argparse.Namespace, peer: str | None) -> tuple[list[Result], list[tuple[str, Exception]]]:
+    """Every selected scenario, --repeat times; the peer right after server.py, so drift hits both."""
     results: list[Result] = []
     failures: list[tuple[str, Exception]] = []
     for scenario in selected_scenarios(args.scenario):
-        kinds = [OURS, AIOSMTPD] if compare and scenario.comparable else [OURS]
+        kinds = [OURS, peer] if peer and scenario.comparable else [OURS]
         for _ in range(args.repeat):
             for kind in kinds:
                 try:
@@ -1101,7 +1241,7 @@ def run_all(args: argparse.Namespace, compare: bool) -> tuple[list[Result], list
                     log(f"  failed: {error}")
                     continue
                 if kind == AIOSMTPD:
-                    result.server = f"{AIOSMTPD} {aiosmtpd_version()}"
+                    result.server = f"{AIOSMTPD} {aiosmtpd_version(args.python)}"
                 log(f"  {result.messages_per_second} msgs/s, {result.errors} errors; {result.summary}")
                 results.append(result)
     return results, failures
@@ -1110,17 +1250,16 @@ def run_all(args: argparse.Namespace, compare: bool) -> tuple[list[Result], list
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     raise_open_files_limit(2 * max(args.connections or 0, 1000) + 256)
-    compare = args.compare == AIOSMTPD
     missing = (
         "--compare aiosmtpd: aiosmtpd is not installed (it is not a project requirement; "
         "`pip install aiosmtpd==1.4.6` for the comparison); measuring server.py alone"
     )
-    aiosmtpd_missing = compare and not aiosmtpd_importable()
+    aiosmtpd_missing = args.peer == AIOSMTPD and aiosmtpd_version(args.python) is None
     if aiosmtpd_missing:
         log(missing)
     setting = environment(args)
-    results, failures = run_all(args, compare and not aiosmtpd_missing)
-    compared = comparisons(results)
+    results, failures = run_all(args, None if aiosmtpd_missing else args.peer)
+    compared = comparisons(results, args.peer)
     if args.json:
         report = {"environment": setting, "results": [dataclasses.asdict(r) for r in results]}
         failed = [f"{where}: {error}" for where, error in failures]

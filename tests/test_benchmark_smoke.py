@@ -1,6 +1,6 @@
 """The benchmark (tests/benchmark.py) still runs: every scenario with tiny numbers, no timing asserted.
 
-The figures themselves live in notes/performance.md; these tests only make sure the
+The figures themselves live in docs/performance.md; these tests only make sure the
 command printed there keeps working and prints well-formed figures.
 """
 
@@ -18,7 +18,7 @@ import pytest
 
 BENCHMARK = Path(__file__).resolve().with_name("benchmark.py")
 TINY = ["--connections", "3", "--messages", "2", "--size", "700", "--rounds", "4", "--hold", "0.1", "--processes", "2"]
-SCENARIOS = ["small", "large", "login", "burst", "huge", "retr", "pop3"]
+SCENARIOS = ["small", "large", "login", "burst", "huge", "retr", "pop3", "oneshot"]
 
 
 def run_benchmark(*args: str, tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -36,7 +36,7 @@ def assert_well_formed(result: dict[str, Any]) -> None:
     """Figures are numbers where they apply, percentiles ordered, server usage read from /proc."""
     assert result["errors"] == 0, result["error_samples"]
     assert result["seconds"] > 0
-    for figure in ("messages_per_second", "mib_per_second", "cpu_seconds_per_1000"):
+    for figure in ("messages_per_second", "mib_per_second", "cpu_ms_per_message"):
         value = result[figure]
         assert value is None or (math.isfinite(value) and value >= 0), (figure, value)
     latency = result["latency_ms"]
@@ -60,8 +60,42 @@ def test_every_scenario_runs_and_reports_json(tmp_path: Path) -> None:
     assert results["huge"]["messages"] == 1
     assert results["retr"]["notes"]["retrieved"] == 2
     assert results["pop3"]["notes"]["retrieved"] == results["pop3"]["messages"] == 2
+    assert results["oneshot"]["messages"] == 3 * 2
+    for name in ("small", "login", "oneshot"):  # the logins against bcrypt's floor
+        notes = results[name]["notes"]
+        assert notes["bcrypt_floor_s"] > 0
+        assert notes["accounts_logged_in_vs_floor"] > 0
+        assert notes["accounts_logged_in_s"] <= notes["all_logged_in_s"]
+    assert report["environment"]["server_python"] == report["environment"]["python"]
     assert report["failures"] == []
     assert not list(tmp_path.iterdir()), "temporary mailboxes left behind"
+
+
+def test_oneshot_reports_the_connections_after_every_account_logged_in(tmp_path: Path) -> None:
+    """Two accounts, three connections each, one after another: the later ones find the cache warm."""
+    args = ["--scenario", "oneshot", "--connections", "6", "--accounts", "2", "--messages", "1", "--json"]
+    finished = run_benchmark(*args, tmp_path=tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    (result,) = json.loads(finished.stdout)["results"]
+    assert_well_formed(result)
+    assert result["messages"] == 6
+    notes = result["notes"]
+    assert 1 <= notes["warm_connections"] <= 4  # each account's first connection is never among them
+    assert notes["warm_session_ms"]["p50"] <= notes["warm_session_ms"]["p99"]
+    assert notes["warm_message_ms"]["p50"] <= notes["warm_message_ms"]["p99"]
+
+
+def test_compare_with_another_copy_of_the_server(tmp_path: Path) -> None:
+    """--compare SERVER.py: today's code against a change, alternating run by run."""
+    copy = BENCHMARK.parent.parent / "server.py"
+    finished = run_benchmark("--scenario", "small", "--compare", str(copy), "--json", tmp_path=tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    report = json.loads(finished.stdout)
+    ours, theirs = report["results"]
+    assert (ours["server"], theirs["server"]) == ("server.py", f"{copy.parent.name}/server.py")
+    (comparison,) = report["comparisons"]
+    assert comparison["median_ratio"] > 0
+    assert all(cpu > 0 for pair in comparison["cpu_ms_per_message"] for cpu in pair)
 
 
 def test_table_has_a_row_of_figures(tmp_path: Path) -> None:
@@ -72,7 +106,9 @@ def test_table_has_a_row_of_figures(tmp_path: Path) -> None:
     assert set(rule) <= {"-", " "}
     cells = row.split()
     assert cells[:2] == ["small", "server.py"]
+    assert header.split()[7:10] == ["msgs/s", "CPU", "ms/msg"]  # CPU per message beside the rate
     assert float(cells[7]) > 0  # messages/s
+    assert float(cells[8]) > 0  # CPU ms per message
 
 
 def test_compare_without_aiosmtpd_says_so_and_exits_3(tmp_path: Path) -> None:
@@ -101,3 +137,5 @@ def test_compare_with_aiosmtpd_prints_a_ratio(tmp_path: Path) -> None:
     (comparison,) = report["comparisons"]
     assert comparison["scenario"] == "small"
     assert comparison["median_ratio"] > 0
+    ours, theirs = comparison["median_cpu_ms_per_message"]
+    assert ours > 0 and theirs > 0
