@@ -53,18 +53,77 @@ LINK_REFUSED = {errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP, errno.EOP
 
 
 def fsync_directory(path: Path) -> None:
-    """Make a rename or unlink inside directory path survive a crash.
+    """Make a rename or unlink inside directory path, done before this call, survive a crash.
+
+    Group commit: an fsync of a directory makes durable every change made in it before
+    the fsync started. So a caller that finds an fsync of path already running waits for
+    it to end, then for the next one, which starts after its change; deliveries that
+    renamed into one folder meanwhile all share that next fsync instead of queueing one
+    each. If the fsync that covers a caller fails, the caller gets its error.
 
     Windows has no O_DIRECTORY and cannot open a directory to fsync it; there NTFS
     journals the rename itself, so there is nothing to do.
     """
     if not hasattr(os, "O_DIRECTORY"):
         return
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    key = os.fspath(path)
+    with _group_commits_lock:
+        group = _group_commits.get(key)
+        if group is None:
+            group = _group_commits[key] = _GroupCommit(key)
+    group.sync()
+
+
+class _GroupCommit:
+    """The fsyncs of one directory, numbered in the order they start; one runs at a time."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._changed = threading.Condition(threading.Lock())
+        self._running = False
+        self._started = 0  # the number of the last fsync started (the running one, if any)
+        self._finished = 0  # the number of the last fsync that ended, well or not
+        self._durable = 0  # the number of the last fsync that ended well
+        self._error: OSError | None = None  # why the last fsync that failed failed
+
+    def sync(self) -> None:
+        """Return once an fsync that started after this call began has ended well; else raise its error."""
+        with self._changed:
+            covering = self._started + 1  # the first fsync to start from now on: it covers our change
+            self._changed.wait_for(lambda: self._finished >= covering or not self._running)
+            if self._durable >= covering:
+                return  # another thread's fsync, started after our change, has made it durable
+            if self._finished >= covering:
+                assert self._error is not None
+                raise OSError(self._error.errno, self._error.strerror, self.path)
+            self._running = True
+            self._started = covering  # none running and none covering: start it ourselves
+        self._fsync(covering)
+
+    def _fsync(self, number: int) -> None:
+        """Run fsync number, then tell the threads waiting on it how it ended."""
+        error: OSError | None = None
+        try:
+            descriptor = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        except BaseException as failure:
+            error = failure if isinstance(failure, OSError) else OSError(errno.EIO, "directory fsync interrupted")
+            raise
+        finally:
+            with self._changed:
+                self._running, self._finished = False, number
+                if error is None:
+                    self._durable = number
+                else:
+                    self._error = error
+                self._changed.notify_all()
+
+
+_group_commits: dict[str, _GroupCommit] = {}  # directory -> its fsyncs; one entry per Maildir folder
+_group_commits_lock = threading.Lock()
 
 
 class Draft:

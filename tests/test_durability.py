@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import errno
 import io
+import itertools
 import mailbox
 import os
 import random
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import USERS, RawSession, RunningServer, ServerProcess, dot_stuff, wait_for
+from conftest import USERS, RawSession, RunningServer, ServerProcess, dot_stuff, store_message, wait_for
 
 from mailserver import storage
 from mailserver.smtp import SMTPHandler
@@ -346,6 +347,75 @@ def test_250_comes_only_after_fsync_rename_and_directory_fsync(
         ("fsync", str(maildir / "new")),
         ("reply", "250"),
     ]
+
+
+def test_concurrent_deliveries_share_directory_fsyncs_and_each_250_follows_one_started_after_its_rename(
+    smtp_server: RunningServer, connect: Callable[..., RawSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit keeps the promise: a 250 comes only after an fsync of new/ that started after its rename.
+
+    The first fsync of new/ is held until every sender has renamed its message into new/;
+    that fsync started before their renames, so it must cover none of them but its own.
+    They must all wait for the next one, and may share it: two fsyncs for all the messages.
+    (The inboxes' new/, where a class's messages to one teacher are linked, share fsyncs the same way.)
+    """
+    senders = 6
+    store_message(smtp_server.server.mailboxes, "alice", b"Subject: makes the folders\n\n")
+    new_folder = str((smtp_server.mailboxes_path / "alice" / ".Sent" / "new").resolve())  # what RETR reads
+    sessions = [connect() for _ in range(senders)]
+    for session in sessions:
+        session.login()
+    tick = itertools.count()  # one clock for every thread: next() is atomic
+    renamed: dict[str, int] = {}  # message key -> tick once its rename into new/ returned
+    fsyncs: list[tuple[int, int]] = []  # fsyncs of new/: (tick at start, tick at end)
+    replied: dict[str, int] = {}  # message key -> tick as its 250 is sent
+    all_renamed = threading.Event()
+    real_fsync, real_rename, real_reply = os.fsync, os.rename, SMTPHandler.reply
+
+    def rename(source: str | Path, target: str | Path) -> None:
+        real_rename(source, target)
+        if str(Path(target).parent) == new_folder:
+            renamed[Path(target).name] = next(tick)
+            if len(renamed) == senders:
+                all_renamed.set()
+
+    def fsync(descriptor: int) -> None:
+        if os.readlink(f"/proc/self/fd/{descriptor}") != new_folder:
+            real_fsync(descriptor)
+            return
+        started = next(tick)
+        if not fsyncs:
+            all_renamed.wait(10)  # the first fsync of new/: hold it until every rename is done
+        real_fsync(descriptor)
+        fsyncs.append((started, next(tick)))
+
+    def reply(handler: SMTPHandler, code: int, *lines: str) -> None:
+        if code == 250 and lines and lines[0].startswith("OK: stored as "):
+            replied[lines[0].rsplit(" ", 1)[-1]] = next(tick)
+        real_reply(handler, code, *lines)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(SMTPHandler, "reply", reply)
+    codes: list[int] = []
+    threads = [
+        threading.Thread(
+            target=lambda session=session, n=n: codes.append(
+                session.send_message(dot_stuff(make_message(f"group-{n}", 1_000, random.Random(n))))[0]
+            )
+        )
+        for n, session in enumerate(sessions)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert codes == [250] * senders
+    assert sorted(replied) == sorted(renamed)
+    for key, renamed_at in renamed.items():
+        covering = [(start, end) for start, end in fsyncs if renamed_at < start and end < replied[key]]
+        assert covering, f"{key}: renamed at {renamed_at}, 250 at {replied[key]}, fsyncs of new/ {fsyncs}"
+    assert len(fsyncs) == 2  # the held one, and one shared by the other five
 
 
 # ---------------------------------------------------------------- storage faults

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import mailbox
+import os
+import threading
 from pathlib import Path
 
 import pytest
-from conftest import store_message
+from conftest import store_message, wait_for
 
-from mailserver.storage import MailboxStore
+from mailserver.storage import MailboxStore, fsync_directory
 
 
 @pytest.fixture
@@ -164,3 +167,49 @@ def test_committed_delivery_is_visible(store: MailboxStore) -> None:
     assert read_all(store, "alice") == [b"in pieces\n"]
     assert (sent_folder(store, "alice") / "new" / key).is_file()
     assert list((sent_folder(store, "alice") / "tmp").iterdir()) == []
+
+
+# ------------------------------------------------------------ group commit of directory fsyncs
+
+
+def test_a_failed_shared_directory_fsync_fails_every_caller_it_covered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller that waited for another thread's fsync of the folder gets that fsync's error, not a 250."""
+    folder = tmp_path / "new"
+    folder.mkdir()
+    waiting, calls = 4, []
+    entered = threading.Semaphore(0)
+    real_fsync = os.fsync
+
+    def fsync(descriptor: int) -> None:
+        calls.append(descriptor)
+        if len(calls) == 1:  # the first: runs until the others have come, then succeeds
+            for _ in range(waiting):
+                assert entered.acquire(timeout=10)
+            real_fsync(descriptor)
+            return
+        raise OSError(errno.EIO, os.strerror(errno.EIO))  # every later one: the disk failed
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    outcomes: list[object] = []
+
+    def sync(after: threading.Semaphore | None) -> None:
+        if after is not None:
+            after.release()
+        try:
+            fsync_directory(folder)
+            outcomes.append("durable")
+        except OSError as error:
+            outcomes.append(error.errno)
+
+    first = threading.Thread(target=sync, args=(None,))
+    first.start()
+    wait_for(lambda: calls)
+    others = [threading.Thread(target=sync, args=(entered,)) for _ in range(waiting)]
+    for thread in others:
+        thread.start()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert outcomes.count("durable") == 1  # the first caller's own fsync started after its change
+    assert outcomes.count(errno.EIO) == waiting
