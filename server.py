@@ -215,6 +215,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parse_arguments(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # The format shows no process, thread or caller: don't make every line look them up (the
+    # "Optimization" advice of logging's documentation; the process id is a system call a line).
+    logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
+    logging._srcfile = None  # no walk up the stack to find the caller of each log call
     try:
         if args.command:
             manage_users(args)
