@@ -79,8 +79,10 @@ class _GroupCommit:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._changed = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # an fsync ended
         self._running = False
+        self._waiting = 0  # threads waiting for an fsync to end
         self._started = 0  # the number of the last fsync started (the running one, if any)
         self._finished = 0  # the number of the last fsync that ended, well or not
         self._durable = 0  # the number of the last fsync that ended well
@@ -88,9 +90,12 @@ class _GroupCommit:
 
     def sync(self) -> None:
         """Return once an fsync that started after this call began has ended well; else raise its error."""
-        with self._changed:
+        with self._lock:
             covering = self._started + 1  # the first fsync to start from now on: it covers our change
-            self._changed.wait_for(lambda: self._finished >= covering or not self._running)
+            if self._running:
+                self._waiting += 1
+                self._changed.wait_for(lambda: self._finished >= covering or not self._running)
+                self._waiting -= 1
             if self._durable >= covering:
                 return  # another thread's fsync, started after our change, has made it durable
             if self._finished >= covering:
@@ -113,13 +118,14 @@ class _GroupCommit:
             error = failure if isinstance(failure, OSError) else OSError(errno.EIO, "directory fsync interrupted")
             raise
         finally:
-            with self._changed:
+            with self._lock:
                 self._running, self._finished = False, number
                 if error is None:
                     self._durable = number
                 else:
                     self._error = error
-                self._changed.notify_all()
+                if self._waiting:
+                    self._changed.notify_all()
 
 
 _group_commits: dict[str, _GroupCommit] = {}  # directory -> its fsyncs; one entry per Maildir folder
@@ -402,6 +408,8 @@ class MailboxStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._hostname = socket.gethostname().replace("/", "_").replace(":", "_").replace(".", "_")
+        self._pid = os.getpid()  # in every name; asked once, not with a system call per message
+        self._whole: set[str] = set()  # users whose mailbox was seen whole: no stat() per delivery
         self._user_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._user_locks_lock = threading.Lock()
         self._maildrops_in_use: set[str] = set()
@@ -411,9 +419,17 @@ class MailboxStore:
     def start_delivery(self, sender: str, recipients: list[str] | tuple[str, ...] = (), trace: bytes = b"") -> Delivery:
         """Open a message from sender for writing: for sender's Sent, and for the inbox of each recipient
         (accounts here), whose copy starts with trace. Raise OSError if the disk refuses."""
-        inboxes = [self._create(recipient) for recipient in dict.fromkeys(recipients)]
-        sent = self._create(sender) / SENT
-        return Delivery(sent, inboxes, self._unique_name(), trace)
+        users = [sender, *dict.fromkeys(recipients)]
+        try:
+            return self._open_delivery(users, trace)
+        except FileNotFoundError:  # a mailbox was removed while the server ran: make it again
+            self._whole.difference_update(users)
+            return self._open_delivery(users, trace)
+
+    def _open_delivery(self, users: list[str], trace: bytes) -> Delivery:
+        sender, *recipients = users
+        inboxes = [self._create(recipient) for recipient in recipients]
+        return Delivery(self._create(sender) / SENT, inboxes, self._unique_name(), trace)
 
     def inbox_size(self, user: str) -> int:
         """The octets in user's inbox, as on disk (what --max-mailbox-size limits)."""
@@ -530,6 +546,8 @@ class MailboxStore:
     def _create(self, user: str) -> Path:
         """Make user's inbox and Sent folder if they are not there yet; return the inbox."""
         path = self._user_path(user)
+        if user in self._whole:
+            return path  # seen whole once: no stat() per delivery
         if not (path / "cur").is_dir():
             # Idempotent, as the first messages of a user may arrive at once. The Sent folder
             # comes first and the inbox's cur/ last: where cur/ exists, all of it does (and
@@ -538,6 +556,7 @@ class MailboxStore:
             make_maildir(path)
             fsync_directory(path)
             fsync_directory(self.root)
+        self._whole.add(user)
         return path
 
     def _existing_sent(self, user: str) -> mailbox.Maildir | None:
@@ -553,7 +572,7 @@ class MailboxStore:
         now = time.time_ns()
         seconds, microseconds = divmod(now // 1000, 1_000_000)
         sequence = next(self._sequence)
-        return f"{seconds:010d}.M{microseconds:06d}P{os.getpid()}Q{sequence:09d}.{self._hostname}"
+        return f"{seconds:010d}.M{microseconds:06d}P{self._pid}Q{sequence:09d}.{self._hostname}"
 
 
 def make_maildir(path: Path, *, parents: bool = False) -> None:

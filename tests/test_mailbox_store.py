@@ -5,11 +5,12 @@ from __future__ import annotations
 import errno
 import mailbox
 import os
+import shutil
 import threading
 from pathlib import Path
 
 import pytest
-from conftest import store_message, wait_for
+from conftest import deliver, store_message, wait_for
 
 from mailserver.storage import MailboxStore, fsync_directory
 
@@ -213,3 +214,30 @@ def test_a_failed_shared_directory_fsync_fails_every_caller_it_covered(
         thread.join(10)
     assert outcomes.count("durable") == 1  # the first caller's own fsync started after its change
     assert outcomes.count(errno.EIO) == waiting
+
+
+def test_a_maildir_is_looked_for_once(store: MailboxStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the first delivery the store knows the Maildir is whole: no stat() per message."""
+    store_message(store, "alice", b"first\n")
+    looks: list[Path] = []
+    real_is_dir = Path.is_dir
+
+    def is_dir(path: Path) -> bool:
+        looks.append(path)
+        return real_is_dir(path)
+
+    monkeypatch.setattr(Path, "is_dir", is_dir)
+    for number in range(3):
+        store_message(store, "alice", f"message {number}\n".encode())
+    assert looks == []
+    assert len(read_all(store, "alice")) == 4
+
+
+def test_a_mailbox_removed_while_running_is_made_again(store: MailboxStore) -> None:
+    """A teacher who empties mailboxes/ between classes need not restart the server: sender's or recipient's."""
+    deliver(store, "bob", b"before\n", sender="alice")
+    shutil.rmtree(store.root / "alice")
+    shutil.rmtree(store.root / "bob")
+    deliver(store, "bob", b"after\n", sender="alice")
+    assert read_all(store, "alice") == [b"after\n"]
+    assert [path.read_bytes() for path in (store.root / "bob" / "new").iterdir()] == [b"after\n"]
