@@ -35,8 +35,8 @@ logins can take however fast the rest is.
 
 --compare aiosmtpd also runs scenarios 1, 2 and 7 against tests/aiosmtpd_baseline.py,
 alternating with server.py run by run, and prints the ratios and both CPU figures.
---compare PATH/server.py does the same against another copy of server.py (a checkout
-of main, say): today's code against a change. --server runs a changed copy instead
+--compare PATH/server.py does the same, in every scenario, against another copy of
+server.py (a checkout of main, say): today's code against a change. --server runs a changed copy instead
 of server.py; --python runs the servers under another interpreter.
 
 Exit status: 0 all measured; 1 some sessions failed (see the errors column);
@@ -1199,7 +1199,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compare",
         metavar="aiosmtpd|SERVER.py",
-        help="also run the comparable scenarios (small, large, oneshot) against aiosmtpd, or another copy of server.py",
+        help="also run small, large and oneshot against aiosmtpd, or every scenario against another server.py",
     )
     parser.add_argument("--accounts", type=int, help="accounts the connections log in as (default: the scenario's)")
     parser.add_argument(
@@ -1263,7 +1263,8 @@ def run_all(args: argparse.Namespace, peer: str | None) -> tuple[list[Result], l
     results: list[Result] = []
     failures: list[tuple[str, Exception]] = []
     for scenario in selected_scenarios(args.scenario):
-        kinds = [OURS, peer] if peer and scenario.comparable else [OURS]
+        # aiosmtpd does the comparable scenarios; another server.py does them all.
+        kinds = [OURS, peer] if peer and (scenario.comparable or peer != AIOSMTPD) else [OURS]
         for _ in range(args.repeat):
             for kind in kinds:
                 try:
