@@ -330,6 +330,8 @@ def started_target(kind: str, load: Load, args: argparse.Namespace, work: Path) 
     else:  # server.py, or the other copy of it that --compare names
         connections = str(max(100, load.connections + 10))
         extra = ["--hostname", "bench.test", "--max-connections", connections, "--max-connections-per-ip", connections]
+        # retr fills one mailbox from ten sessions of one name at once: no guessing for the throttle to stop.
+        extra += ["--max-login-failures", connections]
         # --pop3-port 0, never 1100: it may be taken. Only the pop3 scenario waits for that port.
         script = args.server if kind == OURS else args.peer_script
         command = [args.python, str(script), *common, "--pop3-port", "0", *extra]
