@@ -85,17 +85,18 @@ def test_oneshot_reports_the_connections_after_every_account_logged_in(tmp_path:
     assert notes["warm_message_ms"]["p50"] <= notes["warm_message_ms"]["p99"]
 
 
-def test_compare_with_another_copy_of_the_server(tmp_path: Path) -> None:
-    """--compare SERVER.py: today's code against a change, alternating run by run."""
-    copy = BENCHMARK.parent.parent / "server.py"
+@pytest.mark.parametrize("copy", [BENCHMARK.parent.parent / "server.py", BENCHMARK.with_name("floor_baseline.py")])
+def test_compare_with_another_server_script(tmp_path: Path, copy: Path) -> None:
+    """--compare SERVER.py: today's code against a change (or against the floor), alternating run by run."""
     finished = run_benchmark("--scenario", "small", "--compare", str(copy), "--json", tmp_path=tmp_path)
     assert finished.returncode == 0, finished.stderr
     report = json.loads(finished.stdout)
     ours, theirs = report["results"]
-    assert (ours["server"], theirs["server"]) == ("server.py", f"{copy.parent.name}/server.py")
+    assert (ours["server"], theirs["server"]) == ("server.py", f"{copy.parent.name}/{copy.name}")
     (comparison,) = report["comparisons"]
     assert comparison["median_ratio"] > 0
-    assert all(cpu > 0 for pair in comparison["cpu_ms_per_message"] for cpu in pair)
+    # Reported for both (a tiny run may round to 0: /proc counts CPU in 10 ms ticks).
+    assert all(cpu is not None and cpu >= 0 for pair in comparison["cpu_ms_per_message"] for cpu in pair)
 
 
 def test_table_has_a_row_of_figures(tmp_path: Path) -> None:
@@ -108,7 +109,7 @@ def test_table_has_a_row_of_figures(tmp_path: Path) -> None:
     assert cells[:2] == ["small", "server.py"]
     assert header.split()[7:10] == ["msgs/s", "CPU", "ms/msg"]  # CPU per message beside the rate
     assert float(cells[7]) > 0  # messages/s
-    assert float(cells[8]) > 0  # CPU ms per message
+    assert float(cells[8]) >= 0  # CPU ms per message (a number: a tiny run may round to 0)
 
 
 def test_compare_without_aiosmtpd_says_so_and_exits_3(tmp_path: Path) -> None:
@@ -138,4 +139,4 @@ def test_compare_with_aiosmtpd_prints_a_ratio(tmp_path: Path) -> None:
     assert comparison["scenario"] == "small"
     assert comparison["median_ratio"] > 0
     ours, theirs = comparison["median_cpu_ms_per_message"]
-    assert ours > 0 and theirs > 0
+    assert ours is not None and theirs is not None and min(ours, theirs) >= 0
