@@ -11,7 +11,7 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-from conftest import RawSession, RunningServer, plain_response, write_users_file
+from conftest import POP3Session, RawSession, RunningServer, plain_response, write_users_file
 
 from mailserver import users as users_module
 from mailserver.auth_cache import AuthCache
@@ -205,3 +205,18 @@ def test_the_server_with_ttl_zero_checks_every_login(
     for _ in range(3):
         assert log_in(server, connect) == 235
     assert len(bcrypt_checks) == 3
+
+
+def test_smtp_and_pop3_share_one_cache(
+    pop3_server: RunningServer,
+    connect: Callable[..., RawSession],
+    pop3_connect: Callable[..., POP3Session],
+    bcrypt_checks: list[bytes],
+) -> None:
+    """One cache for the whole server: a login over SMTP spares the next over POP3, and the other way round."""
+    assert log_in(pop3_server, connect) == 235
+    for _ in range(2):
+        session = pop3_connect(pop3_server)
+        session.login()
+        session.close()
+    assert bcrypt_checks == [b"alice-password"]
