@@ -149,9 +149,13 @@ class LoginThrottle:
 
     A login holds its place in the counts from before its password is checked, so however
     many guesses arrive at once, at most the limit's worth of bcrypt checks ever run per
-    name and per address. The first limit (small) makes a name that failed too often from
-    an address wait, and only that name: a class on one machine shares one address. The
-    second (larger) stops an address guessing across many names. A successful login
+    name and per address. A login that finds the places taken by checks still running
+    (not by failures) waits for them, a bcrypt check or so, instead of being refused: a
+    whole class logging in at once from one address is queued, never turned away.
+
+    The first limit (small) makes a name that failed too often from an address wait, and
+    only that name: a class on one machine shares one address. The second (larger) stops
+    an address guessing across many names. A successful login
     forgives the failures of its name (the student got in), not those of its address (or
     an attacker's own account would wipe the count). The name counted is what the client
     typed, account or not, so a 454 tells nothing about which names exist; the table
@@ -174,6 +178,7 @@ class LoginThrottle:
     """
 
     max_records = 20_000  # about 370 bytes each: 7 MB at most; a window of bcrypt checks seldom makes this many
+    max_wait = 30.0  # seconds a login waits for the checks ahead of it (a class at cost 12: 30 checks on 2 cores, 4 s)
 
     def __init__(
         self,
@@ -189,6 +194,7 @@ class LoginThrottle:
         self._name_key = secrets.token_bytes(16)
         self._records: OrderedDict[Hashable, _Counts] = OrderedDict()  # least recently touched first
         self._lock = threading.Lock()
+        self._check_ended = threading.Condition(self._lock)  # wakes the logins waiting for a place
 
     def __len__(self) -> int:
         return len(self._records)
@@ -198,24 +204,34 @@ class LoginThrottle:
         # casefold: Alice and ALICE are one name to count, whatever users.txt makes of them.
         digest = hashlib.blake2b(name.casefold().encode("utf-8", "replace"), key=self._name_key, digest_size=16)
         name_key = (address, digest.digest())
-        with self._lock:
-            now = self._clock()
-            refusals = [
-                refusal
-                for refusal in (
-                    self._refusal(name_key, self.max_per_name, "Too many failed logins for this name", now),
-                    self._refusal(address, self.max_per_address, "Too many failed logins from your address", now),
-                )
-                if refusal is not None
-            ]
-            if refusals:
-                return max(refusals, key=lambda refusal: refusal.seconds)
+        give_up = time.monotonic() + self.max_wait
+        with self._check_ended:
+            while True:
+                now = self._clock()
+                blocks = [
+                    block
+                    for block in (
+                        self._block(name_key, self.max_per_name, "Too many failed logins for this name", now),
+                        self._block(address, self.max_per_address, "Too many failed logins from your address", now),
+                    )
+                    if block is not None
+                ]
+                if not blocks:
+                    break
+                refusal = max(blocks, key=lambda block: block.seconds)
+                if refusal.seconds:
+                    return refusal
+                # Only checks in flight stand in the way: wait for one to end, within reason.
+                if not self._check_ended.wait(give_up - time.monotonic()):
+                    return LoginRefused(refusal.reason, 1)
             for key in (name_key, address):
                 self._touch(key, now).in_flight.append(now)
             self._forget_old(now)
             return LoginAttempt(self, name_key, address, now)
 
-    def _refusal(self, key: Hashable, limit: int, reason: str, now: float) -> LoginRefused | None:
+    def _block(self, key: Hashable, limit: int, reason: str, now: float) -> LoginRefused | None:
+        """What keeps a login under key from starting now: failures (refused for N s), or
+        checks in flight that hold every place (seconds 0: wait for one to end); None if nothing."""
         counts = self._records.get(key)
         if counts is None:
             return None
@@ -223,7 +239,7 @@ class LoginThrottle:
         if len(counts.failures) + len(counts.in_flight) < limit:
             return None
         if len(counts.failures) < limit:
-            return LoginRefused(reason, 1)  # checks in flight hold the places: they end within a bcrypt check
+            return LoginRefused(reason, 0)  # the checks in flight end within a bcrypt check or so
         # The count drops below the limit when this failure leaves the window.
         leaves = counts.failures[len(counts.failures) - limit] + self.window
         return LoginRefused(reason, max(1, math.ceil(leaves - now)))
@@ -243,6 +259,7 @@ class LoginThrottle:
                 if not counts:
                     del self._records[key]
             self._forget_old(now)
+            self._check_ended.notify_all()
 
     def _touch(self, key: Hashable, now: float) -> _Counts:
         """The record of key, made if need be, marked as the most recently used."""

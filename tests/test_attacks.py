@@ -27,6 +27,7 @@ import re
 import socket
 import ssl
 import struct
+import threading
 import time
 import tracemalloc
 from collections import Counter
@@ -169,6 +170,22 @@ def test_guesses_at_many_names_at_once_stop_at_the_limit_of_the_address(
     assert all(ADDRESS_WAIT.fullmatch(lines[-1]) for code, lines in replies if code == 454)
 
 
+def test_a_class_logging_in_at_once_from_one_address_is_queued_not_refused(
+    start_server: Callable[..., RunningServer], open_session: Callable[..., RawSession], tmp_path: Path
+) -> None:
+    """Found with the benchmark: logins in flight held the address's places, so a class of 50 logging
+    in at once from 127.0.0.1 got 20 refusals for typing nothing wrong. Now the rest wait their turn."""
+    users = users_with_costs(tmp_path / "users.txt", {"alice": 8, "bob": 8, "carol": 8})
+    server = start_server(users_path=users, max_login_failures=2, max_login_failures_per_ip=3)
+    names = ["alice", "bob", "carol"] * 4
+    sessions = [open_session(server.port) for _ in names]
+    for session in sessions:
+        session.ehlo()
+    for name, session in zip(names, sessions, strict=True):
+        session.send(f"AUTH PLAIN {plain_response(name, USERS[name])}\r\n")
+    assert [session.read_reply()[0] for session in sessions] == [235] * len(names)
+
+
 def test_the_454_says_how_many_seconds_to_wait(
     start_server: Callable[..., RunningServer], open_session: Callable[..., RawSession]
 ) -> None:
@@ -284,14 +301,46 @@ def test_the_wait_lasts_until_the_oldest_counted_failure_leaves_the_window() -> 
     assert isinstance(throttle.begin("10.0.0.1", "alice"), LoginAttempt)
 
 
-def test_a_login_in_flight_holds_its_place_in_the_count_until_it_ends() -> None:
+def begin_in_thread(throttle: LoginThrottle, address: str, name: str) -> tuple[threading.Thread, list[object]]:
+    """Call throttle.begin in a thread of its own; the list gets its answer."""
+    answer: list[object] = []
+    thread = threading.Thread(target=lambda: answer.append(throttle.begin(address, name)), daemon=True)
+    thread.start()
+    return thread, answer
+
+
+def test_a_login_in_flight_holds_its_place_and_the_next_waits_for_it() -> None:
+    """Three checks running fill the places: a fourth is not checked beside them, and not refused
+    either (a class logging in at once is queued), but waits until one of them ends."""
     throttle = LoginThrottle(max_per_name=3, max_per_address=30, window=60, clock=Clock())
     in_flight = [throttle.begin("10.0.0.1", "alice") for _ in range(3)]
-    # No failure yet, but three checks running: a fourth waits for them, about a bcrypt check.
-    assert throttle.begin("10.0.0.1", "alice") == LoginRefused("Too many failed logins for this name", 1)
+    waiting, answer = begin_in_thread(throttle, "10.0.0.1", "alice")
+    waiting.join(0.3)
+    assert waiting.is_alive() and not answer  # no fourth check while three run
     with in_flight[0] as attempt:  # type: ignore[union-attr]
         attempt.succeeded()
-    assert isinstance(throttle.begin("10.0.0.1", "alice"), LoginAttempt)
+    waiting.join(10)
+    assert len(answer) == 1 and isinstance(answer[0], LoginAttempt)
+
+
+def test_a_login_waiting_for_checks_that_fail_is_refused_with_the_wait() -> None:
+    throttle = LoginThrottle(max_per_name=3, max_per_address=30, window=60, clock=Clock())
+    in_flight = [throttle.begin("10.0.0.1", "alice") for _ in range(3)]
+    waiting, answer = begin_in_thread(throttle, "10.0.0.1", "alice")
+    waiting.join(0.3)
+    assert waiting.is_alive()  # it waits for the three, whatever they turn out to be
+    for attempt in in_flight:
+        with attempt:  # type: ignore[union-attr]
+            pass  # wrong passwords
+    waiting.join(10)
+    assert answer == [LoginRefused("Too many failed logins for this name", 60)]
+
+
+def test_a_login_waits_for_the_checks_ahead_only_so_long() -> None:
+    throttle = LoginThrottle(max_per_name=1, max_per_address=30, window=60, clock=Clock())
+    throttle.max_wait = 0.2
+    assert isinstance(throttle.begin("10.0.0.1", "alice"), LoginAttempt)  # a check that never ends
+    assert throttle.begin("10.0.0.1", "alice") == LoginRefused("Too many failed logins for this name", 1)
 
 
 def test_an_attempt_ended_by_an_exception_counts_as_a_failure() -> None:
