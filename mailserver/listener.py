@@ -115,7 +115,7 @@ class LineHandler(socketserver.StreamRequestHandler):
         self.longest_line = max(self.max_command_line, *self.longer_lines.values())  # what read_line may take
         self.deadline: float | None = None  # watched by the server's watchdog
         self.interrupted: str | None = None  # why the server cut our reads short
-        self.wire_log = WireLog(self.peer, self.commands()) if self.config.verbose else None
+        self.wire_log = WireLog(self.peer, self.commands(), self.is_account) if self.config.verbose else None
         self.mail.connections.register(self)
 
     def finish(self) -> None:
@@ -258,9 +258,12 @@ class LineHandler(socketserver.StreamRequestHandler):
             self.refuse_auth(AuthProblem.BAD_BASE64)
         return None
 
+    def is_account(self, name: str) -> bool:
+        return name in self.mail.users
+
     def loggable_name(self, name: str) -> str:
         """name if it is an account; a name that is not may be a password typed into the wrong field."""
-        return name if name in self.mail.users else "an unknown user"
+        return name if self.is_account(name) else "an unknown user"
 
     # -- writing ------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import base64
 import binascii
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 log = logging.getLogger("mailserver")
 
@@ -92,13 +92,16 @@ class WireLog:
       AUTH was refused, the lines a client may send anyway (its username and password) as
       long as they are no command;
     - a line that is no command and a single word of base64: a LOGIN answer out of place;
+    - the name of a POP3 USER line that is no account: it may be a password typed into
+      the wrong field (an account's name is shown, so a class sees who logs in);
     - any run of base64 that hides a NUL (an AUTH PLAIN response), in any line either way,
       for a reply may echo what the client sent (HELP, EHLO, MAIL parameters).
     """
 
-    def __init__(self, peer: str, commands: Iterable[str]) -> None:
+    def __init__(self, peer: str, commands: Iterable[str], is_account: Callable[[str], bool]) -> None:
         self.peer = peer
         self.commands = frozenset(verb.upper() for verb in commands)
+        self.is_account = is_account
         self.credential_lines = 0  # lines from the client still to mask, after an AUTH
 
     def client(self, line: str, *, credential: bool = False) -> None:
@@ -111,6 +114,8 @@ class WireLog:
         self.credential_lines = credential_lines_after(line)
         if not command and BASE64_WORD.fullmatch(line) and base64_decoded(line) is not None:
             self.write("C:", MASK)
+        elif self.names_no_account(line):
+            self.write("C:", f"{line.split()[0]} {MASK}")
         else:
             self.write("C:", mask_plain_responses(mask_payload(line)))
 
@@ -121,6 +126,11 @@ class WireLog:
     def message(self, direction: str, line: str) -> None:
         """Log a line of a message (DATA, RETR): no command, but it may hold a PLAIN response."""
         self.write(direction, mask_plain_responses(line))
+
+    def names_no_account(self, line: str) -> bool:
+        """True for a USER line whose name is no account."""
+        words = line.split(maxsplit=1)
+        return len(words) == 2 and words[0].upper() == "USER" and not self.is_account(words[1].strip())
 
     def is_command(self, line: str) -> bool:
         words = line.split(maxsplit=1)

@@ -48,8 +48,9 @@ SIZE_FIELD = re.compile(r",S=(\d+)")
 WIRE_SIZE_FIELD = re.compile(r",W=(\d+)")
 MAX_UNIQUE_ID = 70  # RFC 1939 7: a UIDL is 1 to 70 characters from 0x21 to 0x7E
 COPY_CHUNK = 256 * 1024
-# A hard link can fail where a copy works: another filesystem, too many links, a filesystem without links.
-LINK_REFUSED = {errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP}
+# A hard link can fail where a copy works: another filesystem, too many links, a filesystem without links
+# (Windows on FAT or a network share: EINVAL or EACCES), Linux's protected_hardlinks (EPERM, EACCES).
+LINK_REFUSED = {errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
 def fsync_directory(path: Path) -> None:

@@ -570,7 +570,8 @@ def test_replies_that_echo_client_text_do_not_carry_a_credential_into_the_log(
         ("PASS hunter2", f"PASS {MASK}"),  # POP3 (RFC 1939 7): the password in clear
         ("pass  two words", f"pass {MASK}"),
         ("PASS", "PASS"),
-        ("USER alice", "USER alice"),
+        ("USER alice", "USER alice"),  # an account's name is shown
+        ("USER correct-horse-battery", f"USER {MASK}"),  # no account: maybe a password in the wrong field
         ("AUTH PLAIN", "AUTH PLAIN"),
         (f"AUTH PLAIN {ALICE_PLAIN}", f"AUTH PLAIN {MASK}"),
         ("AUTH\tPLAIN x", f"AUTH\\tPLAIN {MASK}"),
@@ -583,13 +584,13 @@ def test_replies_that_echo_client_text_do_not_carry_a_credential_into_the_log(
 def test_the_wire_log_masks_each_line_that_may_carry_a_credential(
     line: str, logged: str, server_log: pytest.LogCaptureFixture
 ) -> None:
-    WireLog("peer", ["AUTH", "EHLO", "MAIL", "USER", "PASS"]).client(line)
+    WireLog("peer", ["AUTH", "EHLO", "MAIL", "USER", "PASS"], USERS.__contains__).client(line)
     assert server_log.records[-1].getMessage() == f"peer C: {logged}"
 
 
 def test_after_an_auth_the_lines_that_are_no_command_are_masked(server_log: pytest.LogCaptureFixture) -> None:
     """A refused AUTH LOGIN may be followed by a username and a password; a command ends the masking."""
-    wire = WireLog("peer", ["AUTH", "EHLO", "QUIT"])
+    wire = WireLog("peer", ["AUTH", "EHLO", "QUIT"], USERS.__contains__)
     sent = ["AUTH LOGIN", "alice", "pass word", "EHLO x", "XYZZY", "AUTH PLAIN", "QUIT", "XYZZY"]
     for line in sent:
         wire.client(line)
