@@ -29,28 +29,36 @@ password included, is read line by line::
 """
 
 import argparse
+import base64
+import contextlib
 import email
 import email.policy
 import email.utils
 import getpass
 import io
 import itertools
+import os
 import re
+import signal
 import smtplib
 import socket
 import ssl
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, TypeVar
+from types import MappingProxyType
+from typing import Any, ClassVar, NamedTuple, TextIO, TypeVar
 
 if sys.version_info < (3, 11):  # noqa: UP036  (for whoever runs an older Python: one line, not a traceback)
     sys.exit(f"client.py needs Python 3.11 or newer; this is Python {sys.version.split()[0]} (python.org has it)")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 2525
+DEFAULT_POP3_PORT = 1100  # the server's: 110 needs root, and mpopd uses 1100 too
 # Seconds to wait for the server on each socket operation, so a server that
 # hangs ends the session with a message instead of freezing the terminal.
 SOCKET_TIMEOUT = 60
@@ -274,13 +282,20 @@ def command_for_trace(command: str) -> str:
     smtplib sends verbs in lower case (``mail FROM:<...>``); the seed and
     RFC 5321 write them in capitals, and SMTP verbs are case-insensitive.
     """
+    verb, space, argument = masked(command).partition(" ")
+    return f"{verb.upper()}{space}{argument}"
+
+
+def masked(command: str) -> str:
+    """Return ``command`` as typed, but with AUTH's payload or PASS's password hidden."""
     verb, space, argument = command.partition(" ")
-    verb = verb.upper()
-    if verb == "AUTH":
+    if verb.upper() == "PASS" and argument:
+        return f"{verb}{space}{TRACE_MASK}"
+    if verb.upper() == "AUTH":
         mechanism, space2, payload = argument.partition(" ")
         if payload:
-            argument = f"{mechanism}{space2}{TRACE_MASK}"
-    return f"{verb}{space}{argument}"
+            return f"{verb}{space}{mechanism}{space2}{TRACE_MASK}"
+    return command
 
 
 def reply_lines(code: int, text: bytes) -> list[str]:
@@ -354,6 +369,10 @@ def ask_secret(prompt: str) -> str:
     if sys.stdin.isatty():
         return getpass.getpass(prompt)
     return input(prompt)
+
+
+def cannot_connect(host: str, port: int) -> str:
+    return f"Cannot connect to {host}:{port} — is the server running? (python server.py)"
 
 
 def is_address(address: str) -> bool:
@@ -839,6 +858,758 @@ def choose_action() -> Callable[[Account], bool]:
         print(f"Please choose {', '.join(keys[:-1])} or {keys[-1]}.")
 
 
+# --- The raw console (--raw): the protocol typed by hand, each reply explained ---
+
+
+class Meaning(NamedTuple):
+    """What a reply means in general, and, in `after`, what it means as the answer to one command.
+
+    The keys of `after` are verbs, "CONNECT" for the greeting and "." for the end of a message.
+    """
+
+    text: str
+    after: Mapping[str, str] = MappingProxyType({})
+
+
+# Every reply the server can send, and the rest of RFC 5321 4.2, RFC 4954 and RFC 3207 for
+# other servers; then POP3's statuses (RFC 1939) and its response codes (RFC 2449, RFC 3206).
+# A test reads the server's code and fails if a reply it can send is missing here.
+REPLY_MEANINGS: dict[str, Meaning] = {
+    "211": Meaning("system status — an answer for a human reader"),
+    "214": Meaning(
+        "help — information for a human reader",
+        {"HELP": "help — the commands this server knows; HELP <command> explains one"},
+    ),
+    "220": Meaning(
+        "service ready",
+        {
+            "CONNECT": "service ready — the server greets you; introduce yourself with EHLO <your name>",
+            "STARTTLS": "go ahead with TLS — the console does the TLS handshake now (RFC 3207)",
+        },
+    ),
+    "221": Meaning("goodbye — the server closes the connection"),
+    "235": Meaning("logged in (RFC 4954) — now MAIL FROM:<your address> starts a message"),
+    "250": Meaning(
+        "OK — done",
+        {
+            "EHLO": "hello — the lines after the first name the extensions this server supports",
+            "HELO": "hello — now log in (:auth plain NAME), then MAIL FROM:<your address>",
+            "MAIL": "sender accepted — now RCPT TO:<address>, once for each recipient",
+            "RCPT": "recipient accepted — another RCPT adds one more, DATA starts the message",
+            ".": "message accepted — the server has stored it safely; MAIL starts another",
+            "RSET": "the message being prepared is dropped; you are still logged in",
+            "NOOP": "nothing done — the server is still there",
+            "RETR": 'the messages you sent follow, each ended by a line holding only "."',
+            "DELE": "deleted — every message you sent is gone",
+        },
+    ),
+    "251": Meaning("user not local — the server will forward the message"),
+    "252": Meaning("cannot check that user, but the server will accept a message and try to deliver it"),
+    "334": Meaning(
+        "go on — the server waits for your answer, in base64 (its question is base64 too)",
+        {"AUTH": "go on — the server waits for the next answer of the login, in base64"},
+    ),
+    "354": Meaning('go ahead — type the message, end it with a line holding only "."'),
+    "421": Meaning(
+        "the server is closing the connection (shutting down, idle too long, too many errors"
+        " or connections) — connect again later",
+        {"CONNECT": "the server is too busy to take you now — try again in a moment"},
+    ),
+    "432": Meaning("a password transition is needed (RFC 4954)"),
+    "450": Meaning("mailbox busy — not done; try again later"),
+    "451": Meaning("the server had a local error — not done; try again later"),
+    "452": Meaning(
+        "the server is out of storage — not done; try again later",
+        {"RCPT": "too many recipients for one message — send to the others in another message"},
+    ),
+    "454": Meaning(
+        "temporary failure — not done; try again later",
+        {
+            "STARTTLS": "TLS is not available: the server has no certificate",
+            "AUTH": "too many failed logins from your address — wait a minute, then try again",
+        },
+    ),
+    "455": Meaning("the server cannot take these parameters now"),
+    "500": Meaning(
+        "syntax error — the command is not recognized, or the line is too long",
+        {".": "a line of the message was longer than 1000 octets (RFC 5321 4.5.3.1.6): not stored"},
+    ),
+    "501": Meaning(
+        "syntax error in the parameters — HELP <command> shows how to write it",
+        {"AUTH": "the login was cancelled, or its answer was not valid base64"},
+    ),
+    "502": Meaning("command not implemented by this server"),
+    "503": Meaning(
+        "bad sequence of commands — this command cannot come now",
+        {
+            "MAIL": "bad sequence — a message is already started (RSET drops it)",
+            "RCPT": "bad sequence — MAIL must come first",
+            "DATA": "bad sequence — MAIL and at least one accepted RCPT must come first",
+            "AUTH": "bad sequence — say EHLO first; or you are logged in already",
+            "STARTTLS": "bad sequence — TLS is already on",
+        },
+    ),
+    "504": Meaning(
+        "command parameter not implemented",
+        {
+            "AUTH": "unknown login mechanism — use PLAIN or LOGIN",
+            "HELP": "no help on that — HELP alone lists the commands",
+            "RETR": "RETR takes no parameter here",
+            "DELE": "DELE takes no parameter here",
+        },
+    ),
+    "530": Meaning(
+        "log in first — :auth plain NAME",
+        {"AUTH": "this server takes logins only over TLS — :starttls first"},
+    ),
+    "534": Meaning("that login mechanism is too weak for this server (RFC 4954)"),
+    "535": Meaning("wrong username or password — the server will now close the connection"),
+    "538": Meaning("that login mechanism needs an encrypted connection — :starttls first (RFC 4954)"),
+    "550": Meaning("mailbox unavailable — not done (no such user, or refused by policy)"),
+    "551": Meaning("user not local — try the address the server gives"),
+    "552": Meaning(
+        "too big — over the size the server takes (EHLO's SIZE line says how much)",
+        {
+            "MAIL": "the SIZE you declared is over the server's limit",
+            ".": "the message was over the size limit: not stored",
+        },
+    ),
+    "553": Meaning("that mailbox name is not allowed"),
+    "554": Meaning(
+        "transaction failed",
+        {"CONNECT": "no SMTP service here"},
+    ),
+    "555": Meaning("a MAIL FROM or RCPT TO parameter was not recognized (RFC 5321 4.2.3)"),
+    # RFC 5321 4.2.1: the first digit alone says how it went, for codes not listed above.
+    "2xx": Meaning("success — done"),
+    "3xx": Meaning("go on — the server needs more from you"),
+    "4xx": Meaning("temporary failure — not done; the same command may work later"),
+    "5xx": Meaning("permanent failure — not done; repeating the command will not help"),
+    # POP3 (RFC 1939): a status, not a number.
+    "+OK": Meaning(
+        "OK — done",
+        {
+            "CONNECT": "the server greets you — log in with USER <name> then PASS <password>, or :auth plain NAME",
+            "USER": "name noted — now PASS <password>",
+            "PASS": "logged in — your inbox is yours alone until QUIT; STAT or LIST shows what is in it",
+            "AUTH": "logged in — your inbox is yours alone until QUIT; STAT or LIST shows what is in it",
+            "STAT": "the numbers are: how many messages, and their total size in octets",
+            "LIST": 'message number and size in octets (with no number: one line per message, "." ends the list)',
+            "UIDL": 'message number and its unique id (with no number: one line per message, "." ends the list)',
+            "RETR": 'the message follows as stored, ended by a line holding only "." (leading dots doubled)',
+            "TOP": 'the header and the first lines of the body follow, ended by a line holding only "."',
+            "DELE": "marked for deletion — it goes at QUIT; RSET unmarks every message",
+            "RSET": "every deletion mark is removed",
+            "NOOP": "nothing done — the server is still there",
+            "CAPA": 'what this server supports follows, one per line, ended by "."',
+            "STLS": "go ahead with TLS — the console does the TLS handshake now (RFC 2595)",
+            "QUIT": "goodbye — the messages marked with DELE are deleted now",
+        },
+    ),
+    "-ERR": Meaning("error — not done; the text says why"),
+    "+": Meaning("go on — the server waits for your answer, in base64 (RFC 5034)"),
+    "[AUTH]": Meaning("wrong username or password (RFC 3206) — the server closes the connection"),
+    "[IN-USE]": Meaning("your inbox is open in another POP3 session (RFC 2449) — QUIT that one first"),
+    "[SYS/TEMP]": Meaning("a temporary problem on the server (RFC 3206) — try again later"),
+    "[SYS/PERM]": Meaning("a permanent problem on the server (RFC 3206) — tell whoever runs it"),
+    "[LOGIN-DELAY]": Meaning("you logged in too recently (RFC 2449) — wait before logging in again"),
+}
+
+# RFC 2449 8: a response code, in brackets, first on an -ERR line.
+RESPONSE_CODE = re.compile(r"\[([A-Z0-9/-]+)\]")
+
+
+def explain(status: str, text: str, command: str | None) -> str:
+    """Return `status: meaning` for one reply, as an answer to command (a verb, or None)."""
+    meaning, label = REPLY_MEANINGS.get(status), status
+    code = RESPONSE_CODE.match(text) if status == "-ERR" else None
+    if code and f"[{code[1]}]" in REPLY_MEANINGS:
+        meaning, label = REPLY_MEANINGS[f"[{code[1]}]"], f"{status} [{code[1]}]"
+    if meaning is None:
+        meaning = REPLY_MEANINGS.get(f"{status[0]}xx", Meaning("not a reply this console knows"))
+    said = f"{label}: {meaning.after.get(command or '', meaning.text)}"
+    question = decoded_challenge(text) if status in ("334", "+") else None
+    return f'{said} (decoded, it asks "{question}")' if question else said
+
+
+def decoded_challenge(text: str) -> str | None:
+    """Return a base64 challenge (RFC 4954 4: a 334's text) as text, or None if it is not readable."""
+    try:
+        question = base64.b64decode(text.strip(), validate=True).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return question if question.isprintable() and question else None
+
+
+class ParsedReply(NamedTuple):
+    """A line from the server read as a reply: its status (`250`, `+OK`), its text, and whether it ends the reply."""
+
+    status: str
+    text: str
+    final: bool
+
+
+class Sent(NamedTuple):
+    """A command waiting for its reply: its verb ("CONNECT" for the greeting, "." for a message's end) and argument."""
+
+    verb: str
+    argument: str = ""
+
+
+def plain_credentials(name: str, password: str) -> str:
+    """RFC 4616: base64 of authzid NUL authcid NUL password, the authzid left empty."""
+    return base64.b64encode(f"\0{name}\0{password}".encode()).decode()
+
+
+def base64_text(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+class AuthRecipe(NamedTuple):
+    """How `:auth MECHANISM NAME` logs in: the lines to send, each after a go-on reply to the one before."""
+
+    lines: Callable[[str, str], list[str]]
+    how: str  # what the console does, said to the student
+
+
+class RawProtocol:
+    """What the raw console must know of one protocol: how a reply looks and what follows it."""
+
+    name: ClassVar[str]
+    tls_verb: ClassVar[str]  # the command that starts TLS
+    tls_go_ahead: ClassVar[str]  # its positive reply: the handshake starts after it
+    go_on: ClassVar[frozenset[str]]  # replies after which a login goes on to its next line
+    challenge: ClassVar[str]  # the reply whose answer is a credential
+    message_go_ahead: ClassVar[str | None] = None  # the reply to DATA after which lines are a message
+    help_command: ClassVar[str | None] = None  # the server's own list of commands
+    commands_help: ClassVar[str] = ""  # else, the commands as a note
+    auth: ClassVar[dict[str, AuthRecipe]]
+
+    @staticmethod
+    def parse(line: str) -> ParsedReply | None:
+        """Read a line as a reply; None for a line that is none."""
+        raise NotImplementedError
+
+    @staticmethod
+    def blocks_after(sent: Sent, reply: ParsedReply) -> int:
+        """How many dot-terminated blocks follow this reply to sent."""
+        raise NotImplementedError
+
+    @staticmethod
+    def block_note(number: int, count: int) -> str | None:
+        """A note after the number-th of count blocks, or None."""
+        return None
+
+
+class SMTPRaw(RawProtocol):
+    name = "SMTP"
+    tls_verb = "STARTTLS"
+    tls_go_ahead = "220"
+    go_on = frozenset({"334"})
+    challenge = "334"
+    message_go_ahead = "354"
+    help_command = "HELP"
+    auth: ClassVar[dict[str, AuthRecipe]] = {
+        "plain": AuthRecipe(
+            lambda name, password: [f"AUTH PLAIN {plain_credentials(name, password)}"],
+            "AUTH PLAIN and base64 of NUL, name, NUL, password (RFC 4616), in one line",
+        ),
+        "login": AuthRecipe(
+            lambda name, password: ["AUTH LOGIN", base64_text(name), base64_text(password)],
+            "AUTH LOGIN, then the name and the password in base64, each after a 334",
+        ),
+    }
+    REPLY = re.compile(r"(\d{3})(?:([ -])(.*))?")
+
+    @staticmethod
+    def parse(line: str) -> ParsedReply | None:
+        match = SMTPRaw.REPLY.fullmatch(line)
+        return ParsedReply(match[1], match[3] or "", match[2] != "-") if match else None
+
+    @staticmethod
+    def blocks_after(sent: Sent, reply: ParsedReply) -> int:
+        # The seed's RETR: "250 N messages follow", then N messages, each ended by a "." line.
+        count = reply.text.split(" ", 1)[0]
+        return int(count) if sent.verb == "RETR" and reply.status == "250" and count.isdigit() else 0
+
+    @staticmethod
+    def block_note(number: int, count: int) -> str | None:
+        return f"(end of message {number} of {count})"
+
+
+class POP3Raw(RawProtocol):
+    name = "POP3"
+    tls_verb = "STLS"
+    tls_go_ahead = "+OK"
+    go_on = frozenset({"+", "+OK"})
+    challenge = "+"
+    commands_help = (
+        "POP3 commands (RFC 1939): USER name, PASS password, AUTH PLAIN, STAT, LIST [n], UIDL [n], RETR n,"
+        " TOP n lines, DELE n, RSET, NOOP, CAPA, STLS, QUIT"
+    )
+    auth: ClassVar[dict[str, AuthRecipe]] = {
+        "plain": AuthRecipe(
+            lambda name, password: ["AUTH PLAIN", plain_credentials(name, password)],
+            'AUTH PLAIN, then after the server\'s "+" base64 of NUL, name, NUL, password (RFC 5034)',
+        ),
+        "user": AuthRecipe(
+            lambda name, password: [f"USER {name}", f"PASS {password}"],
+            "USER NAME, then PASS and the password (RFC 1939)",
+        ),
+    }
+    # RFC 1939: these answer +OK with a block of lines ended by "."; LIST and UIDL only without a number.
+    MULTI_LINE = frozenset({"CAPA", "RETR", "TOP"})
+    LISTS = frozenset({"LIST", "UIDL"})
+
+    @staticmethod
+    def parse(line: str) -> ParsedReply | None:
+        for status in ("+OK", "-ERR", "+"):  # "+" is RFC 5034's go-on, after the longer ones
+            if line == status or line.startswith(status + " "):
+                return ParsedReply(status, line[len(status) + 1 :], True)
+        return None
+
+    @staticmethod
+    def blocks_after(sent: Sent, reply: ParsedReply) -> int:
+        multi_line = sent.verb in POP3Raw.MULTI_LINE or (sent.verb in POP3Raw.LISTS and not sent.argument)
+        return 1 if reply.status == "+OK" and multi_line else 0
+
+
+class Shown(NamedTuple):
+    """One line for the console to show: kind "C", "S", "why" (an explanation) or "note".
+
+    typed is, for a C: line the student typed, the line as typed (a terminal shows it already).
+    """
+
+    kind: str
+    text: str
+    typed: str | None = None
+
+
+class RawSession:
+    """One connection of the raw console: what is typed goes out as it is, each line ended by CRLF.
+
+    A reader thread shows every line from the server the moment it arrives and pairs each
+    reply with the command it answers, oldest first, so that its explanation fits. It knows
+    just enough of the protocol for that: it reads RETR's and POP3's blocks whole, does the
+    TLS handshake after STARTTLS/STLS, doubles a leading dot in a message and hides
+    credentials. It shows everything through show(); it never reads the terminal.
+
+    Methods for the console: start(), send(), wait(), close().
+    """
+
+    def __init__(
+        self,
+        protocol: type[RawProtocol],
+        sock: socket.socket,
+        show: Callable[[Shown], None],
+        tls: ssl.SSLContext,
+        host: str,
+    ) -> None:
+        self.protocol = protocol
+        self.sock = sock
+        self.file = sock.makefile("rb")
+        self.show = show
+        self.tls = tls
+        self.host = host
+        self.on_close: Callable[[], None] = lambda: None
+        self.state = threading.Condition()  # guards what follows; never held while showing
+        self.pending: deque[Sent] = deque([Sent("CONNECT")])  # the greeting answers the connection
+        self.blocks = (0, 0)  # of the blocks following a reply: (read, expected)
+        self.message_lines: int | None = None  # lines of the message typed after a 354; None outside
+        self.answering = False  # the next line answers a challenge: a credential
+        self.last_status = ""
+        self.quit_answered = False
+        self.closed = False
+        self.leaving = False
+        self.send_lock = threading.Lock()  # the TLS handshake replaces the socket under it
+        self.reader = threading.Thread(target=self.read_replies, name="raw-reader", daemon=True)
+
+    @property
+    def in_message(self) -> bool:
+        return self.message_lines is not None
+
+    def start(self) -> None:
+        self.reader.start()
+
+    def send(self, line: str, *, typed: bool = False) -> None:
+        """Send one line (a command, or a line of a message) and show it as C:, credentials masked."""
+        with self.state:
+            if self.closed:
+                shown, notes, wire = [], ["(not sent: the connection is closed)"], None
+            elif self.message_lines is not None:
+                wire, notes = self.message_line(line)
+                shown = [wire]
+            else:
+                shown, notes, wire = [TRACE_MASK if self.answering else masked(line)], [], line
+                verb, _, argument = line.partition(" ")
+                self.pending.append(Sent("AUTH") if self.answering else Sent(verb.upper(), argument.strip()))
+                self.answering = False
+        for text in shown:
+            self.show(Shown("C", text, line if typed else None))
+        for note in notes:
+            self.show(Shown("note", note))
+        if wire is not None:
+            try:
+                with self.send_lock:
+                    self.sock.sendall(wire.encode("utf-8") + b"\r\n")
+            except OSError as error:
+                self.show(Shown("note", f"(not sent: {error})"))
+
+    def message_line(self, line: str) -> tuple[str, list[str]]:
+        """Return a message line as it goes on the wire, and notes; "." ends the message."""
+        assert self.message_lines is not None
+        if line == ".":
+            count, self.message_lines = self.message_lines, None
+            self.pending.append(Sent("."))
+            return line, [f'(end of the message: {plural(count, "line")} sent, then the ".")']
+        self.message_lines += 1
+        if line.startswith("."):
+            # RFC 5321 4.5.2: only a "." alone ends the data, so a line's leading "." is doubled
+            # on the wire, and the server takes the extra one away again.
+            return "." + line, [f'(the line starts with ".": SMTP sends it as ".{line}", RFC 5321 4.5.2)']
+        return line, []
+
+    def wait(self, timeout: float) -> None:
+        """Wait until every command sent has its reply (and blocks), or the connection is gone."""
+        with self.state:
+            # After the answer to QUIT, the server closes: wait for that too.
+            self.state.wait_for(
+                lambda: self.closed or not (self.pending or self.blocks[1] or self.quit_answered), timeout
+            )
+
+    def close(self) -> None:
+        """Close the connection, without a word to the server."""
+        self.leaving = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        if self.reader.is_alive() and self.reader is not threading.current_thread():
+            self.reader.join(SOCKET_TIMEOUT)
+
+    # -- the reader thread ------------------------------------------------------------
+
+    def read_replies(self) -> None:
+        try:
+            while line := self.file.readline(MAX_LINE + 1):
+                self.take(decode(line).removesuffix("\n").removesuffix("\r"))
+        except (OSError, ValueError):  # ValueError: the file was closed under us, leaving
+            pass
+        finally:
+            with self.state:
+                self.closed = True
+                self.state.notify_all()
+            if not self.leaving:
+                self.show(Shown("note", CLOSED_NOTE))
+            self.on_close()
+
+    def take(self, line: str) -> None:
+        """Show one line from the server; explain it if it ends a reply, and act on what it means."""
+        self.show(Shown("S", line))
+        with self.state:
+            in_block = self.blocks[1] > 0
+            block_note = self.block_line(line) if in_block else None
+            sent = self.pending[0] if self.pending else None
+        if in_block:
+            if block_note:
+                self.show(Shown("note", block_note))
+            return
+        reply = self.protocol.parse(line)
+        if reply is None or not reply.final:
+            return
+        self.show(Shown("why", explain(reply.status, reply.text, sent.verb if sent else None)))
+        if sent and sent.verb == self.protocol.tls_verb and reply.status == self.protocol.tls_go_ahead:
+            self.start_tls()
+        with self.state:
+            if self.pending:
+                self.pending.popleft()
+            self.last_status = reply.status
+            self.answering = reply.status == self.protocol.challenge
+            self.quit_answered = sent is not None and sent.verb == "QUIT"
+            self.blocks = (0, self.protocol.blocks_after(sent, reply) if sent else 0)
+            message_starts = sent is not None and sent.verb == "DATA" and reply.status == self.protocol.message_go_ahead
+            if message_starts:
+                self.message_lines = 0
+            self.state.notify_all()
+        if message_starts:
+            self.show(
+                Shown("note", '(message mode: each line is sent as you type it; a line holding only "." ends it)')
+            )
+
+    def block_line(self, line: str) -> str | None:
+        """Count one line of a block (the state held); after a block's ".", return the note to show, if any."""
+        if line != ".":
+            return None
+        read, expected = self.blocks
+        self.blocks = (read + 1, expected) if read + 1 < expected else (0, 0)
+        self.state.notify_all()
+        return self.protocol.block_note(read + 1, expected)
+
+    def start_tls(self) -> None:
+        """The TLS handshake, after the server said go ahead (RFC 3207, RFC 2595)."""
+        with self.send_lock:
+            try:
+                self.sock.settimeout(SOCKET_TIMEOUT)
+                tls_sock = self.tls.wrap_socket(self.sock, server_hostname=self.host)
+                tls_sock.settimeout(None)
+            except (OSError, ValueError) as error:
+                self.show(Shown("note", f"(TLS failed: {tls_failure(error)})"))
+                raise
+            # Whatever the server sent in clear after its go-ahead stays in the old buffer: dropped.
+            self.sock, self.file = tls_sock, tls_sock.makefile("rb")
+        self.show(Shown("note", f"(TLS is on: {tls_sock.version()}; the server has forgotten all said before it)"))
+
+
+def tls_failure(error: Exception) -> str:
+    """Say why a TLS handshake failed, and what to do about an untrusted certificate."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"{error.verify_message} — trust the server's certificate with --cafile cert.pem"
+    return str(error)
+
+
+PROMPT = "C: "  # what the student types reads as the C: line of the transcript
+REPLY_WAIT = 10  # seconds a person at the terminal waits for a reply before the prompt comes back anyway
+DIM, NORMAL = "\x1b[2m", "\x1b[22m"  # ECMA-48 SGR: faint, then normal intensity
+ERASE_LINE = "\r\x1b[K"  # back to the line's start, and clear it
+LINE_UP = "\x1b[A"
+
+
+def understands_ansi(stream: TextIO) -> bool:
+    """True if stream is a terminal that understands ANSI (ECMA-48) sequences."""
+    if not stream.isatty() or os.environ.get("TERM") == "dumb":
+        return False
+    # Windows consoles understand them in Windows Terminal; the old console shows them raw.
+    return os.name != "nt" or "WT_SESSION" in os.environ
+
+
+def wants_colour(stream: TextIO) -> bool:
+    """True if stream can show colour and the user has not asked for none (https://no-color.org)."""
+    return understands_ansi(stream) and not os.environ.get("NO_COLOR")
+
+
+class RawConsole:
+    """The terminal side of --raw: reads what the student types, runs the ':' helpers, prints what RawSession shows.
+
+    On a terminal the prompt is "C: ", so a typed line reads as the C: line of the
+    transcript; server lines that arrive meanwhile are printed above the prompt. From a pipe
+    each line read is echoed as C: and the console waits for its reply before the next.
+    """
+
+    def __init__(self, protocol: type[RawProtocol], *, explain: bool, interactive: bool) -> None:
+        self.protocol = protocol
+        self.explain = explain
+        self.interactive = interactive  # a person at a terminal; else lines come from a pipe
+        self.ansi = understands_ansi(sys.stdout)  # the cursor can be moved
+        self.colour = wants_colour(sys.stdout)
+        self.transcript: list[str] = []  # what was shown, credentials masked, for :save
+        self.print_lock = threading.Lock()
+        self.prompt: str | None = None  # on the screen, waiting for input
+        self.left = False  # the student left (Ctrl-D, :quit): not the server's doing
+        self.session: RawSession | None = None
+        self.line_editor = None
+        if interactive:
+            with contextlib.suppress(ImportError):  # Windows has no readline: input() works without
+                import readline
+
+                self.line_editor = readline
+
+    # -- showing --------------------------------------------------------------------
+
+    def show(self, shown: Shown) -> None:
+        """Print one line (from any thread) and keep it for the transcript."""
+        if shown.kind == "why" and not self.explain:
+            return
+        text = _CONTROL.sub("?", shown.text)
+        line = f"{shown.kind}: {text}".rstrip() if shown.kind in ("C", "S") else f"   {text}"
+        with self.print_lock:
+            self.transcript.append(line)
+            if shown.typed is not None and self.interactive:
+                self.replace_typed_line(shown, line)
+            else:
+                self.print_above_prompt(line, dim=shown.kind in ("why", "note"))
+
+    def replace_typed_line(self, shown: Shown, line: str) -> None:
+        """A typed line is on the screen already; where it held a credential, overwrite it masked."""
+        if shown.text == shown.typed:
+            return
+        if self.line_editor is not None:  # and keep the password out of the history, too
+            self.line_editor.remove_history_item(self.line_editor.get_current_history_length() - 1)
+        if self.ansi:
+            sys.stdout.write(f"{LINE_UP}{ERASE_LINE}{line}\n")
+            sys.stdout.flush()
+
+    def print_above_prompt(self, line: str, *, dim: bool) -> None:
+        """Print line; if the prompt is on the screen, print above it and show it again with what was typed."""
+        prompt = self.prompt if self.interactive else None
+        if prompt is not None:
+            sys.stdout.write(ERASE_LINE if self.ansi else "\n")
+        sys.stdout.write(f"{DIM}{line}{NORMAL}\n" if dim and self.colour else f"{line}\n")
+        if prompt is not None:
+            typed = self.line_editor.get_line_buffer() if self.line_editor else ""
+            sys.stdout.write(prompt + typed)
+        sys.stdout.flush()
+
+    def note(self, text: str) -> None:
+        self.show(Shown("note", text))
+
+    # -- reading ----------------------------------------------------------------------
+
+    def read(self, prompt: str, *, secret: bool = False) -> str:
+        """Return one line typed (or piped); raise EOFError at its end, KeyboardInterrupt on Ctrl-C."""
+        with self.print_lock:
+            self.prompt = prompt
+        try:
+            if not self.interactive:
+                return input()
+            return getpass.getpass(prompt) if secret else input(prompt)
+        finally:
+            with self.print_lock:
+                self.prompt = None
+
+    def interrupt_reading(self) -> None:
+        """Called by the reader thread when the connection ends: stop waiting for the student to type."""
+        with self.print_lock:
+            # A signal is the one thing that ends a blocking input() (where the platform can aim it).
+            if self.prompt is not None and hasattr(signal, "pthread_kill"):
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    # -- the session ------------------------------------------------------------------
+
+    def run(self, session: RawSession, *, starttls: bool) -> int:
+        """Run the session until one side ends it; return the exit status."""
+        self.session = session
+        session.on_close = self.interrupt_reading
+        session.start()
+        session.wait(SOCKET_TIMEOUT)  # the greeting
+        if starttls and not session.closed:
+            self.helper_starttls("")
+        while not session.closed:
+            try:
+                line = self.read(PROMPT)
+                if line.startswith(":") and not session.in_message:
+                    if not self.interactive:  # shown as a terminal would, but kept out of the transcript
+                        with self.print_lock:
+                            self.print_above_prompt(f"{PROMPT}{line}", dim=False)
+                    self.run_helper(line)
+                else:
+                    session.send(line, typed=True)
+                session.wait(REPLY_WAIT if self.interactive else SOCKET_TIMEOUT)
+            except KeyboardInterrupt:  # Ctrl-C, or the reader saying the connection is gone
+                if session.closed:
+                    if self.interactive:
+                        sys.stdout.write("\n")  # below the prompt, and whatever was typed but not sent
+                    break
+                if not self.interactive:
+                    self.leave()
+                    return 130
+                sys.stdout.write("\n")  # Ctrl-C at a terminal only clears the line
+            except EOFError:  # Ctrl-D, or the end of the piped input
+                if self.interactive:
+                    sys.stdout.write("\n")
+                self.leave()
+        session.close()
+        return 0 if self.left or session.quit_answered else 1
+
+    def leave(self) -> None:
+        """Send QUIT, wait for the goodbye, close. In a message, QUIT would be a line of it: just close."""
+        session = self.session
+        assert session is not None
+        self.left = True
+        if session.closed:
+            return
+        if session.in_message:
+            self.note('(the message was not ended with a "." line, so the server drops it)')
+        else:
+            session.send("QUIT")
+            session.wait(REPLY_WAIT)
+        session.close()
+
+    # -- the helpers: lines starting with ':', never sent -----------------------------
+
+    def run_helper(self, line: str) -> None:
+        name, _, argument = line[1:].partition(" ")
+        helper = getattr(self, f"helper_{name.lower()}", None) if name.isalpha() else None
+        if helper is None:
+            self.note(f"(:{name} is no helper; :help lists them)")
+            return
+        helper(argument.strip())
+
+    def helper_auth(self, argument: str) -> None:
+        """:auth MECHANISM NAME — log in as NAME; the password is asked without echo, and masked in the transcript"""
+        assert self.session is not None
+        mechanism, _, name = argument.partition(" ")
+        recipe = self.protocol.auth.get(mechanism.lower())
+        if recipe is None or not name.strip():
+            usage = " or ".join(f":auth {known} NAME" for known in self.protocol.auth)
+            self.note(f"(write {usage})")
+            return
+        password = self.read("Password: ", secret=True)
+        first, *answers = recipe.lines(name.strip(), password)
+        self.note(f"(:auth {mechanism.lower()} sends {recipe.how})")
+        self.session.send(first)
+        for answer in answers:
+            self.session.wait(SOCKET_TIMEOUT)
+            if self.session.closed or self.session.last_status not in self.protocol.go_on:
+                return
+            self.session.send(answer)
+
+    def helper_starttls(self, argument: str) -> None:
+        """:starttls — switch to TLS: STARTTLS (POP3: STLS), then the handshake"""
+        assert self.session is not None
+        self.session.send(self.protocol.tls_verb)
+        self.session.wait(SOCKET_TIMEOUT)
+
+    def helper_help(self, argument: str) -> None:
+        """:help — this list, and the server's commands"""
+        helpers = sorted(name for name in dir(self) if name.startswith("helper_"))
+        mechanisms = "|".join(self.protocol.auth)
+        for name in helpers:
+            self.note((getattr(self, name).__doc__ or f":{name[7:]}").splitlines()[0].replace("MECHANISM", mechanisms))
+        self.note("(Ctrl-C clears the line; Ctrl-D sends QUIT and leaves)")
+        if self.protocol.help_command is not None:
+            assert self.session is not None
+            self.session.send(self.protocol.help_command)
+        else:
+            self.note(self.protocol.commands_help)
+
+    def helper_save(self, argument: str) -> None:
+        """:save FILE — write the transcript so far into FILE, passwords masked"""
+        if not argument:
+            self.note("(write :save FILE)")
+            return
+        try:
+            with open(argument, "w", encoding="utf-8") as file:
+                file.writelines(line + "\n" for line in self.transcript)
+        except OSError as error:
+            self.note(f"(cannot save: {error})")
+            return
+        self.note(f"(saved {plural(len(self.transcript), 'line')} to {argument})")
+
+    def helper_quit(self, argument: str) -> None:
+        """:quit — send QUIT and leave"""
+        self.leave()
+
+
+def run_raw(args: argparse.Namespace, tls: ssl.SSLContext) -> int:
+    """Connect, and type the protocol by hand (--raw); return the exit status."""
+    protocol = POP3Raw if args.pop3 else SMTPRaw
+    port = args.pop3_port if args.pop3 else args.port
+    try:
+        sock = socket.create_connection((args.host, port), timeout=SOCKET_TIMEOUT)
+        if args.tls:
+            sock = tls.wrap_socket(sock, server_hostname=args.host)
+    except ssl.SSLError as error:
+        print(f"TLS failed: {tls_failure(error)}", file=sys.stderr)
+        return 1
+    except OSError:
+        print(cannot_connect(args.host, port), file=sys.stderr)
+        return 1
+    sock.settimeout(None)  # the student may think as long as the server lets them
+    console = RawConsole(protocol, explain=not args.no_explain, interactive=sys.stdin.isatty())
+    console.note(f"(connected to {args.host}:{port}, {protocol.name}; :help lists the helpers, Ctrl-D leaves)")
+    session = RawSession(protocol, sock, console.show, tls, args.host)
+    return console.run(session, starttls=args.starttls)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Menu client for the teaching SMTP server.")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"server address (default {DEFAULT_HOST})")
@@ -849,12 +1620,29 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--starttls", action="store_true", help="switch to TLS with STARTTLS before logging in")
     tls.add_argument("--tls", action="store_true", help="TLS from the start (the server's --tls-port)")
     parser.add_argument("--cafile", help="trust this certificate (PEM), e.g. the server's self-signed one")
+    parser.add_argument(
+        "--pop3-port", type=int, default=DEFAULT_POP3_PORT, help=f"the server's POP3 port (default {DEFAULT_POP3_PORT})"
+    )
+    raw = parser.add_argument_group("the raw console")
+    raw.add_argument("--raw", action="store_true", help="type SMTP yourself; each reply is explained")
+    raw.add_argument("--pop3", action="store_true", help="with --raw: type POP3 (on --pop3-port) instead")
+    raw.add_argument("--no-explain", action="store_true", help="with --raw: no explanation under each reply")
     return parser
+
+
+def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit with a usage error for options that do not go together."""
+    if (args.pop3 or args.no_explain) and not args.raw:
+        parser.error("--pop3 and --no-explain go with --raw")
+    if args.raw and (args.user or args.trace):
+        parser.error("--raw shows every line and logs in with :auth; drop --user and --trace")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the client; return the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_options(parser, args)
     # A terminal that cannot show a character, or input that is not UTF-8,
     # must not end the session in a traceback.
     for stream in (sys.stdin, sys.stdout, sys.stderr):
@@ -864,10 +1652,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Port {args.port} is out of range: a port is a number from 1 to 65535.", file=sys.stderr)
         return 2
     try:
-        tls = ssl.create_default_context(cafile=args.cafile) if args.starttls or args.tls else None
+        tls = ssl.create_default_context(cafile=args.cafile) if args.starttls or args.tls or args.raw else None
     except (OSError, ssl.SSLError) as error:
         print(f"Cannot use --cafile {args.cafile}: {error}", file=sys.stderr)
         return 2
+    if args.raw:
+        assert tls is not None
+        return run_raw(args, tls)
     trace = print if args.trace else None
     account = Account(args.host, args.port, trace, tls, implicit_tls=args.tls, cafile=args.cafile)
     try:
