@@ -39,6 +39,7 @@ import io
 import itertools
 import os
 import re
+import select
 import signal
 import smtplib
 import socket
@@ -67,6 +68,7 @@ SOCKET_TIMEOUT = 60
 GREETING_TIMEOUT = 10
 # Seconds to wait for the answer to QUIT when leaving.
 QUIT_TIMEOUT = 2
+CLOSE_WAIT = 2  # seconds the raw console lets a server close the connection it said it would close
 MAX_LOGIN_ATTEMPTS = 3
 # The server's lines are at most 1001 octets (1000 + a stuffed dot);
 # smtplib allows replies of 8192, and so do we for RETR lines.
@@ -907,7 +909,7 @@ REPLY_MEANINGS: dict[str, Meaning] = {
     "252": Meaning("cannot check that user, but the server will accept a message and try to deliver it"),
     "334": Meaning(
         "go on — the server waits for your answer, in base64 (its question is base64 too)",
-        {"AUTH": "go on — the server waits for the next answer of the login, in base64"},
+        {"AUTH": "go on — send the next answer of the login, in base64"},
     ),
     "354": Meaning('go ahead — type the message, end it with a line holding only "."'),
     "421": Meaning(
@@ -1096,6 +1098,11 @@ class RawProtocol:
         raise NotImplementedError
 
     @staticmethod
+    def closes(reply: ParsedReply) -> bool:
+        """True if the server closes the connection after this reply (besides the answer to QUIT)."""
+        return False
+
+    @staticmethod
     def block_note(number: int, count: int) -> str | None:
         """A note after the number-th of count blocks, or None."""
         return None
@@ -1135,6 +1142,11 @@ class SMTPRaw(RawProtocol):
     @staticmethod
     def block_note(number: int, count: int) -> str | None:
         return f"(end of message {number} of {count})"
+
+    @staticmethod
+    def closes(reply: ParsedReply) -> bool:
+        # RFC 5321 3.8: 421 closes; the seed: so does a failed login.
+        return reply.status in ("421", "535")
 
 
 class POP3Raw(RawProtocol):
@@ -1207,7 +1219,7 @@ class RawSession:
     ) -> None:
         self.protocol = protocol
         self.sock = sock
-        self.file = sock.makefile("rb")
+        self.received = b""  # bytes read but not yet a whole line
         self.show = show
         self.tls = tls
         self.host = host
@@ -1219,9 +1231,13 @@ class RawSession:
         self.answering = False  # the next line answers a challenge: a credential
         self.last_status = ""
         self.quit_answered = False
+        self.closing = False  # a reply said the server closes the connection now
         self.closed = False
         self.leaving = False
-        self.send_lock = threading.Lock()  # the TLS handshake replaces the socket under it
+        # OpenSSL allows no two threads in one connection at once (not even one reading and one
+        # writing), so every use of the socket holds this lock; the reader waits for bytes in a
+        # select() outside it. The TLS handshake replaces the socket under it too.
+        self.io_lock = threading.Lock()
         self.reader = threading.Thread(target=self.read_replies, name="raw-reader", daemon=True)
 
     @property
@@ -1250,7 +1266,8 @@ class RawSession:
             self.show(Shown("note", note))
         if wire is not None:
             try:
-                with self.send_lock:
+                with self.io_lock:
+                    self.sock.settimeout(SOCKET_TIMEOUT)
                     self.sock.sendall(wire.encode("utf-8") + b"\r\n")
             except OSError as error:
                 self.show(Shown("note", f"(not sent: {error})"))
@@ -1272,16 +1289,15 @@ class RawSession:
     def wait(self, timeout: float) -> None:
         """Wait until every command sent has its reply (and blocks), or the connection is gone."""
         with self.state:
-            # After the answer to QUIT, the server closes: wait for that too.
-            self.state.wait_for(
-                lambda: self.closed or not (self.pending or self.blocks[1] or self.quit_answered), timeout
-            )
+            self.state.wait_for(lambda: self.closed or not (self.pending or self.blocks[1]), timeout)
+            if self.closing:  # the server said it would close: let it, before anything more is sent
+                self.state.wait_for(lambda: self.closed, CLOSE_WAIT)
 
     def close(self) -> None:
         """Close the connection, without a word to the server."""
         self.leaving = True
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
+        with self.io_lock, contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # ends the reader's select()
         self.sock.close()
         if self.reader.is_alive() and self.reader is not threading.current_thread():
             self.reader.join(SOCKET_TIMEOUT)
@@ -1289,10 +1305,16 @@ class RawSession:
     # -- the reader thread ------------------------------------------------------------
 
     def read_replies(self) -> None:
+        if hasattr(signal, "pthread_sigmask"):
+            # Ctrl-C must reach the main thread, the one waiting for the student: a SIGINT
+            # taken by this thread would leave it waiting.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            while line := self.file.readline(MAX_LINE + 1):
-                self.take(decode(line).removesuffix("\n").removesuffix("\r"))
-        except (OSError, ValueError):  # ValueError: the file was closed under us, leaving
+            while (received := self.receive()) != b"":
+                self.received += received or b""
+                while (line := self.next_line()) is not None:
+                    self.take(line)
+        except (OSError, ValueError):  # ValueError: the socket was closed under us, leaving
             pass
         finally:
             with self.state:
@@ -1301,6 +1323,30 @@ class RawSession:
             if not self.leaving:
                 self.show(Shown("note", CLOSED_NOTE))
             self.on_close()
+
+    def receive(self) -> bytes | None:
+        """Wait for bytes from the server; return them, b"" at the end, or None if a TLS record held none."""
+        with self.io_lock:
+            sock = self.sock
+            buffered = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0  # decrypted, not yet taken
+        if not buffered:
+            select.select([sock], [], [])
+        with self.io_lock:
+            self.sock.setblocking(False)
+            try:
+                return self.sock.recv(MAX_LINE)
+            except (ssl.SSLWantReadError, BlockingIOError):
+                return None
+
+    def next_line(self) -> str | None:
+        """Take the next whole line received (a line over MAX_LINE comes in pieces); None if there is none yet."""
+        end = self.received.find(b"\n")
+        if end < 0:
+            if len(self.received) < MAX_LINE:
+                return None
+            end = MAX_LINE - 1
+        line, self.received = self.received[: end + 1], self.received[end + 1 :]
+        return decode(line).removesuffix("\n").removesuffix("\r")
 
     def take(self, line: str) -> None:
         """Show one line from the server; explain it if it ends a reply, and act on what it means."""
@@ -1325,6 +1371,7 @@ class RawSession:
             self.last_status = reply.status
             self.answering = reply.status == self.protocol.challenge
             self.quit_answered = sent is not None and sent.verb == "QUIT"
+            self.closing = self.quit_answered or self.protocol.closes(reply)
             self.blocks = (0, self.protocol.blocks_after(sent, reply) if sent else 0)
             message_starts = sent is not None and sent.verb == "DATA" and reply.status == self.protocol.message_go_ahead
             if message_starts:
@@ -1346,16 +1393,15 @@ class RawSession:
 
     def start_tls(self) -> None:
         """The TLS handshake, after the server said go ahead (RFC 3207, RFC 2595)."""
-        with self.send_lock:
+        with self.io_lock:
             try:
                 self.sock.settimeout(SOCKET_TIMEOUT)
                 tls_sock = self.tls.wrap_socket(self.sock, server_hostname=self.host)
-                tls_sock.settimeout(None)
             except (OSError, ValueError) as error:
                 self.show(Shown("note", f"(TLS failed: {tls_failure(error)})"))
                 raise
-            # Whatever the server sent in clear after its go-ahead stays in the old buffer: dropped.
-            self.sock, self.file = tls_sock, tls_sock.makefile("rb")
+            # Whatever the server sent in clear after its go-ahead is dropped (RFC 3207 5).
+            self.sock, self.received = tls_sock, b""
         self.show(Shown("note", f"(TLS is on: {tls_sock.version()}; the server has forgotten all said before it)"))
 
 

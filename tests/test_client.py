@@ -555,11 +555,11 @@ def test_mail_client_refusal_raises(smtp_server: RunningServer) -> None:
 class Terminal:
     """client.py in a pseudo-terminal, typed into as a person does."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.pid, self.fd = os.forkpty()
         if self.pid == 0:  # the child: become the client at once
             try:
-                os.execve(sys.executable, [sys.executable, str(CLIENT), *args], ENV)
+                os.execve(sys.executable, [sys.executable, str(CLIENT), *args], env or ENV)
             finally:
                 os._exit(127)
         self.output = ""
@@ -567,10 +567,12 @@ class Terminal:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.returncode: int | None = None
 
-    def _read(self, deadline: float) -> bool:
-        """Read what is there; return False at the end of output."""
+    def _read(self, deadline: float, *, required: bool = True) -> bool:
+        """Read what is there; return False at the end of output (or, unless required, at the deadline)."""
         ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
         if not ready:
+            if not required:
+                return False
             pytest.fail(f"no output in time; so far:\n{self.output}")
         try:
             chunk = os.read(self.fd, 4096)
@@ -589,6 +591,24 @@ class Terminal:
 
     def type(self, text: str) -> None:
         os.write(self.fd, text.encode())
+
+    def ctrl_c(self, then: str, tries: int = 3) -> None:
+        """Type Ctrl-C until then shows, at most tries times.
+
+        CPython's readline notices a signal only while it waits in select(): a Ctrl-C that
+        lands between a key's echo and that wait is taken at the next key, as at a real
+        terminal; a second Ctrl-C is what a person would type.
+        """
+        for _ in range(tries):
+            self.type("\x03")
+            deadline = time.monotonic() + 2
+            while (found := self.output.find(then, self._matched)) < 0:
+                if not self._read(deadline, required=False):
+                    break
+            else:
+                self._matched = found + len(then)
+                return
+        pytest.fail(f"{then!r} never came after Ctrl-C; output:\n{self.output}")
 
     def wait(self) -> int:
         """Read to the end of output, then return the exit status."""
@@ -610,8 +630,8 @@ class Terminal:
 def terminal_fixture() -> Iterator[Callable[..., Terminal]]:
     opened: list[Terminal] = []
 
-    def open_terminal(*args: str) -> Terminal:
-        opened.append(Terminal(*args))
+    def open_terminal(*args: str, env: dict[str, str] | None = None) -> Terminal:
+        opened.append(Terminal(*args, env=env))
         return opened[-1]
 
     yield open_terminal
