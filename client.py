@@ -1074,7 +1074,7 @@ class AuthRecipe(NamedTuple):
     how: str  # what the console does, said to the student
 
 
-class RawProtocol:
+class Dialect:
     """What the raw console must know of one protocol: how a reply looks and what follows it."""
 
     name: ClassVar[str]
@@ -1108,7 +1108,7 @@ class RawProtocol:
         return None
 
 
-class SMTPRaw(RawProtocol):
+class SMTPDialect(Dialect):
     name = "SMTP"
     tls_verb = "STARTTLS"
     tls_go_ahead = "220"
@@ -1130,7 +1130,7 @@ class SMTPRaw(RawProtocol):
 
     @staticmethod
     def parse(line: str) -> ParsedReply | None:
-        match = SMTPRaw.REPLY.fullmatch(line)
+        match = SMTPDialect.REPLY.fullmatch(line)
         return ParsedReply(match[1], match[3] or "", match[2] != "-") if match else None
 
     @staticmethod
@@ -1149,7 +1149,7 @@ class SMTPRaw(RawProtocol):
         return reply.status in ("421", "535")
 
 
-class POP3Raw(RawProtocol):
+class POP3Dialect(Dialect):
     name = "POP3"
     tls_verb = "STLS"
     tls_go_ahead = "+OK"
@@ -1182,7 +1182,7 @@ class POP3Raw(RawProtocol):
 
     @staticmethod
     def blocks_after(sent: Sent, reply: ParsedReply) -> int:
-        multi_line = sent.verb in POP3Raw.MULTI_LINE or (sent.verb in POP3Raw.LISTS and not sent.argument)
+        multi_line = sent.verb in POP3Dialect.MULTI_LINE or (sent.verb in POP3Dialect.LISTS and not sent.argument)
         return 1 if reply.status == "+OK" and multi_line else 0
 
 
@@ -1197,7 +1197,7 @@ class Shown(NamedTuple):
     typed: str | None = None
 
 
-class RawSession:
+class ConsoleSession:
     """One connection of the raw console: what is typed goes out as it is, each line ended by CRLF.
 
     A reader thread shows every line from the server the moment it arrives and pairs each
@@ -1211,13 +1211,13 @@ class RawSession:
 
     def __init__(
         self,
-        protocol: type[RawProtocol],
+        dialect: type[Dialect],
         sock: socket.socket,
         show: Callable[[Shown], None],
         tls: ssl.SSLContext,
         host: str,
     ) -> None:
-        self.protocol = protocol
+        self.dialect = dialect
         self.sock = sock
         self.received = b""  # bytes read but not yet a whole line
         self.show = show
@@ -1359,21 +1359,21 @@ class RawSession:
             if block_note:
                 self.show(Shown("note", block_note))
             return
-        reply = self.protocol.parse(line)
+        reply = self.dialect.parse(line)
         if reply is None or not reply.final:
             return
         self.show(Shown("why", explain(reply.status, reply.text, sent.verb if sent else None)))
-        if sent and sent.verb == self.protocol.tls_verb and reply.status == self.protocol.tls_go_ahead:
+        if sent and sent.verb == self.dialect.tls_verb and reply.status == self.dialect.tls_go_ahead:
             self.start_tls()
         with self.state:
             if self.pending:
                 self.pending.popleft()
             self.last_status = reply.status
-            self.answering = reply.status == self.protocol.challenge
+            self.answering = reply.status == self.dialect.challenge
             self.quit_answered = sent is not None and sent.verb == "QUIT"
-            self.closing = self.quit_answered or self.protocol.closes(reply)
-            self.blocks = (0, self.protocol.blocks_after(sent, reply) if sent else 0)
-            message_starts = sent is not None and sent.verb == "DATA" and reply.status == self.protocol.message_go_ahead
+            self.closing = self.quit_answered or self.dialect.closes(reply)
+            self.blocks = (0, self.dialect.blocks_after(sent, reply) if sent else 0)
+            message_starts = sent is not None and sent.verb == "DATA" and reply.status == self.dialect.message_go_ahead
             if message_starts:
                 self.message_lines = 0
             self.state.notify_all()
@@ -1389,7 +1389,7 @@ class RawSession:
         read, expected = self.blocks
         self.blocks = (read + 1, expected) if read + 1 < expected else (0, 0)
         self.state.notify_all()
-        return self.protocol.block_note(read + 1, expected)
+        return self.dialect.block_note(read + 1, expected)
 
     def start_tls(self) -> None:
         """The TLS handshake, after the server said go ahead (RFC 3207, RFC 2595)."""
@@ -1433,15 +1433,15 @@ def wants_colour(stream: TextIO) -> bool:
 
 
 class RawConsole:
-    """The terminal side of --raw: reads what the student types, runs the ':' helpers, prints what RawSession shows.
+    """The terminal side of --raw: reads what the student types, runs the ':' helpers, prints what ConsoleSession shows.
 
     On a terminal the prompt is "C: ", so a typed line reads as the C: line of the
     transcript; server lines that arrive meanwhile are printed above the prompt. From a pipe
     each line read is echoed as C: and the console waits for its reply before the next.
     """
 
-    def __init__(self, protocol: type[RawProtocol], *, explain: bool, interactive: bool) -> None:
-        self.protocol = protocol
+    def __init__(self, dialect: type[Dialect], *, explain: bool, interactive: bool) -> None:
+        self.dialect = dialect
         self.explain = explain
         self.interactive = interactive  # a person at a terminal; else lines come from a pipe
         self.ansi = understands_ansi(sys.stdout)  # the cursor can be moved
@@ -1450,7 +1450,7 @@ class RawConsole:
         self.print_lock = threading.Lock()
         self.prompt: str | None = None  # on the screen, waiting for input
         self.left = False  # the student left (Ctrl-D, :quit): not the server's doing
-        self.session: RawSession | None = None
+        self.session: ConsoleSession | None = None
         self.line_editor = None
         if interactive:
             with contextlib.suppress(ImportError):  # Windows has no readline: input() works without
@@ -1520,7 +1520,7 @@ class RawConsole:
 
     # -- the session ------------------------------------------------------------------
 
-    def run(self, session: RawSession, *, starttls: bool) -> int:
+    def run(self, session: ConsoleSession, *, starttls: bool) -> int:
         """Run the session until one side ends it; return the exit status."""
         self.session = session
         session.on_close = self.interrupt_reading
@@ -1583,9 +1583,9 @@ class RawConsole:
         """:auth MECHANISM NAME — log in as NAME; the password is asked without echo, and masked in the transcript"""
         assert self.session is not None
         mechanism, _, name = argument.partition(" ")
-        recipe = self.protocol.auth.get(mechanism.lower())
+        recipe = self.dialect.auth.get(mechanism.lower())
         if recipe is None or not name.strip():
-            usage = " or ".join(f":auth {known} NAME" for known in self.protocol.auth)
+            usage = " or ".join(f":auth {known} NAME" for known in self.dialect.auth)
             self.note(f"(write {usage})")
             return
         password = self.read("Password: ", secret=True)
@@ -1594,28 +1594,28 @@ class RawConsole:
         self.session.send(first)
         for answer in answers:
             self.session.wait(SOCKET_TIMEOUT)
-            if self.session.closed or self.session.last_status not in self.protocol.go_on:
+            if self.session.closed or self.session.last_status not in self.dialect.go_on:
                 return
             self.session.send(answer)
 
     def helper_starttls(self, argument: str) -> None:
         """:starttls — switch to TLS: STARTTLS (POP3: STLS), then the handshake"""
         assert self.session is not None
-        self.session.send(self.protocol.tls_verb)
+        self.session.send(self.dialect.tls_verb)
         self.session.wait(SOCKET_TIMEOUT)
 
     def helper_help(self, argument: str) -> None:
         """:help — this list, and the server's commands"""
         helpers = sorted(name for name in dir(self) if name.startswith("helper_"))
-        mechanisms = "|".join(self.protocol.auth)
+        mechanisms = "|".join(self.dialect.auth)
         for name in helpers:
             self.note((getattr(self, name).__doc__ or f":{name[7:]}").splitlines()[0].replace("MECHANISM", mechanisms))
         self.note("(Ctrl-C clears the line; Ctrl-D sends QUIT and leaves)")
-        if self.protocol.help_command is not None:
+        if self.dialect.help_command is not None:
             assert self.session is not None
-            self.session.send(self.protocol.help_command)
+            self.session.send(self.dialect.help_command)
         else:
-            self.note(self.protocol.commands_help)
+            self.note(self.dialect.commands_help)
 
     def helper_save(self, argument: str) -> None:
         """:save FILE — write the transcript so far into FILE, passwords masked"""
@@ -1637,7 +1637,7 @@ class RawConsole:
 
 def run_raw(args: argparse.Namespace, tls: ssl.SSLContext) -> int:
     """Connect, and type the protocol by hand (--raw); return the exit status."""
-    protocol = POP3Raw if args.pop3 else SMTPRaw
+    dialect = POP3Dialect if args.pop3 else SMTPDialect
     port = args.pop3_port if args.pop3 else args.port
     try:
         sock = socket.create_connection((args.host, port), timeout=SOCKET_TIMEOUT)
@@ -1650,9 +1650,9 @@ def run_raw(args: argparse.Namespace, tls: ssl.SSLContext) -> int:
         print(cannot_connect(args.host, port), file=sys.stderr)
         return 1
     sock.settimeout(None)  # the student may think as long as the server lets them
-    console = RawConsole(protocol, explain=not args.no_explain, interactive=sys.stdin.isatty())
-    console.note(f"(connected to {args.host}:{port}, {protocol.name}; :help lists the helpers, Ctrl-D leaves)")
-    session = RawSession(protocol, sock, console.show, tls, args.host)
+    console = RawConsole(dialect, explain=not args.no_explain, interactive=sys.stdin.isatty())
+    console.note(f"(connected to {args.host}:{port}, {dialect.name}; :help lists the helpers, Ctrl-D leaves)")
+    session = ConsoleSession(dialect, sock, console.show, tls, args.host)
     return console.run(session, starttls=args.starttls)
 
 
