@@ -1474,10 +1474,11 @@ class RawConsole:
                 self.print_above_prompt(line, dim=shown.kind in ("why", "note"))
 
     def replace_typed_line(self, shown: Shown, line: str) -> None:
-        """A typed line is on the screen already; where it held a credential, overwrite it masked."""
+        """A typed line is on the screen already; where it goes out otherwise (masked, a dot doubled), overwrite it."""
         if shown.text == shown.typed:
             return
-        if self.line_editor is not None:  # and keep the password out of the history, too
+        masked_here = TRACE_MASK in shown.text and TRACE_MASK not in (shown.typed or "")
+        if masked_here and self.line_editor is not None:  # keep the password out of the history, too
             self.line_editor.remove_history_item(self.line_editor.get_current_history_length() - 1)
         if self.ansi:
             sys.stdout.write(f"{LINE_UP}{ERASE_LINE}{line}\n")
