@@ -38,6 +38,7 @@ import getpass
 import io
 import itertools
 import os
+import poplib
 import re
 import select
 import signal
@@ -68,7 +69,7 @@ SOCKET_TIMEOUT = 60
 GREETING_TIMEOUT = 10
 # Seconds to wait for the answer to QUIT when leaving.
 QUIT_TIMEOUT = 2
-CLOSE_WAIT = 2  # seconds the raw console lets a server close the connection it said it would close
+CLOSE_WAIT = 1  # seconds the raw console lets a server close the connection it said it would close
 MAX_LOGIN_ATTEMPTS = 3
 # The server's lines are at most 1001 octets (1000 + a stuffed dot);
 # smtplib allows replies of 8192, and so do we for RETR lines.
@@ -278,6 +279,53 @@ class NoGreetingError(smtplib.SMTPServerDisconnected):
     """The server accepted the connection but sent no 220 within GREETING_TIMEOUT."""
 
 
+class InboxClient(poplib.POP3):
+    """poplib.POP3 for the user's inbox, with its lines in the trace marked ``POP3``.
+
+    poplib has no public hook for each line (its set_debuglevel prints the
+    password), so the trace takes the two private funnels every line goes
+    through, as MailClient takes smtplib's send and getreply: ``_putline``
+    for each command and ``_getline`` for each line of a response.
+    """
+
+    def __init__(self, host: str, port: int, *, trace: Trace | None = None, **options: Any) -> None:
+        """Connect and read the greeting, as poplib.POP3 does; options go to poplib."""
+        # Set before connecting: poplib reads the greeting in __init__.
+        self.trace = trace
+        self.block: list[str] | None = None  # the lines of a message being retrieved, for a short trace
+        options.setdefault("timeout", SOCKET_TIMEOUT)
+        super().__init__(host, port, **options)
+
+    def _putline(self, line: bytes) -> None:
+        if self.trace is not None:
+            self.trace(f"POP3 C: {masked(decode(line))}")
+        super()._putline(line)
+
+    def _getline(self) -> tuple[bytes, int]:
+        line, octets = super()._getline()
+        if self.block is not None:
+            self.block.append(decode(line))
+        elif self.trace is not None:
+            self.trace(f"POP3 S: {decode(line)}".rstrip())
+        return line, octets
+
+    def retr(self, which: int) -> tuple[bytes, list[bytes], int]:
+        """RETR, traced as a sent message is: the header, TRACE_BODY_LINES of body, a note of the rest."""
+        self.block = []
+        try:
+            return super().retr(which)
+        finally:
+            traced, self.block = self.block, None
+            if self.trace is not None and traced:
+                self.trace(f"POP3 S: {traced[0]}".rstrip())
+                for line in shorten("POP3 S:", traced[1:]):
+                    self.trace(line)
+
+
+class InboxClientTLS(InboxClient, poplib.POP3_SSL):
+    """InboxClient speaking TLS from the first byte (POP3S, RFC 8314); pass context=."""
+
+
 def command_for_trace(command: str) -> str:
     """Return ``command`` with its verb in capitals and any AUTH payload masked.
 
@@ -357,6 +405,10 @@ class ReconnectFailedError(ClientError):
     """The server had closed the connection, and logging in again failed."""
 
 
+class InboxUnreachableError(Exception):
+    """No POP3 server answers at HOST:POP3-PORT; the message says why, in one line."""
+
+
 def ask(prompt: str) -> str:
     """Return one answer; raise EOFError on Ctrl-D or end of input."""
     return input(prompt)
@@ -416,9 +468,11 @@ class Account:
         *,
         implicit_tls: bool = False,
         cafile: str | None = None,
+        pop3_port: int = DEFAULT_POP3_PORT,
     ) -> None:
         self.host = host
         self.port = port
+        self.pop3_port = pop3_port
         self.trace = trace
         self.tls = tls  # None: plain text; else STARTTLS, or TLS from the start with implicit_tls
         self.implicit_tls = implicit_tls
@@ -594,6 +648,49 @@ class Account:
         print(RECONNECTED)
         return client
 
+    def open_inbox(self) -> InboxClient:
+        """Connect to the POP3 port and log in as this session's user.
+
+        Raise InboxUnreachableError if no POP3 server answers there (or TLS fails),
+        poplib.error_proto if it refuses.
+        """
+        try:
+            if self.implicit_tls:
+                inbox = InboxClientTLS(self.host, self.pop3_port, trace=self.trace, context=self.tls)
+            else:
+                inbox = InboxClient(self.host, self.pop3_port, trace=self.trace)
+        except (OSError, poplib.error_proto) as error:
+            raise InboxUnreachableError(self.unreachable(error)) from error
+        try:
+            if self.tls is not None and not self.implicit_tls:
+                inbox.stls(context=self.tls)  # RFC 2595; raises error_proto if not offered
+            user, password = self.credentials or (self.user, "")
+            inbox.user(user)
+            inbox.pass_(password)
+        except ssl.SSLError as error:
+            inbox.close()
+            raise InboxUnreachableError(self.unreachable(error)) from error
+        except BaseException:
+            inbox.close()
+            raise
+        return inbox
+
+    def unreachable(self, error: Exception) -> str:
+        """One line: the inbox cannot be reached, and why."""
+        if isinstance(error, ConnectionRefusedError):
+            why = "nothing answers there; is POP3 on another port? (--pop3-port)"
+        elif isinstance(error, TimeoutError):
+            why = "no answer in time"
+        elif isinstance(error, ssl.SSLError):
+            why = f"TLS failed: {tls_failure(error)}"
+        elif isinstance(error, OSError):
+            why = error.strerror or str(error)
+        elif pop3_error(error).startswith("-ERR"):
+            why = f"the server refused: {pop3_error(error)}"
+        else:
+            why = f"not a POP3 server, it said: {pop3_error(error)}"
+        return f"Cannot reach the inbox at {self.host}:{self.pop3_port} — {why}"
+
     def close(self) -> None:
         """Send QUIT if still connected; a server already gone is fine."""
         client, self.client = self.client, None
@@ -653,7 +750,7 @@ def compose(account: Account) -> tuple[str, list[str], EmailMessage]:
     """Ask for sender, recipients, subject and text; return them with the message built from them."""
     default = default_sender(account.user, account.server_name)
     sender = ask_address(f"From [{default}]: " if default else "From: ", default)
-    recipients = ask_recipients()
+    recipients = ask_recipients(account.server_name)
     subject = ask("Subject: ")
     print(f"Type the message; end it with a line holding only '.' (or {end_of_input_key()}).")
     return sender, recipients, build_message(sender, recipients, subject, read_body())
@@ -681,11 +778,12 @@ def ask_address(prompt: str, default: str) -> str:
         print(not_an_address([address]))
 
 
-def ask_recipients() -> list[str]:
-    """Ask until every comma-separated recipient is an address."""
+def ask_recipients(server_name: str) -> list[str]:
+    """Ask until every comma-separated recipient is an address; a bare name is that user at the server."""
     while True:
-        recipients = [part.strip() for part in ask("To (comma-separated): ").split(",") if part.strip()]
-        invalid = [address for address in recipients if not is_address(address)]
+        answers = [part.strip() for part in ask("To (comma-separated): ").split(",") if part.strip()]
+        recipients = [answer if "@" in answer else f"{answer}@{server_name}" for answer in answers]
+        invalid = [answer for answer, address in zip(answers, recipients, strict=True) if not is_address(address)]
         if recipients and not invalid:
             return recipients
         if not recipients:
@@ -750,7 +848,7 @@ def keep_unsent(message: EmailMessage) -> None:
 
 
 def retrieve_mail(account: Account) -> bool:
-    """Menu 2: show every message this user sent, decoded."""
+    """Menu 3: show every message this user sent, decoded."""
     messages = account.run(MailClient.retr)
     if not messages:
         print("No messages.")
@@ -805,8 +903,59 @@ def describe_part(part: EmailMessage) -> str:
     return f"[{part.get_content_type()} part{f' {name!r}' if name else ''} not shown]"
 
 
+def read_inbox(account: Account) -> bool:
+    """Menu 2: show the messages in this user's inbox (POP3), then delete them after a yes."""
+    try:
+        inbox = account.open_inbox()
+    except InboxUnreachableError as error:
+        print(error)
+        return True
+    except poplib.error_proto as error:
+        print(f"The inbox refused the login: {pop3_error(error)}")
+        return True
+    try:
+        count, _ = inbox.stat()
+        deleted = show_inbox(inbox, count)
+        inbox.quit()  # RFC 1939 6: only QUIT removes the messages marked with DELE
+        if deleted:
+            print(f"Deleted {plural(count, 'message')} from your inbox.")
+    except (poplib.error_proto, OSError) as error:
+        print(f"The inbox answered: {pop3_error(error)}")
+    finally:
+        inbox.close()  # without QUIT (Ctrl-D at the question, say) nothing is deleted
+    return True
+
+
+def pop3_error(error: Exception) -> str:
+    """The text of a POP3 error: poplib's error_proto holds the server's -ERR line (bytes) or its own words."""
+    if isinstance(error, poplib.error_proto) and error.args:
+        text = error.args[0]
+        text = decode(text) if isinstance(text, bytes) else str(text)
+        return "(the connection was closed)" if text == "-ERR EOF" else text
+    return str(error)
+
+
+def show_inbox(inbox: InboxClient, count: int) -> bool:
+    """Print the count messages of the inbox; mark them all deleted if the user says so; return whether."""
+    if count == 0:
+        print("Your inbox is empty.")
+        return False
+    print(f"You have {plural(count, 'message')} in your inbox.")
+    for number in range(1, count + 1):
+        _, lines, _ = inbox.retr(number)
+        print()
+        print(f"--- Message {number} ---")
+        print(describe_message(b"\n".join(lines) + b"\n"))
+    if ask("Delete them from your inbox? [y/N] ").strip().lower() not in ("y", "yes"):
+        print("Nothing deleted.")
+        return False
+    for number in range(1, count + 1):
+        inbox.dele(number)
+    return True
+
+
 def delete_mail(account: Account) -> bool:
-    """Menu 3: after a yes, delete all this user's messages."""
+    """Menu 4: after a yes, delete all the messages this user sent."""
     count = account.run(MailClient.count)
     if count == 0:
         print("No messages.")
@@ -819,17 +968,19 @@ def delete_mail(account: Account) -> bool:
 
 
 def quit_session(account: Account) -> bool:
-    """Menu 4: QUIT and show the server's goodbye."""
+    """Menu 5 (or q): QUIT and show the server's goodbye."""
     account.close()
     return False
 
 
 MENU: dict[str, tuple[str, Callable[[Account], bool]]] = {
     "1": ("Send a message", send_mail),
-    "2": ("Retrieve my messages", retrieve_mail),
-    "3": ("Delete my messages", delete_mail),
-    "4": ("Quit", quit_session),
+    "2": ("Read my inbox", read_inbox),
+    "3": ("Retrieve the messages I sent", retrieve_mail),
+    "4": ("Delete the messages I sent", delete_mail),
+    "5": ("Quit", quit_session),
 }
+QUIT_KEY = "q"  # quits too, as in many terminal programs
 
 
 def run_menu(account: Account) -> None:
@@ -854,10 +1005,12 @@ def choose_action() -> Callable[[Account], bool]:
     """Ask until the answer is one of the MENU keys."""
     while True:
         choice = ask("Choose: ").strip()
+        if choice.lower() == QUIT_KEY:
+            return quit_session
         if choice in MENU:
             return MENU[choice][1]
         keys = list(MENU)
-        print(f"Please choose {', '.join(keys[:-1])} or {keys[-1]}.")
+        print(f"Please choose {', '.join(keys[:-1])} or {keys[-1]} ({QUIT_KEY} quits too).")
 
 
 # --- The raw console (--raw): the protocol typed by hand, each reply explained ---
@@ -994,7 +1147,7 @@ REPLY_MEANINGS: dict[str, Meaning] = {
             "CONNECT": "the server greets you — log in with USER <name> then PASS <password>, or :auth plain NAME",
             "USER": "name noted — now PASS <password>",
             "PASS": "logged in — your inbox is yours alone until QUIT; STAT or LIST shows what is in it",
-            "AUTH": "logged in — your inbox is yours alone until QUIT; STAT or LIST shows what is in it",
+            "AUTH": 'logged in (or, without a mechanism: the mechanisms follow, ended by ".")',
             "STAT": "the numbers are: how many messages, and their total size in octets",
             "LIST": 'message number and size in octets (with no number: one line per message, "." ends the list)',
             "UIDL": 'message number and its unique id (with no number: one line per message, "." ends the list)',
@@ -1010,7 +1163,10 @@ REPLY_MEANINGS: dict[str, Meaning] = {
     ),
     "-ERR": Meaning("error — not done; the text says why"),
     "+": Meaning("go on — the server waits for your answer, in base64 (RFC 5034)"),
-    "[AUTH]": Meaning("wrong username or password (RFC 3206) — the server closes the connection"),
+    "[AUTH]": Meaning(
+        "the login was refused (RFC 3206) — the text says why; after a wrong username or password"
+        " the server closes the connection"
+    ),
     "[IN-USE]": Meaning("your inbox is open in another POP3 session (RFC 2449) — QUIT that one first"),
     "[SYS/TEMP]": Meaning("a temporary problem on the server (RFC 3206) — try again later"),
     "[SYS/PERM]": Meaning("a permanent problem on the server (RFC 3206) — tell whoever runs it"),
@@ -1169,9 +1325,10 @@ class POP3Dialect(Dialect):
             "USER NAME, then PASS and the password (RFC 1939)",
         ),
     }
-    # RFC 1939: these answer +OK with a block of lines ended by "."; LIST and UIDL only without a number.
+    # RFC 1939: these answer +OK with a block of lines ended by "."; LIST and UIDL only without
+    # a number, and AUTH without a mechanism lists the mechanisms (a common habit, RFC 1734's).
     MULTI_LINE = frozenset({"CAPA", "RETR", "TOP"})
-    LISTS = frozenset({"LIST", "UIDL"})
+    LISTS = frozenset({"LIST", "UIDL", "AUTH"})
 
     @staticmethod
     def parse(line: str) -> ParsedReply | None:
@@ -1184,6 +1341,11 @@ class POP3Dialect(Dialect):
     def blocks_after(sent: Sent, reply: ParsedReply) -> int:
         multi_line = sent.verb in POP3Dialect.MULTI_LINE or (sent.verb in POP3Dialect.LISTS and not sent.argument)
         return 1 if reply.status == "+OK" and multi_line else 0
+
+    @staticmethod
+    def closes(reply: ParsedReply) -> bool:
+        # After a failed login, or a trouble of the server's, it may hang up: the seed's rule, here.
+        return reply.status == "-ERR" and reply.text.startswith(("[AUTH]", "[SYS/"))
 
 
 class Shown(NamedTuple):
@@ -1707,7 +1869,9 @@ def main(argv: list[str] | None = None) -> int:
         assert tls is not None
         return run_raw(args, tls)
     trace = print if args.trace else None
-    account = Account(args.host, args.port, trace, tls, implicit_tls=args.tls, cafile=args.cafile)
+    account = Account(
+        args.host, args.port, trace, tls, implicit_tls=args.tls, cafile=args.cafile, pop3_port=args.pop3_port
+    )
     try:
         account.log_in(args.user)
         run_menu(account)

@@ -2,7 +2,7 @@
 
 Most tests pipe a script into `python client.py`, as a class's scripts do; the
 pseudo-terminal tests at the end type into it as a person does, so the getpass
-path runs.  Each script is the answers in order, e.g. LOGIN + "4\\n" logs in
+path runs.  Each script is the answers in order, e.g. LOGIN + QUIT logs in
 and quits.
 """
 
@@ -37,6 +37,8 @@ TIMEOUT = 15  # seconds any one client process may take before the test fails
 # UTF-8 whatever the machine's locale, so the tests can compare text.
 ENV = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"}
 LOGIN = "alice\nalice-password\n"
+# The menu's choices, as typed.
+INBOX, RETRIEVE, DELETE, QUIT = "2\n", "3\n", "4\n", "5\n"
 GREETING = "Grüße, 你好"
 MENU_PROMPT = "Choose: "
 TRACE_LINE = re.compile(r"(?:[CS]: .*|[CS]:$|   \(\d+ more lines? not shown\))$", re.MULTILINE)
@@ -103,7 +105,7 @@ def closed_port() -> Iterator[int]:
 
 
 def test_login_and_quit(smtp_server: RunningServer) -> None:
-    result = run_client(smtp_server.port, LOGIN + "4\n")
+    result = run_client(smtp_server.port, LOGIN + QUIT)
     assert result.returncode == 0
     assert result.stdout.startswith("220 mail.test Service ready\nUsername: Password: Logged in as alice.\n")
     assert result.stdout.endswith("Choose: 221 mail.test Service closing transmission channel\n")
@@ -111,14 +113,14 @@ def test_login_and_quit(smtp_server: RunningServer) -> None:
 
 
 def test_user_option_asks_only_the_password(smtp_server: RunningServer) -> None:
-    result = run_client(smtp_server.port, "bob-password\n4\n", "--user", "bob")
+    result = run_client(smtp_server.port, "bob-password\n" + QUIT, "--user", "bob")
     assert result.returncode == 0
     assert "Username:" not in result.stdout
     assert "Logged in as bob." in result.stdout
 
 
 def test_wrong_password_then_retry_reconnects(smtp_server: RunningServer) -> None:
-    result = run_client(smtp_server.port, "alice\nwrong\n" + LOGIN + "4\n", "--trace")
+    result = run_client(smtp_server.port, "alice\nwrong\n" + LOGIN + QUIT, "--trace")
     assert result.returncode == 0
     assert result.stdout.count("Login failed: wrong username or password.") == 1
     assert "Logged in as alice." in result.stdout
@@ -128,7 +130,7 @@ def test_wrong_password_then_retry_reconnects(smtp_server: RunningServer) -> Non
 
 def test_three_failed_logins_exit_1(smtp_server: RunningServer) -> None:
     # A fourth, correct, attempt is in the script: it must not be tried.
-    result = run_client(smtp_server.port, "alice\nwrong\n" * 3 + LOGIN + "4\n")
+    result = run_client(smtp_server.port, "alice\nwrong\n" * 3 + LOGIN + QUIT)
     assert result.returncode == 1
     assert result.stdout.count("Login failed: wrong username or password.") == 3
     assert result.stdout.count("Username:") == 3
@@ -138,7 +140,7 @@ def test_three_failed_logins_exit_1(smtp_server: RunningServer) -> None:
 
 def test_non_ascii_password_is_explained_without_reconnecting(smtp_server: RunningServer) -> None:
     # smtplib sends AUTH data as ASCII only; nothing reaches the server, so the connection stays.
-    result = run_client(smtp_server.port, "alice\npässwort\n" + LOGIN + "4\n", "--trace")
+    result = run_client(smtp_server.port, "alice\npässwort\n" + LOGIN + QUIT, "--trace")
     assert result.returncode == 0
     assert "Login failed: smtplib can only send ASCII usernames and passwords." in result.stdout
     assert result.stdout.count("S: 220 ") == 1
@@ -147,7 +149,7 @@ def test_non_ascii_password_is_explained_without_reconnecting(smtp_server: Runni
 
 def test_server_full_at_connect(start_server: Callable[..., RunningServer]) -> None:
     server = start_server(max_connections=0)
-    result = run_client(server.port, LOGIN + "4\n")
+    result = run_client(server.port, LOGIN + QUIT)
     assert result.returncode == 1
     assert result.stderr == (
         "Connection closed by server: 421 mail.test Too many connections, closing transmission channel\n"
@@ -155,7 +157,7 @@ def test_server_full_at_connect(start_server: Callable[..., RunningServer]) -> N
 
 
 def test_unknown_user_is_a_wrong_login(smtp_server: RunningServer) -> None:
-    result = run_client(smtp_server.port, "mallory\nalice-password\n" + LOGIN + "4\n")
+    result = run_client(smtp_server.port, "mallory\nalice-password\n" + LOGIN + QUIT)
     assert result.returncode == 0
     assert result.stdout.count("Login failed: wrong username or password.") == 1
 
@@ -165,7 +167,7 @@ def test_unknown_user_is_a_wrong_login(smtp_server: RunningServer) -> None:
 
 def test_send_utf8_and_a_body_line_starting_with_a_dot(smtp_server: RunningServer) -> None:
     body = [GREETING, ".hidden line", "..two dots", "end"]
-    result = run_client(smtp_server.port, LOGIN + send_script("bob@example.org", GREETING, body) + "4\n", "--trace")
+    result = run_client(smtp_server.port, LOGIN + send_script("bob@example.org", GREETING, body) + QUIT, "--trace")
     assert result.returncode == 0, result.stderr
     assert "Sent: 250 OK" in result.stdout
     # RFC 6152: the UTF-8 body goes as 8-bit text, declared in MAIL.
@@ -182,7 +184,7 @@ def test_send_utf8_and_a_body_line_starting_with_a_dot(smtp_server: RunningServe
 def test_retrieve_shows_exactly_what_was_sent(smtp_server: RunningServer) -> None:
     body = [GREETING, ".hidden line", "..two dots", "", "  indented"]
     script = LOGIN + send_script("bob@example.org, carol@example.org", GREETING, body, sender="me@example.org")
-    result = run_client(smtp_server.port, script + "2\n4\n")
+    result = run_client(smtp_server.port, script + RETRIEVE + QUIT)
     assert result.returncode == 0, result.stderr
     assert "You have 1 message." in result.stdout
     shown = shown_message(result.stdout)
@@ -198,6 +200,15 @@ def test_retrieve_shows_exactly_what_was_sent(smtp_server: RunningServer) -> Non
     )
 
 
+def test_a_bare_name_is_a_user_of_the_server(smtp_server: RunningServer) -> None:
+    result = run_client(smtp_server.port, LOGIN + send_script("bob, carol@example.org", "hi", ["hi"]) + QUIT, "--trace")
+    assert result.returncode == 0, result.stderr
+    lines = trace_lines(result.stdout)
+    assert "C: RCPT TO:<bob@mail.test>" in lines  # the server's name, from its greeting
+    assert "C: RCPT TO:<carol@example.org>" in lines
+    assert "C: To: bob@mail.test, carol@example.org" in lines
+
+
 def test_body_ended_by_end_of_input_is_sent(smtp_server: RunningServer) -> None:
     result = run_client(smtp_server.port, LOGIN + "1\n\nbob@example.org\nhi\nlast line\n")
     assert result.returncode == 0
@@ -207,11 +218,11 @@ def test_body_ended_by_end_of_input_is_sent(smtp_server: RunningServer) -> None:
 
 
 def test_bad_addresses_are_asked_again(smtp_server: RunningServer) -> None:
-    script = LOGIN + "1\nnot an address\n\nbob\n,\nbob@example.org\nhi\n.\n4\n"
+    script = LOGIN + "1\nnot an address\n\nbob smith\n,\nbob@example.org\nhi\n.\n" + QUIT
     result = run_client(smtp_server.port, script)
     assert result.returncode == 0
     assert "Not an email address: 'not an address'. Write it as name@domain" in result.stdout
-    assert "Not an email address: 'bob'." in result.stdout
+    assert "Not an email address: 'bob smith'." in result.stdout
     assert "At least one recipient is needed." in result.stdout
     assert result.stdout.count("To (comma-separated): ") == 3
     assert len(smtp_server.stored("alice")) == 1
@@ -219,7 +230,7 @@ def test_bad_addresses_are_asked_again(smtp_server: RunningServer) -> None:
 
 def test_message_over_the_size_limit_is_refused(start_server: Callable[..., RunningServer]) -> None:
     server = start_server(max_message_size=500)
-    result = run_client(server.port, LOGIN + send_script("bob@example.org", "big", ["x" * 70] * 10) + "4\n")
+    result = run_client(server.port, LOGIN + send_script("bob@example.org", "big", ["x" * 70] * 10) + QUIT)
     assert result.returncode == 0
     assert "Not sent: 552 " in result.stdout
     assert "221 " in result.stdout  # the session went on to the Quit
@@ -229,7 +240,7 @@ def test_message_over_the_size_limit_is_refused(start_server: Callable[..., Runn
 def test_refused_recipients_are_reported(smtp_server: RunningServer) -> None:
     # The server takes 100 recipients (RFC 5321 4.5.3.1.8) and refuses the 101st with a 452.
     recipients = ", ".join(f"r{number}@example.org" for number in range(101))
-    result = run_client(smtp_server.port, LOGIN + send_script(recipients, "many", ["hi"]) + "4\n")
+    result = run_client(smtp_server.port, LOGIN + send_script(recipients, "many", ["hi"]) + QUIT)
     assert result.returncode == 0
     assert "Sent: 250 OK" in result.stdout
     assert "These recipients were refused:\n  r100@example.org: 452 " in result.stdout
@@ -239,7 +250,7 @@ def test_refused_recipients_are_reported(smtp_server: RunningServer) -> None:
 
 
 def test_retrieve_with_no_messages(smtp_server: RunningServer) -> None:
-    result = run_client(smtp_server.port, LOGIN + "2\n4\n")
+    result = run_client(smtp_server.port, LOGIN + RETRIEVE + QUIT)
     assert result.returncode == 0
     assert "Choose: No messages.\n" in result.stdout
 
@@ -257,7 +268,7 @@ def test_retrieve_decodes_mime(smtp_server: RunningServer) -> None:
         message["From"], message["To"] = "alice@mail.test", "bob@example.org"
         deliver(smtp_server, message)
 
-    result = run_client(smtp_server.port, LOGIN + "2\n4\n")
+    result = run_client(smtp_server.port, LOGIN + RETRIEVE + QUIT)
     assert "You have 2 messages." in result.stdout
     assert shown_message(result.stdout, 1).endswith("Subject: quoted\n\nCafé crème")
     second = shown_message(result.stdout, 2)
@@ -269,7 +280,7 @@ def test_retrieve_decodes_mime(smtp_server: RunningServer) -> None:
 
 def test_retrieve_hides_terminal_control_characters(smtp_server: RunningServer) -> None:
     deliver(smtp_server, "Subject: trap\r\n\r\nbefore\x1b[2Jafter\r\n")
-    result = run_client(smtp_server.port, LOGIN + "2\n4\n")
+    result = run_client(smtp_server.port, LOGIN + RETRIEVE + QUIT)
     assert "\x1b" not in result.stdout
     assert "before?[2Jafter" in result.stdout
 
@@ -277,7 +288,7 @@ def test_retrieve_hides_terminal_control_characters(smtp_server: RunningServer) 
 def test_delete_answered_no_keeps_the_messages(smtp_server: RunningServer) -> None:
     deliver(smtp_server, "Subject: one\r\n\r\n1\r\n")
     deliver(smtp_server, "Subject: two\r\n\r\n2\r\n")
-    result = run_client(smtp_server.port, LOGIN + "3\nn\n4\n")
+    result = run_client(smtp_server.port, LOGIN + DELETE + "n\n" + QUIT)
     assert result.returncode == 0
     assert "Delete all 2 messages? [y/N] Nothing deleted." in result.stdout
     assert len(smtp_server.stored("alice")) == 2
@@ -287,7 +298,7 @@ def test_delete_answered_yes(smtp_server: RunningServer) -> None:
     deliver(smtp_server, "Subject: one\r\n\r\n1\r\n")
     deliver(smtp_server, "Subject: two\r\n\r\n2\r\n")
     deliver(smtp_server, "Subject: bob's\r\n\r\n3\r\n", user="bob")
-    result = run_client(smtp_server.port, LOGIN + "3\ny\n2\n4\n")
+    result = run_client(smtp_server.port, LOGIN + DELETE + "y\n" + RETRIEVE + QUIT)
     assert result.returncode == 0
     assert "Delete all 2 messages? [y/N] Deleted 2 messages." in result.stdout
     assert "Choose: No messages." in result.stdout  # the retrieve after it
@@ -296,8 +307,8 @@ def test_delete_answered_yes(smtp_server: RunningServer) -> None:
 
 
 def test_delete_with_no_messages_asks_nothing(smtp_server: RunningServer) -> None:
-    # If the client asked, it would read "4" as the answer and not quit.
-    result = run_client(smtp_server.port, LOGIN + "3\n4\n")
+    # If the client asked, it would read the Quit as the answer and not quit.
+    result = run_client(smtp_server.port, LOGIN + DELETE + QUIT)
     assert result.returncode == 0
     assert "Choose: No messages.\n" in result.stdout
     assert "Delete all" not in result.stdout
@@ -308,11 +319,18 @@ def test_delete_with_no_messages_asks_nothing(smtp_server: RunningServer) -> Non
 
 
 def test_bad_menu_input_lists_the_choices(smtp_server: RunningServer) -> None:
-    result = run_client(smtp_server.port, LOGIN + "9\nsend\n\n4\n")
+    result = run_client(smtp_server.port, LOGIN + "9\nsend\n\n" + QUIT)
     assert result.returncode == 0
-    assert result.stdout.count("Please choose 1, 2, 3 or 4.") == 3
+    assert result.stdout.count("Please choose 1, 2, 3, 4 or 5 (q quits too).") == 3
     assert result.stdout.count(MENU_PROMPT) == 4
     assert "221 " in result.stdout
+
+
+@pytest.mark.parametrize("key", ["q", "Q"])
+def test_q_quits_too(smtp_server: RunningServer, key: str) -> None:
+    result = run_client(smtp_server.port, LOGIN + f"{key}\n")
+    assert result.returncode == 0
+    assert result.stdout.endswith("Choose: 221 mail.test Service closing transmission channel\n")
 
 
 @pytest.mark.parametrize(
@@ -324,7 +342,7 @@ def test_bad_menu_input_lists_the_choices(smtp_server: RunningServer) -> None:
         pytest.param(LOGIN + "1\n", id="from"),
         pytest.param(LOGIN + "1\n\n", id="to"),
         pytest.param(LOGIN + "1\n\nbob@example.org\n", id="subject"),
-        pytest.param(LOGIN + "3\n", id="delete-confirmation"),
+        pytest.param(LOGIN + DELETE, id="delete-confirmation"),
     ],
 )
 def test_end_of_input_at_a_prompt_quits_cleanly(smtp_server: RunningServer, script: str) -> None:
@@ -404,7 +422,7 @@ def test_server_shutdown_mid_session(smtp_server: RunningServer, client_process:
     client.type(LOGIN)
     wait_for(lambda: MENU_PROMPT in client.output())
     smtp_server.stop()  # the server says 421 to every open session
-    client.type("2\n")  # the client tries to log in again, and finds nobody
+    client.type(RETRIEVE)  # the client tries to log in again, and finds nobody
     result = client.finish()
     assert result.returncode == 1
     assert result.stderr == (
@@ -422,7 +440,7 @@ def test_server_killed_mid_session(
     wait_for(lambda: MENU_PROMPT in client.output())
     server.process.kill()  # no 421: the connection just ends
     server.wait()
-    client.type("2\n")
+    client.type(RETRIEVE)
     result = client.finish()
     assert result.returncode == 1
     assert result.stderr == (
@@ -445,7 +463,7 @@ def test_ctrl_c_on_a_pipe_quits_with_130(
 
 
 def test_cannot_connect(closed_port: int) -> None:
-    result = run_client(closed_port, LOGIN + "4\n")
+    result = run_client(closed_port, LOGIN + QUIT)
     assert result.returncode == 1
     assert result.stderr == f"Cannot connect to 127.0.0.1:{closed_port} — is the server running?\n"
     assert result.stdout == ""
@@ -455,7 +473,7 @@ def test_cannot_connect(closed_port: int) -> None:
 
 
 def test_trace_shows_the_protocol_with_verbs_in_capitals(smtp_server: RunningServer) -> None:
-    script = LOGIN + send_script("bob@example.org", "Hello", ["first", ".dot"]) + "2\n4\n"
+    script = LOGIN + send_script("bob@example.org", "Hello", ["first", ".dot"]) + RETRIEVE + QUIT
     result = run_client(smtp_server.port, script, "--trace")
     assert result.returncode == 0
     lines = trace_lines(result.stdout)
@@ -484,7 +502,7 @@ def test_trace_shows_the_protocol_with_verbs_in_capitals(smtp_server: RunningSer
 
 
 def test_trace_never_shows_the_password(smtp_server: RunningServer) -> None:
-    result = run_client(smtp_server.port, "alice\nwrong-password\n" + LOGIN + "4\n", "--trace")
+    result = run_client(smtp_server.port, "alice\nwrong-password\n" + LOGIN + QUIT, "--trace")
     assert result.returncode == 0
     shown = result.stdout + result.stderr
     assert "C: AUTH PLAIN ********" in shown
@@ -518,7 +536,9 @@ def test_trace_masks_answers_to_334_challenges(smtp_server: RunningServer) -> No
 
 def test_trace_shortens_long_bodies(smtp_server: RunningServer) -> None:
     body = [f"line {number}" for number in range(1, 31)]
-    result = run_client(smtp_server.port, LOGIN + send_script("bob@example.org", "long", body) + "2\n4\n", "--trace")
+    result = run_client(
+        smtp_server.port, LOGIN + send_script("bob@example.org", "long", body) + RETRIEVE + QUIT, "--trace"
+    )
     lines = trace_lines(result.stdout)
     assert "C: line 10" in lines and "C: line 11" not in lines
     assert "S: line 10" in lines and "S: line 11" not in lines
@@ -659,7 +679,7 @@ def test_terminal_session_password_not_echoed(smtp_server: RunningServer, termin
     term.type(f"{GREETING}\n{GREETING}\n.\n")
     term.expect("Sent: 250 OK")
     term.expect(MENU_PROMPT)
-    term.type("4\n")
+    term.type(QUIT)
     assert term.wait() == 0
     assert "alice-password" not in term.output  # getpass turned the echo off
     assert "alice\r\n" in term.output  # while the username was echoed as typed
@@ -699,7 +719,7 @@ def test_tls_options_send_and_retrieve_over_tls(
     start_server: Callable[..., RunningServer], certificate: Certificate, mode: str
 ) -> None:
     server = start_server(tls_context=certificate.server_context(), implicit_tls=mode == "--tls", require_tls=True)
-    script = LOGIN + send_script("bob@example.org", "sealed", ["over TLS"]) + "2\n4\n"
+    script = LOGIN + send_script("bob@example.org", "sealed", ["over TLS"]) + RETRIEVE + QUIT
     result = run_client(server.port, script, mode, "--cafile", str(certificate.cert), "--trace")
     assert result.returncode == 0, result.stderr
     assert ("C: STARTTLS" in result.stdout) == (mode == "--starttls")
@@ -711,7 +731,7 @@ def test_untrusted_certificate_is_a_clear_error(
     start_server: Callable[..., RunningServer], certificate: Certificate
 ) -> None:
     server = start_server(tls_context=certificate.server_context())
-    result = run_client(server.port, LOGIN + "4\n", "--starttls")  # no --cafile: the system CAs don't know it
+    result = run_client(server.port, LOGIN + QUIT, "--starttls")  # no --cafile: the system CAs don't know it
     assert result.returncode == 1
     assert result.stderr == (
         "The server's certificate is not trusted: add --cafile cert.pem (the file your teacher handed out).\n"
@@ -719,6 +739,6 @@ def test_untrusted_certificate_is_a_clear_error(
 
 
 def test_missing_cafile_is_a_clear_error(smtp_server: RunningServer, tmp_path: Path) -> None:
-    result = run_client(smtp_server.port, LOGIN + "4\n", "--tls", "--cafile", str(tmp_path / "nope.pem"))
+    result = run_client(smtp_server.port, LOGIN + QUIT, "--tls", "--cafile", str(tmp_path / "nope.pem"))
     assert result.returncode == 2
     assert result.stderr.startswith(f"Cannot use --cafile {tmp_path / 'nope.pem'}:")
