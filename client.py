@@ -1075,7 +1075,7 @@ REPLY_MEANINGS: dict[str, Meaning] = {
     "451": Meaning("the server had a local error — not done; try again later"),
     "452": Meaning(
         "the server is out of storage — not done; try again later",
-        {"RCPT": "too many recipients for one message — send to the others in another message"},
+        {"RCPT": "not added: that mailbox is full, or the message has too many recipients; the others stay"},
     ),
     "454": Meaning(
         "temporary failure — not done; try again later",
@@ -1120,7 +1120,10 @@ REPLY_MEANINGS: dict[str, Meaning] = {
     "534": Meaning("that login mechanism is too weak for this server (RFC 4954)"),
     "535": Meaning("wrong username or password — the server will now close the connection"),
     "538": Meaning("that login mechanism needs an encrypted connection — :starttls first (RFC 4954)"),
-    "550": Meaning("mailbox unavailable — not done (no such user, or refused by policy)"),
+    "550": Meaning(
+        "mailbox unavailable — not done (no such user, or refused by policy)",
+        {"RCPT": "no such user here — the name before the @ has no account on this server"},
+    ),
     "551": Meaning("user not local — try the address the server gives"),
     "552": Meaning(
         "too big — over the size the server takes (EHLO's SIZE line says how much)",

@@ -388,34 +388,38 @@ def test_explain_uses_the_command_then_the_code_then_its_class() -> None:
     assert explain("334", "not base64!", "AUTH") == "334: go on — send the next answer of the login, in base64"
 
 
-def reply_codes_in_the_server() -> dict[str, set[str]]:
-    """Every reply the server's code can send, found in its syntax tree: SMTP codes and POP3 response codes.
+def reply_codes_in_the_server(package: Path = ROOT / "mailserver") -> dict[str, set[str]]:
+    """Every reply the server's code can send, found in its syntax trees: {code: files}.
 
-    A reply is a call reply(NNN, ...) or Reply(NNN, ...), or a string starting "NNN " (a reply
-    written out whole, such as the refusal at the connection caps); a POP3 response code is a
-    "[CODE]" at the start of a string or after "-ERR ".
+    SMTP: a call reply(NNN, ...) or Reply(NNN, ...), or a string starting "NNN " (a reply
+    written out whole, such as the refusal at the connection caps). POP3: a string that is a
+    status ("+OK", "-ERR", the "+ " of AUTH), and a response code "[CODE]" starting a string
+    (after "-ERR " if it is there), as in reply(ERR, "[IN-USE] ...").
     """
     found: dict[str, set[str]] = {}
-    for path in sorted((ROOT / "mailserver").glob("*.py")):
+    for path in sorted(package.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             for code in reply_codes(node):
                 found.setdefault(code, set()).add(path.name)
     return found
 
 
+REPLY_IN_TEXT = [
+    re.compile(r"(\d{3}) "),  # SMTP, written out
+    re.compile(r"(\+OK|-ERR|\+)(?: |$)"),  # a POP3 status
+    re.compile(r"\s*(?:-ERR\s+)?(\[[A-Z][A-Z0-9/-]*\])"),  # RFC 2449 8: a response code
+]
+
+
 def reply_codes(node: ast.AST) -> list[str]:
+    """The replies one node of a syntax tree stands for (ast.walk visits the pieces of an f-string too)."""
     if isinstance(node, ast.Call):
         name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
         first = node.args[0] if node.args else None
         if name in ("reply", "Reply") and isinstance(first, ast.Constant) and isinstance(first.value, int):
             return [str(first.value)]
-        return []
-    if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
-        node = node.values[0]
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        written_out = re.match(r"(\d{3}) ", node.value)
-        response_code = re.match(r"(?:-ERR )?(\[[A-Z0-9/-]+\])", node.value)
-        return [match[1] for match in (written_out, response_code) if match]
+        return [match[1] for pattern in REPLY_IN_TEXT if (match := pattern.match(node.value))]
     return []
 
 
