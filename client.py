@@ -1150,7 +1150,7 @@ REPLY_MEANINGS: dict[str, Meaning] = {
             "CONNECT": "the server greets you — log in with USER <name> then PASS <password>, or :auth plain NAME",
             "USER": "name noted — now PASS <password>",
             "PASS": "logged in — your inbox is yours alone until QUIT; STAT or LIST shows what is in it",
-            "AUTH": 'logged in (or, without a mechanism: the mechanisms follow, ended by ".")',
+            "AUTH": "logged in — your inbox is yours alone until QUIT (AUTH alone: the mechanisms follow)",
             "STAT": "the numbers are: how many messages, and their total size in octets",
             "LIST": 'message number and size in octets (with no number: one line per message, "." ends the list)',
             "UIDL": 'message number and its unique id (with no number: one line per message, "." ends the list)',
@@ -1423,7 +1423,9 @@ class ConsoleSession:
             else:
                 shown, notes, wire = [TRACE_MASK if self.answering else masked(line)], [], line
                 verb, _, argument = line.partition(" ")
-                self.pending.append(Sent("AUTH") if self.answering else Sent(verb.upper(), argument.strip()))
+                # An answer to a challenge belongs to the AUTH it continues; its text is a secret.
+                sent = Sent("AUTH", TRACE_MASK) if self.answering else Sent(verb.upper(), argument.strip())
+                self.pending.append(sent)
                 self.answering = False
         for text in shown:
             self.show(Shown("C", text, line if typed else None))
