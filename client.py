@@ -19,13 +19,19 @@ wire is printed, so a class can watch what each menu choice means in SMTP::
 
 The standard commands come from ``smtplib``: ``MailClient`` only adds the
 server's two extra verbs, RETR and DELE, and the ``C:``/``S:`` trace.  The
-menu below it prompts, calls one ``MailClient`` method and prints the
-result; it never speaks the protocol itself.
+inbox is read with ``poplib`` (``InboxClient``, its lines traced as
+``POP3 C:``/``POP3 S:``).  The menu below them prompts, calls one method and
+prints the result; it never speaks the protocol itself.
 
 Piped input works too: when stdin is not a terminal every answer, the
 password included, is read line by line::
 
-    printf 'alice\\nwonderland\\n4\\n' | python client.py
+    printf 'alice\\nwonderland\\n5\\n' | python client.py
+
+``python client.py --raw`` (``--raw --pop3`` for POP3) is the other way
+round: the student types the protocol, and each reply is explained under it
+(``RawConsole`` reads the terminal, ``ConsoleSession`` the connection, and
+``REPLY_MEANINGS`` holds the explanations; docs/console.md shows a session).
 """
 
 import argparse
