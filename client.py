@@ -1823,7 +1823,6 @@ def run_raw(args: argparse.Namespace, tls: ssl.SSLContext) -> int:
     except OSError:
         print(cannot_connect(args.host, port), file=sys.stderr)
         return 1
-    sock.settimeout(None)  # the student may think as long as the server lets them
     console = RawConsole(dialect, explain=not args.no_explain, interactive=sys.stdin.isatty())
     console.note(f"(connected to {args.host}:{port}, {dialect.name}; :help lists the helpers, Ctrl-D leaves)")
     session = ConsoleSession(dialect, sock, console.show, tls, args.host)
