@@ -1087,7 +1087,7 @@ REPLY_MEANINGS: dict[str, Meaning] = {
         "temporary failure — not done; try again later",
         {
             "STARTTLS": "TLS is not available: the server has no certificate",
-            "AUTH": "too many failed logins from your address — wait a minute, then try again",
+            "AUTH": "too many failed logins (for this name, or from your address) — wait as the text says",
         },
     ),
     "455": Meaning("the server cannot take these parameters now"),
