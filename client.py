@@ -1830,14 +1830,20 @@ def run_raw(args: argparse.Namespace, tls: ssl.SSLContext) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Menu client for the teaching SMTP server.")
+    parser = argparse.ArgumentParser(
+        description="Menu client for the teaching mail server: SMTP to send, POP3 to read the inbox."
+    )
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"server address (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"server port (default {DEFAULT_PORT})")
     parser.add_argument("--user", help="log in as USER instead of asking")
     parser.add_argument("--trace", action="store_true", help="print every protocol line as C:/S:")
     tls = parser.add_mutually_exclusive_group()
-    tls.add_argument("--starttls", action="store_true", help="switch to TLS with STARTTLS before logging in")
-    tls.add_argument("--tls", action="store_true", help="TLS from the start (the server's --tls-port)")
+    tls.add_argument(
+        "--starttls", action="store_true", help="switch to TLS before logging in (STARTTLS; STLS for the inbox)"
+    )
+    tls.add_argument(
+        "--tls", action="store_true", help="TLS from the start (the --tls-port; give the --pop3s-port as --pop3-port)"
+    )
     parser.add_argument("--cafile", help="trust this certificate (PEM), e.g. the server's self-signed one")
     parser.add_argument(
         "--pop3-port", type=int, default=DEFAULT_POP3_PORT, help=f"the server's POP3 port (default {DEFAULT_POP3_PORT})"
