@@ -12,6 +12,7 @@ import base64
 import codecs
 import dataclasses
 import os
+import poplib
 import re
 import select
 import signal
@@ -313,6 +314,160 @@ def test_delete_with_no_messages_asks_nothing(smtp_server: RunningServer) -> Non
     assert "Choose: No messages.\n" in result.stdout
     assert "Delete all" not in result.stdout
     assert "221 " in result.stdout
+
+
+# --- the inbox (POP3) ----------------------------------------------------------------
+
+LOGIN_BOB = "bob\nbob-password\n"
+
+
+def mail_to(server: RunningServer, user: str, subject: str, body: str = "hello\n") -> None:
+    """alice sends a message to user at the server (through smtplib): it lands in user's inbox."""
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "alice@mail.test", f"{user}@mail.test", subject
+    message.set_content(body)
+    deliver(server, message)
+
+
+@pytest.fixture
+def pop3_server(start_server: Callable[..., RunningServer]) -> RunningServer:
+    """A server with POP3 beside SMTP, as python server.py runs by default."""
+    return start_server(pop3=True)
+
+
+def run_inbox(server: RunningServer, script: str, *args: str) -> Result:
+    """client.py for this server's SMTP and POP3 ports, with script piped in."""
+    return run_client(server.port, script, "--pop3-port", str(server.pop3_port), *args)
+
+
+def test_read_inbox_shows_the_messages_and_deletes_them_on_yes(pop3_server: RunningServer) -> None:
+    mail_to(pop3_server, "bob", "first", ".dot\nline\n")
+    mail_to(pop3_server, "bob", GREETING, f"{GREETING}\n")
+    mail_to(pop3_server, "carol", "not for bob")
+    result = run_inbox(pop3_server, LOGIN_BOB + INBOX + "y\n" + INBOX + QUIT)
+    assert result.returncode == 0, result.stderr
+    assert "Choose: You have 2 messages in your inbox.\n" in result.stdout
+    first, second = shown_message(result.stdout, 1), shown_message(result.stdout, 2)
+    assert (
+        "\n".join(first.splitlines()[1:])
+        == "From:    alice@mail.test\nTo:      bob@mail.test\nSubject: first\n\n.dot\nline"
+    )
+    assert second.endswith(
+        f"Subject: {GREETING}\n\n{GREETING}\nDelete them from your inbox? [y/N] Deleted 2 messages from your inbox."
+    )
+    assert "Choose: Your inbox is empty.\n" in result.stdout  # the second look
+    assert pop3_server.inbox("bob") == []
+    assert len(pop3_server.inbox("carol")) == 1  # only bob's own
+
+
+@pytest.mark.parametrize("answer", ["n", "", "yes please"])
+def test_read_inbox_deletes_nothing_without_a_yes(pop3_server: RunningServer, answer: str) -> None:
+    mail_to(pop3_server, "bob", "keep me")
+    result = run_inbox(pop3_server, LOGIN_BOB + INBOX + f"{answer}\n" + QUIT)
+    assert result.returncode == 0, result.stderr
+    assert "Delete them from your inbox? [y/N] Nothing deleted.\n" in result.stdout
+    assert len(pop3_server.inbox("bob")) == 1
+
+
+def test_end_of_input_at_the_question_deletes_nothing(pop3_server: RunningServer) -> None:
+    mail_to(pop3_server, "bob", "keep me")
+    result = run_inbox(pop3_server, LOGIN_BOB + INBOX, "--trace")
+    assert result.returncode == 0
+    assert "POP3 C: DELE" not in result.stdout
+    assert result.stdout.endswith(
+        "C: QUIT\nS: 221 mail.test Service closing transmission channel\n"
+        "221 mail.test Service closing transmission channel\n"
+    )
+    assert len(pop3_server.inbox("bob")) == 1
+
+
+def test_read_inbox_with_trace(pop3_server: RunningServer) -> None:
+    body = "".join(f"line {number}\n" for number in range(1, 31))
+    mail_to(pop3_server, "bob", "long", body)
+    result = run_inbox(pop3_server, LOGIN_BOB + INBOX + "y\n" + QUIT, "--trace")
+    assert result.returncode == 0, result.stderr
+    pop3 = re.findall(r"POP3 [CS]:.*", result.stdout)  # on a pipe, a prompt may stand in front
+    assert pop3[:6] == [
+        "POP3 S: +OK mail.test POP3 server ready",
+        "POP3 C: USER bob",
+        "POP3 S: +OK Send your password with PASS",
+        "POP3 C: PASS ********",
+        "POP3 S: +OK bob has 1 message (" + pop3[4].split("(", 1)[1],
+        "POP3 C: STAT",
+    ]
+    assert "POP3 C: RETR 1" in pop3 and "POP3 S: line 10" in pop3 and "POP3 S: line 11" not in pop3
+    assert "   (20 more lines not shown)" in result.stdout  # the trace is short, the message shown whole
+    assert "\n".join(f"line {number}" for number in range(1, 31)) in shown_message(result.stdout)
+    assert pop3[-4:] == ["POP3 C: DELE 1", "POP3 S: +OK Message 1 deleted", "POP3 C: QUIT", pop3[-1]]
+    smtp = re.findall(r"^(?:Choose: )?([CS]: .*)", result.stdout, re.MULTILINE)  # the unmarked lines
+    assert "C: AUTH PLAIN ********" in smtp  # SMTP's lines stay as they were
+    assert not [line for line in smtp if line.startswith(("C: USER", "C: PASS", "S: +OK"))]
+    for secret in ("bob-password", base64.b64encode(b"bob-password").decode()):
+        assert secret not in result.stdout + result.stderr
+
+
+def test_inbox_unreachable_is_one_line_and_the_menu_goes_on(smtp_server: RunningServer, closed_port: int) -> None:
+    result = run_client(smtp_server.port, LOGIN + INBOX + QUIT, "--pop3-port", str(closed_port))
+    assert result.returncode == 0
+    assert (
+        f"Choose: Cannot reach the inbox at 127.0.0.1:{closed_port} — nothing answers there;"
+        " is POP3 on another port? (--pop3-port)\n\n  1. Send a message"
+    ) in result.stdout
+    assert result.stdout.endswith("Choose: 221 mail.test Service closing transmission channel\n")
+    assert result.stderr == ""
+
+
+def test_inbox_at_a_port_that_is_no_pop3(smtp_server: RunningServer) -> None:
+    result = run_client(smtp_server.port, LOGIN + INBOX + QUIT, "--pop3-port", str(smtp_server.port))
+    assert result.returncode == 0
+    assert (
+        f"Cannot reach the inbox at 127.0.0.1:{smtp_server.port} — not a POP3 server, it said:"
+        " 220 mail.test Service ready\n"
+    ) in result.stdout
+
+
+def test_inbox_in_use(pop3_server: RunningServer) -> None:
+    mail_to(pop3_server, "bob", "hi")
+    other = poplib.POP3(pop3_server.host, pop3_server.pop3_port, timeout=TIMEOUT)  # bob, elsewhere
+    try:
+        other.user("bob")
+        other.pass_("bob-password")
+        result = run_inbox(pop3_server, LOGIN_BOB + INBOX + QUIT)
+    finally:
+        other.quit()
+    assert result.returncode == 0
+    assert "Choose: The inbox refused the login: -ERR [IN-USE] " in result.stdout
+    assert "221 mail.test" in result.stdout
+
+
+@pytest.mark.parametrize("mode", ["--starttls", "--tls"])
+def test_inbox_over_tls(start_server: Callable[..., RunningServer], certificate: Certificate, mode: str) -> None:
+    server = start_server(
+        pop3=True, tls_context=certificate.server_context(), implicit_tls=mode == "--tls", require_tls=True
+    )
+    script = LOGIN + "1\n\nbob\nsealed\nover TLS\n.\n" + QUIT
+    assert run_inbox(server, script, mode, "--cafile", str(certificate.cert)).returncode == 0
+    result = run_inbox(server, LOGIN_BOB + INBOX + "n\n" + QUIT, mode, "--cafile", str(certificate.cert), "--trace")
+    assert result.returncode == 0, result.stderr
+    assert ("POP3 C: STLS" in result.stdout) == (mode == "--starttls")
+    assert "POP3 S: +OK bob has 1 message" in result.stdout  # require_tls: the login went through TLS
+    assert "Subject: sealed\n\nover TLS" in shown_message(result.stdout)
+
+
+def test_the_readme_demo_alice_sends_to_bob_who_reads_it(pop3_server: RunningServer) -> None:
+    sent = run_inbox(
+        pop3_server, LOGIN + send_script("bob", "Hello class", ["Hi Bob,", "this is my first message."]) + QUIT
+    )
+    assert "Sent: 250 OK" in sent.stdout
+    read = run_inbox(pop3_server, LOGIN_BOB + INBOX + "y\n" + QUIT)
+    assert "You have 1 message in your inbox." in read.stdout
+    shown = shown_message(read.stdout)
+    assert (
+        "From:    alice@mail.test\nTo:      bob@mail.test\nSubject: Hello class\n\nHi Bob,\nthis is my first message.\n"
+        in shown
+    )
+    assert pop3_server.inbox("bob") == []
+    assert len(pop3_server.stored("alice")) == 1  # and alice's Sent keeps hers
 
 
 # --- the menu and the ways a session ends -------------------------------------------

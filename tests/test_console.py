@@ -10,21 +10,27 @@ from __future__ import annotations
 
 import ast
 import base64
+import contextlib
 import re
+import signal
+import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import test_client
-from conftest import ROOT, USERS, Certificate, RunningServer, plain_response
-from test_client import ENV, TIMEOUT, Result, client_module, deliver, run_client
+from conftest import ROOT, USERS, Certificate, RunningServer, plain_response, wait_for
+from test_client import ENV, TIMEOUT, Result, client_module, deliver, mail_to, run_client
 
 # The fixtures of test_client.py, shared.
 client_process = test_client.client_process
 terminal = test_client.terminal
 closed_port = test_client.closed_port
+pop3_server = test_client.pop3_server
 
 PASSWORD = USERS["alice"]
+CLOSED_NOTE = "   " + client_module.CLOSED_NOTE
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # A terminal in the tests: one that understands colour, whatever runs the tests.
 COLOUR_TERMINAL = {**ENV, "TERM": "xterm"}
@@ -229,6 +235,43 @@ def test_wrong_password_is_explained_and_the_console_ends(smtp_server: RunningSe
     )
 
 
+@pytest.mark.parametrize(
+    ("options", "dialogue"),
+    [
+        pytest.param([], [b"220 fake ready", b"EHLO laptop", b"250 fake", b"NOOP", b"535 5.7.8 No"], id="SMTP 535"),
+        pytest.param([], [b"220 fake ready", b"NOOP", b"421 fake Timeout, closing"], id="SMTP 421"),
+        pytest.param(["--pop3"], [b"+OK fake ready", b"USER bob", b"+OK", b"PASS x", b"-ERR [AUTH] No"], id="POP3"),
+    ],
+)
+def test_nothing_more_is_sent_after_a_reply_that_closes(options: list[str], dialogue: list[bytes]) -> None:
+    # A server that says it closes may take a moment to do it: the console waits for the close
+    # (up to a second) before the next line, so that line does not meet a closing connection.
+    received: list[bytes] = []
+
+    def serve(listener: socket.socket) -> None:
+        connection, _ = listener.accept()
+        with connection, connection.makefile("rb") as lines:
+            for line in dialogue:
+                if line[:1].isdigit() or line[:1] in b"+-":
+                    connection.sendall(line + b"\r\n")
+                else:
+                    received.append(lines.readline().rstrip(b"\r\n"))
+            connection.settimeout(0.5)  # then it closes; whatever came meanwhile was sent too early
+            with contextlib.suppress(TimeoutError):
+                received.append(lines.readline())
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        server = threading.Thread(target=serve, args=(listener,))
+        server.start()
+        port = str(listener.getsockname()[1])
+        sent = [line.decode() for line in dialogue if not (line[:1].isdigit() or line[:1] in b"+-")]
+        result = raw(int(port), "\n".join([*sent, "NOOP", "NOOP"]) + "\n", *options, "--pop3-port", port)
+        server.join(TIMEOUT)
+    assert received == [line.encode() for line in sent]
+    assert result.returncode == 1
+    assert result.stdout.endswith(f"{CLOSED_NOTE}\n")
+
+
 def test_helpers_that_go_wrong_say_so_and_the_session_goes_on(smtp_server: RunningServer, tmp_path: Path) -> None:
     script = f":nope\n:auth\n:auth cram-md5 alice\n:save\n:save {tmp_path / 'no' / 'such.txt'}\n:help\n"
     result = raw(smtp_server.port, script)
@@ -260,6 +303,24 @@ def test_idle_timeout_421_shows_up_by_itself(
         "   421: the server is closing the connection (shutting down, idle too long, too many errors or"
         " connections) — connect again later\n"
         "   (the server closed the connection)\n"
+    )
+    assert result.stderr == ""
+
+
+def test_ctrl_c_on_a_pipe_sends_quit_and_exits_130(
+    smtp_server: RunningServer, client_process: Callable[..., test_client.ClientProcess]
+) -> None:
+    client = client_process(smtp_server.port, "--raw")
+    client.type("NOOP\n")
+    wait_for(lambda: "   250: nothing done" in client.output())
+    client.process.send_signal(signal.SIGINT)
+    result = client.finish()
+    assert result.returncode == 130
+    assert result.stdout.endswith(
+        "C: QUIT\n"
+        "S: 221 mail.test Service closing transmission channel\n"
+        "   221: goodbye — the server closes the connection\n"
+        f"{CLOSED_NOTE}\n"
     )
     assert result.stderr == ""
 
@@ -300,6 +361,88 @@ def test_nobody_listening(closed_port: int) -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == f"Cannot connect to 127.0.0.1:{closed_port} — is the server running? (python server.py)\n"
+
+
+# --- POP3 (--raw --pop3) ----------------------------------------------------------------
+
+
+def raw_pop3(server: RunningServer, script: str, *args: str) -> Result:
+    """Run client.py --raw --pop3 against the server's POP3 port, with script piped in."""
+    return raw(server.port, script, "--pop3", "--pop3-port", str(server.pop3_port), *args)
+
+
+def test_pop3_list_retr_and_dele(pop3_server: RunningServer) -> None:
+    body = [f"line {number}" for number in range(1, 31)]
+    mail_to(pop3_server, "bob", "first", "\n".join([".dot", *body]) + "\n")
+    mail_to(pop3_server, "bob", "second")
+    result = raw_pop3(pop3_server, ":auth user bob\nbob-password\nLIST\nRETR 1\nDELE 2\nQUIT\n")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1:3] == [
+        "S: +OK mail.test POP3 server ready",
+        "   +OK: the server greets you — log in with USER <name> then PASS <password>, or :auth plain NAME",
+    ]
+    assert "C: USER bob" in lines and "C: PASS ********" in lines
+    assert "bob-password" not in result.stdout
+    listing = lines.index("C: LIST")
+    assert lines[listing + 1].startswith("S: +OK 2 messages (")
+    assert lines[listing + 2].startswith("   +OK: message number and size in octets")
+    assert re.fullmatch(r"S: 1 \d+", lines[listing + 3]) and re.fullmatch(r"S: 2 \d+", lines[listing + 4])
+    assert lines[listing + 5 : listing + 7] == ["S: .", "C: RETR 1"]  # the block's lines are not replies
+    retr = lines.index("C: RETR 1")
+    assert lines[retr + 2] == (
+        '   +OK: the message follows as stored, ended by a line holding only "." (leading dots doubled)'
+    )
+    block = lines[retr + 3 : lines.index("C: DELE 2")]
+    assert block[-32:] == ["S: ..dot", *(f"S: {line}" for line in body), "S: ."]  # in full, as on the wire
+    assert lines[-3:] == [
+        "S: +OK mail.test POP3 server signing off (1 message left)",
+        "   +OK: goodbye — the messages marked with DELE are deleted now",
+        "   (the server closed the connection)",
+    ]
+    assert len(pop3_server.inbox("bob")) == 1
+
+
+def test_pop3_auth_plain_and_its_transcript(pop3_server: RunningServer, tmp_path: Path) -> None:
+    saved = tmp_path / "pop3.txt"
+    result = raw_pop3(pop3_server, f":auth plain bob\nbob-password\nSTAT\n:save {saved}\n")
+    expected = [
+        "C: AUTH PLAIN",
+        "S: +",
+        "   +: go on — the server waits for your answer, in base64 (RFC 5034)",
+        "C: ********",
+        "S: +OK bob has 0 messages (0 octets)",
+        "   +OK: logged in — your inbox is yours alone until QUIT (AUTH alone: the mechanisms follow)",
+    ]
+    for shown in (result.stdout, saved.read_text()):
+        lines = shown.splitlines()
+        assert lines[lines.index("C: AUTH PLAIN") :][:6] == expected
+        for secret in secrets_of("bob-password", "bob"):
+            assert secret not in shown
+
+
+def test_pop3_wrong_password_ends_the_session(pop3_server: RunningServer) -> None:
+    result = raw_pop3(pop3_server, ":auth user bob\nwrong\nSTAT\n")
+    assert result.returncode == 1
+    assert result.stdout.endswith(
+        "S: -ERR [AUTH] Invalid username or password\n"
+        "   -ERR [AUTH]: the login was refused (RFC 3206) — the text says why; after a wrong username or password"
+        " the server closes the connection\n"
+        "   (the server closed the connection)\n"
+    )
+
+
+def test_pop3_stls(start_server: Callable[..., RunningServer], certificate: Certificate) -> None:
+    server = start_server(pop3=True, tls_context=certificate.server_context(), require_tls=True)
+    result = raw_pop3(server, ":starttls\n:auth user bob\nbob-password\n", "--cafile", str(certificate.cert))
+    assert result.returncode == 0, result.stderr
+    assert (
+        "C: STLS\n"
+        "S: +OK Begin TLS negotiation\n"
+        "   +OK: go ahead with TLS — the console does the TLS handshake now (RFC 2595)\n"
+        "   (TLS is on: TLSv1."
+    ) in result.stdout
+    assert "S: +OK bob has 0 messages (0 octets)" in result.stdout  # require_tls: only over TLS
 
 
 # --- at a terminal --------------------------------------------------------------------
@@ -373,6 +516,26 @@ def test_terminal_idle_421_while_at_the_prompt(
     assert shown.endswith("   (the server closed the connection)\nC: NOO\n")
 
 
+def test_terminal_pop3(pop3_server: RunningServer, terminal: Callable[..., test_client.Terminal]) -> None:
+    mail_to(pop3_server, "bob", "hello bob")
+    term = terminal("--raw", "--pop3", "--pop3-port", str(pop3_server.pop3_port), env=COLOUR_TERMINAL)
+    for line, reply in [
+        ("USER bob", "S: +OK Send your password with PASS"),
+        ("PASS bob-password", "S: +OK bob has 1 message"),
+        ("LIST", "S: ."),
+    ]:
+        term.expect("C: ")
+        term.type(f"{line}\r")
+        term.expect(reply)
+    term.expect("C: ")
+    term.type("\x04")  # Ctrl-D: QUIT, and leave
+    assert term.wait() == 0
+    shown = screen(term.output)
+    assert "C: PASS ********\n" in shown  # the typed password, overwritten
+    assert "C: QUIT\nS: +OK mail.test POP3 server signing off (1 message left)\n" in shown
+    assert len(pop3_server.inbox("bob")) == 1
+
+
 # --- the explanations -----------------------------------------------------------------
 
 
@@ -427,6 +590,7 @@ def test_every_reply_the_server_can_send_is_explained() -> None:
     found = reply_codes_in_the_server()
     # The walk itself must work: these are certainly there.
     assert {"214", "220", "221", "235", "250", "334", "354", "421", "500", "503", "535"} <= set(found)
+    assert {"+OK", "-ERR", "+", "[AUTH]", "[IN-USE]", "[SYS/TEMP]"} <= set(found)
     unexplained = {code: files for code, files in found.items() if code not in client_module.REPLY_MEANINGS}
     assert unexplained == {}, "add these to REPLY_MEANINGS in client.py"
 
