@@ -952,6 +952,7 @@ def show_inbox(inbox: InboxClient, count: int) -> bool:
         print()
         print(f"--- Message {number} ---")
         print(describe_message(b"\n".join(lines) + b"\n"))
+    print()
     if ask("Delete them from your inbox? [y/N] ").strip().lower() not in ("y", "yes"):
         print("Nothing deleted.")
         return False

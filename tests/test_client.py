@@ -353,7 +353,7 @@ def test_read_inbox_shows_the_messages_and_deletes_them_on_yes(pop3_server: Runn
         == "From:    alice@mail.test\nTo:      bob@mail.test\nSubject: first\n\n.dot\nline"
     )
     assert second.endswith(
-        f"Subject: {GREETING}\n\n{GREETING}\nDelete them from your inbox? [y/N] Deleted 2 messages from your inbox."
+        f"Subject: {GREETING}\n\n{GREETING}\n\nDelete them from your inbox? [y/N] Deleted 2 messages from your inbox."
     )
     assert "Choose: Your inbox is empty.\n" in result.stdout  # the second look
     assert pop3_server.inbox("bob") == []
