@@ -920,11 +920,13 @@ def read_inbox(account: Account) -> bool:
         print(f"The inbox refused the login: {pop3_error(error)}")
         return True
     try:
-        count, _ = inbox.stat()
-        deleted = show_inbox(inbox, count)
-        inbox.quit()  # RFC 1939 6: only QUIT removes the messages marked with DELE
-        if deleted:
-            print(f"Deleted {plural(count, 'message')} from your inbox.")
+        shown = show_inbox(inbox)
+        if shown and ask("Delete them from your inbox? [y/N] ").strip().lower() in ("y", "yes"):
+            print(f"Deleted {plural(delete_from_inbox(inbox, shown), 'message')} from your inbox.")
+        else:
+            if shown:
+                print("Nothing deleted.")
+            inbox.quit()
     except (poplib.error_proto, OSError) as error:
         print(f"The inbox answered: {pop3_error(error)}")
     finally:
@@ -941,24 +943,41 @@ def pop3_error(error: Exception) -> str:
     return str(error)
 
 
-def show_inbox(inbox: InboxClient, count: int) -> bool:
-    """Print the count messages of the inbox; mark them all deleted if the user says so; return whether."""
-    if count == 0:
+def show_inbox(inbox: InboxClient) -> list[bytes]:
+    """Print every message of the inbox; return their unique ids (none for an empty inbox)."""
+    listing = unique_ids(inbox)
+    if not listing:
         print("Your inbox is empty.")
-        return False
-    print(f"You have {plural(count, 'message')} in your inbox.")
-    for number in range(1, count + 1):
+        return []
+    print(f"You have {plural(len(listing), 'message')} in your inbox.")
+    for number in listing.values():
         _, lines, _ = inbox.retr(number)
         print()
         print(f"--- Message {number} ---")
         print(describe_message(b"\n".join(lines) + b"\n"))
     print()
-    if ask("Delete them from your inbox? [y/N] ").strip().lower() not in ("y", "yes"):
-        print("Nothing deleted.")
-        return False
-    for number in range(1, count + 1):
+    return list(listing)
+
+
+def delete_from_inbox(inbox: InboxClient, shown: list[bytes]) -> int:
+    """Delete the messages shown, found by their unique ids; return how many went.
+
+    By id, not by number: in another session (after a reconnect) the numbers
+    may differ, the ids do not (RFC 1939 7).
+    """
+    listing = unique_ids(inbox)
+    numbers = [listing[unique_id] for unique_id in shown if unique_id in listing]
+    for number in numbers:
         inbox.dele(number)
-    return True
+    inbox.quit()  # RFC 1939 6: only QUIT removes the messages marked with DELE
+    return len(numbers)
+
+
+def unique_ids(inbox: InboxClient) -> dict[bytes, int]:
+    """UIDL: each message's unique id and its number in this session, in order."""
+    _, lines, _ = inbox.uidl()
+    numbers_and_ids = (line.split(b" ", 1) for line in lines)
+    return {unique_id: int(number) for number, unique_id in numbers_and_ids}
 
 
 def delete_mail(account: Account) -> bool:

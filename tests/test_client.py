@@ -393,7 +393,7 @@ def test_read_inbox_with_trace(pop3_server: RunningServer) -> None:
         "POP3 S: +OK Send your password with PASS",
         "POP3 C: PASS ********",
         "POP3 S: +OK bob has 1 message (" + pop3[4].split("(", 1)[1],
-        "POP3 C: STAT",
+        "POP3 C: UIDL",  # the ids, to delete the very messages shown
     ]
     assert "POP3 C: RETR 1" in pop3 and "POP3 S: line 10" in pop3 and "POP3 S: line 11" not in pop3
     assert "   (20 more lines not shown)" in result.stdout  # the trace is short, the message shown whole
