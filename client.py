@@ -431,10 +431,6 @@ def ask_secret(prompt: str) -> str:
     return input(prompt)
 
 
-def cannot_connect(host: str, port: int) -> str:
-    return f"Cannot connect to {host}:{port} — is the server running? (python server.py)"
-
-
 def is_address(address: str) -> bool:
     """Return True if ``address`` is a plain name@domain SMTP mailbox."""
     local_part = address.rpartition("@")[0]
@@ -670,7 +666,8 @@ class Account:
         try:
             if self.tls is not None and not self.implicit_tls:
                 inbox.stls(context=self.tls)  # RFC 2595; raises error_proto if not offered
-            user, password = self.credentials or (self.user, "")
+            assert self.credentials is not None  # the menu comes after the login
+            user, password = self.credentials
             inbox.user(user)
             inbox.pass_(password)
         except ssl.SSLError as error:
@@ -919,18 +916,32 @@ def read_inbox(account: Account) -> bool:
     except poplib.error_proto as error:
         print(f"The inbox refused the login: {pop3_error(error)}")
         return True
-    try:
-        shown = show_inbox(inbox)
-        if shown and ask("Delete them from your inbox? [y/N] ").strip().lower() in ("y", "yes"):
-            print(f"Deleted {plural(delete_from_inbox(inbox, shown), 'message')} from your inbox.")
-        else:
+    with contextlib.ExitStack() as sessions:
+        sessions.callback(inbox.close)  # without QUIT (Ctrl-D at the question, say) nothing is deleted
+
+        def reopen() -> InboxClient:
+            """The session ended while the question waited (the server's idle timeout): a new one."""
+            again = account.open_inbox()
+            sessions.callback(again.close)
+            print(RECONNECTED)
+            return again
+
+        try:
+            shown = show_inbox(inbox)
+            if shown and ask("Delete them from your inbox? [y/N] ").strip().lower() in ("y", "yes"):
+                # As the menu's SMTP actions do after an idle timeout: once more, on a new session.
+                gone = (poplib.error_proto, OSError)
+                deleted = reconnecting(lambda session: delete_from_inbox(session, shown), lambda: inbox, reopen, gone)
+                print(f"Deleted {plural(deleted, 'message')} from your inbox.")
+                return True
             if shown:
                 print("Nothing deleted.")
-            inbox.quit()
-    except (poplib.error_proto, OSError) as error:
-        print(f"The inbox answered: {pop3_error(error)}")
-    finally:
-        inbox.close()  # without QUIT (Ctrl-D at the question, say) nothing is deleted
+            with contextlib.suppress(poplib.error_proto, OSError):  # nothing to remove: a lost QUIT loses nothing
+                inbox.quit()
+        except InboxUnreachableError as error:  # from reopen()
+            print(error)
+        except (poplib.error_proto, OSError) as error:
+            print(f"The inbox answered: {pop3_error(error)}")
     return True
 
 
@@ -1601,7 +1612,7 @@ class ConsoleSession:
 def tls_failure(error: Exception) -> str:
     """Say why a TLS handshake failed, and what to do about an untrusted certificate."""
     if isinstance(error, ssl.SSLCertVerificationError):
-        return f"{error.verify_message} — trust the server's certificate with --cafile cert.pem"
+        return f"the server's certificate is not trusted ({error.verify_message}): add --cafile cert.pem"
     return str(error)
 
 
@@ -1833,15 +1844,17 @@ def run_raw(args: argparse.Namespace, tls: ssl.SSLContext) -> int:
     """Connect, and type the protocol by hand (--raw); return the exit status."""
     dialect = POP3Dialect if args.pop3 else SMTPDialect
     port = args.pop3_port if args.pop3 else args.port
+    # The menu's one-line advice for the same mistakes: nobody there, TLS or not, an untrusted certificate.
+    account = Account(args.host, port, None, tls, implicit_tls=args.tls, cafile=args.cafile)
     try:
         sock = socket.create_connection((args.host, port), timeout=SOCKET_TIMEOUT)
         if args.tls:
             sock = tls.wrap_socket(sock, server_hostname=args.host)
-    except ssl.SSLError as error:
-        print(f"TLS failed: {tls_failure(error)}", file=sys.stderr)
+    except ssl.SSLCertVerificationError as error:
+        print(account._untrusted(error), file=sys.stderr)
         return 1
-    except OSError:
-        print(cannot_connect(args.host, port), file=sys.stderr)
+    except OSError as error:
+        print(account._unreachable(error), file=sys.stderr)
         return 1
     console = RawConsole(dialect, explain=not args.no_explain, interactive=sys.stdin.isatty())
     console.note(f"(connected to {args.host}:{port}, {dialect.name}; :help lists the helpers, Ctrl-D leaves)")

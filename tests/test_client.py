@@ -94,8 +94,8 @@ def shown_message(stdout: str, number: int = 1) -> str:
     return block.split("\n\n  1. Send a message", 1)[0].split(f"\n\n--- Message {number + 1} ---", 1)[0]
 
 
-@pytest.fixture
-def closed_port() -> Iterator[int]:
+@pytest.fixture(name="closed_port")  # named apart from the function, so other modules can import it
+def closed_port_fixture() -> Iterator[int]:
     """A port bound by us but not listening: connecting to it is refused, and no one else can take it."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -319,6 +319,7 @@ def test_delete_with_no_messages_asks_nothing(smtp_server: RunningServer) -> Non
 # --- the inbox (POP3) ----------------------------------------------------------------
 
 LOGIN_BOB = "bob\nbob-password\n"
+RECONNECTED = client_module.RECONNECTED
 
 
 def mail_to(server: RunningServer, user: str, subject: str, body: str = "hello\n") -> None:
@@ -329,8 +330,8 @@ def mail_to(server: RunningServer, user: str, subject: str, body: str = "hello\n
     deliver(server, message)
 
 
-@pytest.fixture
-def pop3_server(start_server: Callable[..., RunningServer]) -> RunningServer:
+@pytest.fixture(name="pop3_server")  # named apart from the function, so other modules can import it
+def pop3_server_fixture(start_server: Callable[..., RunningServer]) -> RunningServer:
     """A server with POP3 beside SMTP, as python server.py runs by default."""
     return start_server(pop3=True)
 
@@ -399,7 +400,7 @@ def test_read_inbox_with_trace(pop3_server: RunningServer) -> None:
     assert "   (20 more lines not shown)" in result.stdout  # the trace is short, the message shown whole
     assert "\n".join(f"line {number}" for number in range(1, 31)) in shown_message(result.stdout)
     assert pop3[-4:] == ["POP3 C: DELE 1", "POP3 S: +OK Message 1 deleted", "POP3 C: QUIT", pop3[-1]]
-    smtp = re.findall(r"^(?:Choose: )?([CS]: .*)", result.stdout, re.MULTILINE)  # the unmarked lines
+    smtp = re.findall(r"(?:^|: )([CS]: .*)", result.stdout, re.MULTILINE)  # unmarked, maybe after a prompt
     assert "C: AUTH PLAIN ********" in smtp  # SMTP's lines stay as they were
     assert not [line for line in smtp if line.startswith(("C: USER", "C: PASS", "S: +OK"))]
     for secret in ("bob-password", base64.b64encode(b"bob-password").decode()):
@@ -452,6 +453,48 @@ def test_inbox_over_tls(start_server: Callable[..., RunningServer], certificate:
     assert ("POP3 C: STLS" in result.stdout) == (mode == "--starttls")
     assert "POP3 S: +OK bob has 1 message" in result.stdout  # require_tls: the login went through TLS
     assert "Subject: sealed\n\nover TLS" in shown_message(result.stdout)
+
+
+def test_a_yes_after_the_inbox_session_ended_reconnects_and_deletes_only_what_was_shown(
+    start_server: Callable[..., RunningServer], client_process: Callable[..., ClientProcess]
+) -> None:
+    server = start_server(pop3=True, pop3_timeout=1)
+    mail_to(server, "bob", "first")
+    mail_to(server, "bob", "second")
+    client = client_process(server.port, "--pop3-port", str(server.pop3_port))
+    client.type(LOGIN_BOB + INBOX)
+    wait_for(lambda: "Delete them from your inbox? [y/N] " in client.output())
+    # bob thinks too long: the server ends the idle POP3 session. Meanwhile another client
+    # deletes the first message and a third arrives, so the numbers shown no longer fit.
+    other = wait_for_inbox(server, "bob")
+    other.dele(1)
+    other.quit()
+    mail_to(server, "bob", "arrived meanwhile")
+    client.type("y\n" + QUIT)
+    result = client.finish()
+    assert result.returncode == 0, result.stderr
+    assert f"[y/N] {RECONNECTED}\nDeleted 1 message from your inbox.\n" in result.stdout
+    [kept] = server.inbox("bob")
+    assert b"Subject: arrived meanwhile" in kept
+
+
+def wait_for_inbox(server: RunningServer, user: str) -> poplib.POP3:
+    """Log in to user's inbox as soon as no other session holds it ([IN-USE]); return the session."""
+    sessions: list[poplib.POP3] = []
+
+    def logged_in() -> bool:
+        session = poplib.POP3(server.host, server.pop3_port, timeout=TIMEOUT)
+        session.user(user)
+        try:
+            session.pass_(USERS[user])
+        except poplib.error_proto:  # [IN-USE]
+            session.close()
+            return False
+        sessions.append(session)
+        return True
+
+    wait_for(logged_in)
+    return sessions[0]
 
 
 def test_the_readme_demo_alice_sends_to_bob_who_reads_it(pop3_server: RunningServer) -> None:

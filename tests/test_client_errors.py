@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Certificate, RunningServer, make_certificate
-from test_client import LOGIN, deliver, run_client, trace_lines
+from test_client import DELETE, LOGIN, QUIT, deliver, run_client, trace_lines
 
 import client as client_module
 
@@ -51,13 +51,13 @@ def test_greeting_timeout_is_ten_seconds_and_the_session_timeout_stays(smtp_serv
 
 
 def test_tls_client_on_the_plain_port(smtp_server: RunningServer) -> None:
-    result = run_client(smtp_server.port, LOGIN + "4\n", "--tls")
+    result = run_client(smtp_server.port, LOGIN + QUIT, "--tls")
     assert result.returncode == 1
     assert result.stderr == f"127.0.0.1:{smtp_server.port} does not speak TLS — drop --tls, or use --starttls.\n"
 
 
 def test_starttls_against_a_server_without_tls(smtp_server: RunningServer) -> None:
-    result = run_client(smtp_server.port, LOGIN + "4\n", "--starttls")
+    result = run_client(smtp_server.port, LOGIN + QUIT, "--starttls")
     assert result.returncode == 1
     assert result.stderr == f"127.0.0.1:{smtp_server.port} does not offer STARTTLS — drop --starttls.\n"
 
@@ -66,7 +66,7 @@ def test_plain_client_against_require_tls_is_told_before_typing_a_password(
     start_server: Callable[..., RunningServer], certificate: Certificate
 ) -> None:
     server = start_server(tls_context=certificate.server_context(), require_tls=True)
-    result = run_client(server.port, LOGIN + "4\n")
+    result = run_client(server.port, LOGIN + QUIT)
     assert result.returncode == 1
     assert result.stderr == "The server accepts logins only over TLS: add --starttls --cafile cert.pem.\n"
     assert "Password:" not in result.stdout and "Username:" not in result.stdout
@@ -77,7 +77,7 @@ def test_certificate_of_another_server_in_cafile(
 ) -> None:
     other = make_certificate(tmp_path)  # same names, another key: not the one the server has
     server = start_server(tls_context=certificate.server_context())
-    result = run_client(server.port, LOGIN + "4\n", "--starttls", "--cafile", str(other.cert))
+    result = run_client(server.port, LOGIN + QUIT, "--starttls", "--cafile", str(other.cert))
     assert result.returncode == 1
     assert result.stderr.startswith(f"The server's certificate is not trusted by {other.cert} (")
     assert result.stderr.endswith("): is it the cert.pem your teacher handed out for this server?\n")
@@ -90,7 +90,7 @@ def test_certificate_for_another_name_says_which_names_it_holds(
 ) -> None:
     teachers = make_certificate(tmp_path, "DNS:teacher.lan,IP:192.0.2.7")
     server = start_server(tls_context=teachers.server_context(), implicit_tls=mode == "--tls")
-    result = run_client(server.port, LOGIN + "4\n", mode, "--cafile", str(teachers.cert))
+    result = run_client(server.port, LOGIN + QUIT, mode, "--cafile", str(teachers.cert))
     assert result.returncode == 1
     assert result.stderr == (
         "The server's certificate is for teacher.lan, 192.0.2.7, not 127.0.0.1: "
@@ -111,7 +111,7 @@ def test_name_check_stays_on_after_reading_the_names(
 
 
 def test_unknown_host() -> None:
-    result = run_client(2525, LOGIN + "4\n", "--host", "no-such-host.invalid")
+    result = run_client(2525, LOGIN + QUIT, "--host", "no-such-host.invalid")
     assert result.returncode == 1
     assert result.stderr == "Unknown host 'no-such-host.invalid': check the name or address after --host.\n"
 
@@ -137,7 +137,7 @@ def test_a_host_that_cannot_be_reached_points_at_the_address_and_the_firewall(
 
 @pytest.mark.parametrize("port", ["0", "65536", "99999", "-1"])
 def test_port_out_of_range(port: str) -> None:
-    result = run_client(2525, LOGIN + "4\n", "--port", port)  # the last --port wins
+    result = run_client(2525, LOGIN + QUIT, "--port", port)  # the last --port wins
     assert result.returncode == 2
     assert result.stderr == f"Port {port} is out of range: a port is a number from 1 to 65535.\n"
     assert result.stdout == ""
@@ -160,7 +160,7 @@ def test_454_says_why_and_how_long_to_wait(
     for name in names:
         with smtplib.SMTP(server.host, server.port) as smtp, pytest.raises(smtplib.SMTPException):
             smtp.login(name, "a typo")
-    result = run_client(server.port, LOGIN + "4\n")
+    result = run_client(server.port, LOGIN + QUIT)
     assert result.returncode == 1
     wait = re.fullmatch(rf"Login refused: too many failed logins {reason}; try again in (\d+) s\.\n", result.stderr)
     assert wait, result.stderr
@@ -187,7 +187,7 @@ def test_machine_name_with_an_underscore_gives_a_valid_default_sender(
     start_server: Callable[..., RunningServer],
 ) -> None:
     server = start_server(hostname="teachers_laptop")
-    result = run_client(server.port, LOGIN + "1\n\nbob@example.org\nhi\nhello\n.\n4\n")
+    result = run_client(server.port, LOGIN + "1\n\nbob@example.org\nhi\nhello\n.\n" + QUIT)
     assert result.returncode == 0, result.stderr
     assert "From [alice@localhost]: " in result.stdout
     [stored] = server.stored("alice")
@@ -203,7 +203,7 @@ def test_default_sender_is_the_servers_name_when_it_is_a_domain() -> None:
 def test_delete_with_trace_counts_without_printing_the_messages(smtp_server: RunningServer) -> None:
     for number in (1, 2):
         deliver(smtp_server, f"Subject: private {number}\r\n\r\nsecret text {number}\r\n")
-    result = run_client(smtp_server.port, LOGIN + "3\ny\n4\n", "--trace")
+    result = run_client(smtp_server.port, LOGIN + DELETE + "y\n" + QUIT, "--trace")
     assert result.returncode == 0, result.stderr
     assert "secret text" not in result.stdout and "private" not in result.stdout
     assert "   (2 messages counted, not shown)" in result.stdout

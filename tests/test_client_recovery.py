@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 from conftest import USERS, RunningServer, ServerProcess, retrieve, wait_for, write_users_file
 from test_client import (  # noqa: F401  (the fixtures client_process and terminal)
+    DELETE,
     LOGIN,
     MENU_PROMPT,
+    QUIT,
+    RETRIEVE,
     ClientProcess,
     Terminal,
     client_process_fixture,
@@ -44,8 +47,8 @@ def logged_in_then_idle(server: RunningServer, client: ClientProcess) -> None:
 
 ACTIONS = {
     "send": (send_script("bob@example.org", "after the break", ["still here"]), "Sent: 250 OK"),
-    "retrieve": ("2\n", "--- Message 1 ---"),
-    "delete": ("3\ny\n", "Deleted 1 message."),
+    "retrieve": (RETRIEVE, "--- Message 1 ---"),
+    "delete": (DELETE + "y\n", "Deleted 1 message."),
 }
 
 
@@ -58,7 +61,7 @@ def test_after_an_idle_timeout_the_next_action_logs_in_again_and_is_carried_out(
     client = client_process(server.port, "--trace")
     logged_in_then_idle(server, client)
     script, outcome = ACTIONS[action]
-    client.type(script + "4\n")
+    client.type(script + QUIT)
     result = client.finish()
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(RECONNECTED) == 1
@@ -82,7 +85,7 @@ def test_after_a_server_restart_the_message_is_sent_to_the_new_server(
     wait_for(lambda: MENU_PROMPT in client.output())
     assert first.stop() == 0  # every session is told 421 Service shutting down
     second = server_process("--port", str(first.port))
-    client.type(send_script("bob@example.org", "across a restart", ["hello again"]) + "4\n")
+    client.type(send_script("bob@example.org", "across a restart", ["hello again"]) + QUIT)
     result = client.finish()
     assert result.returncode == 0, result.stderr
     assert RECONNECTED in result.stdout
@@ -198,7 +201,7 @@ def test_ctrl_c_while_typing_the_body_gives_up_only_that_message(
     wait_for(lambda: "Type the message" in client.output())
     client.process.send_signal(signal.SIGINT)
     wait_for(lambda: "Message not sent." in client.output())
-    client.type("4\n")
+    client.type(QUIT)
     result = client.finish()
     assert result.returncode == 0, result.stderr
     after = result.stdout.split("Message not sent.\n", 1)[1]
@@ -217,7 +220,7 @@ def test_ctrl_c_at_the_terminal_while_typing_the_body(
     term.type("\x03")  # Ctrl-C
     term.expect("Message not sent.")
     term.expect(MENU_PROMPT)
-    term.type("4\n")
+    term.type(QUIT)
     assert term.wait() == 0
     assert "Traceback" not in term.output
     assert smtp_server.stored("alice") == []

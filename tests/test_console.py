@@ -19,15 +19,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import test_client
 from conftest import ROOT, USERS, Certificate, RunningServer, plain_response, wait_for
-from test_client import ENV, TIMEOUT, Result, client_module, deliver, mail_to, run_client
-
-# The fixtures of test_client.py, shared.
-client_process = test_client.client_process
-terminal = test_client.terminal
-closed_port = test_client.closed_port
-pop3_server = test_client.pop3_server
+from test_client import (  # noqa: F401  (the fixtures client_process, terminal, closed_port, pop3_server)
+    ENV,
+    TIMEOUT,
+    ClientProcess,
+    Result,
+    Terminal,
+    client_module,
+    client_process_fixture,
+    closed_port_fixture,
+    deliver,
+    mail_to,
+    pop3_server_fixture,
+    run_client,
+    terminal_fixture,
+)
 
 PASSWORD = USERS["alice"]
 CLOSED_NOTE = "   " + client_module.CLOSED_NOTE
@@ -289,7 +296,7 @@ def test_helpers_that_go_wrong_say_so_and_the_session_goes_on(smtp_server: Runni
 
 
 def test_idle_timeout_421_shows_up_by_itself(
-    start_server: Callable[..., RunningServer], client_process: Callable[..., test_client.ClientProcess]
+    start_server: Callable[..., RunningServer], client_process: Callable[..., ClientProcess]
 ) -> None:
     server = start_server(timeout=1)
     client = client_process(server.port, "--raw")
@@ -308,7 +315,7 @@ def test_idle_timeout_421_shows_up_by_itself(
 
 
 def test_ctrl_c_on_a_pipe_sends_quit_and_exits_130(
-    smtp_server: RunningServer, client_process: Callable[..., test_client.ClientProcess]
+    smtp_server: RunningServer, client_process: Callable[..., ClientProcess]
 ) -> None:
     client = client_process(smtp_server.port, "--raw")
     client.type("NOOP\n")
@@ -349,7 +356,7 @@ def test_untrusted_certificate(start_server: Callable[..., RunningServer], certi
     result = raw(server.port, ":starttls\nEHLO laptop\n")
     assert result.returncode == 1
     assert result.stdout.endswith(
-        "   (TLS failed: self-signed certificate — trust the server's certificate with --cafile cert.pem)\n"
+        "   (TLS failed: the server's certificate is not trusted (self-signed certificate): add --cafile cert.pem)\n"
         "   (the server closed the connection)\n"
     )
     assert "C: EHLO" not in result.stdout
@@ -360,7 +367,7 @@ def test_nobody_listening(closed_port: int) -> None:
     result = raw(closed_port, "NOOP\n")
     assert result.returncode == 1
     assert result.stdout == ""
-    assert result.stderr == f"Cannot connect to 127.0.0.1:{closed_port} — is the server running? (python server.py)\n"
+    assert result.stderr == f"Cannot connect to 127.0.0.1:{closed_port} — is the server running?\n"
 
 
 # --- POP3 (--raw --pop3) ----------------------------------------------------------------
@@ -448,7 +455,7 @@ def test_pop3_stls(start_server: Callable[..., RunningServer], certificate: Cert
 # --- at a terminal --------------------------------------------------------------------
 
 
-def test_terminal_session(smtp_server: RunningServer, terminal: Callable[..., test_client.Terminal]) -> None:
+def test_terminal_session(smtp_server: RunningServer, terminal: Callable[..., Terminal]) -> None:
     term = terminal("--raw", "--port", str(smtp_server.port), env=COLOUR_TERMINAL)
     term.expect("S: 220 mail.test Service ready")
     term.expect("\x1b[2m   220: service ready")  # the explanation is dimmed
@@ -478,7 +485,7 @@ def test_terminal_session(smtp_server: RunningServer, terminal: Callable[..., te
 
 
 def test_terminal_password_typed_by_hand_is_overwritten(
-    smtp_server: RunningServer, terminal: Callable[..., test_client.Terminal]
+    smtp_server: RunningServer, terminal: Callable[..., Terminal]
 ) -> None:
     term = terminal("--raw", "--port", str(smtp_server.port), env=COLOUR_TERMINAL)
     term.expect("C: ")
@@ -492,7 +499,7 @@ def test_terminal_password_typed_by_hand_is_overwritten(
     assert f"C: AUTH PLAIN {payload}\r\n\x1b[A\r\x1b[KC: AUTH PLAIN ********\r\n" in term.output
 
 
-def test_terminal_without_colour(smtp_server: RunningServer, terminal: Callable[..., test_client.Terminal]) -> None:
+def test_terminal_without_colour(smtp_server: RunningServer, terminal: Callable[..., Terminal]) -> None:
     term = terminal("--raw", "--port", str(smtp_server.port), env={**COLOUR_TERMINAL, "NO_COLOR": "1"})
     term.expect("   220: service ready")
     term.expect("C: ")
@@ -502,7 +509,7 @@ def test_terminal_without_colour(smtp_server: RunningServer, terminal: Callable[
 
 
 def test_terminal_idle_421_while_at_the_prompt(
-    start_server: Callable[..., RunningServer], terminal: Callable[..., test_client.Terminal]
+    start_server: Callable[..., RunningServer], terminal: Callable[..., Terminal]
 ) -> None:
     server = start_server(timeout=1)
     term = terminal("--raw", "--port", str(server.port), env=COLOUR_TERMINAL)
@@ -516,7 +523,7 @@ def test_terminal_idle_421_while_at_the_prompt(
     assert shown.endswith("   (the server closed the connection)\nC: NOO\n")
 
 
-def test_terminal_pop3(pop3_server: RunningServer, terminal: Callable[..., test_client.Terminal]) -> None:
+def test_terminal_pop3(pop3_server: RunningServer, terminal: Callable[..., Terminal]) -> None:
     mail_to(pop3_server, "bob", "hello bob")
     term = terminal("--raw", "--pop3", "--pop3-port", str(pop3_server.pop3_port), env=COLOUR_TERMINAL)
     for line, reply in [

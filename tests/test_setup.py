@@ -124,7 +124,7 @@ def test_students_need_only_python_and_client_py(tmp_path: Path, smtp_server: Ru
     result = subprocess.run(
         [sys.executable, "-I", "-S", "client.py", "--port", str(smtp_server.port)],
         cwd=folder,
-        input=f"alice\n{USERS['alice']}\n4\n",
+        input=f"alice\n{USERS['alice']}\n5\n",  # 5: Quit
         capture_output=True,
         text=True,
         timeout=30,
