@@ -380,7 +380,7 @@ def raw_pop3(server: RunningServer, script: str, *args: str) -> Result:
 
 def test_pop3_list_retr_and_dele(pop3_server: RunningServer) -> None:
     body = [f"line {number}" for number in range(1, 31)]
-    mail_to(pop3_server, "bob", "first", "\n".join([".dot", *body]) + "\n")
+    mail_to(pop3_server, "bob", "first", "\n".join([".dot", "+OK not a reply", *body]) + "\n")
     mail_to(pop3_server, "bob", "second")
     result = raw_pop3(pop3_server, ":auth user bob\nbob-password\nLIST\nRETR 1\nDELE 2\nQUIT\n")
     assert result.returncode == 0, result.stderr
@@ -401,7 +401,8 @@ def test_pop3_list_retr_and_dele(pop3_server: RunningServer) -> None:
         '   +OK: the message follows as stored, ended by a line holding only "." (leading dots doubled)'
     )
     block = lines[retr + 3 : lines.index("C: DELE 2")]
-    assert block[-32:] == ["S: ..dot", *(f"S: {line}" for line in body), "S: ."]  # in full, as on the wire
+    # In full, as on the wire, and no line of it taken for a reply.
+    assert block[-33:] == ["S: ..dot", "S: +OK not a reply", *(f"S: {line}" for line in body), "S: ."]
     assert lines[-3:] == [
         "S: +OK mail.test POP3 server signing off (1 message left)",
         "   +OK: goodbye — the messages marked with DELE are deleted now",
@@ -556,6 +557,22 @@ def test_explain_uses_the_command_then_the_code_then_its_class() -> None:
     assert explain("-ERR", "[NEW-CODE] what", None) == "-ERR: error — not done; the text says why"
     assert explain("+OK", "", "DELE") == "+OK: marked for deletion — it goes at QUIT; RSET unmarks every message"
     assert explain("334", "not base64!", "AUTH") == "334: go on — send the next answer of the login, in base64"
+
+
+def test_the_dialects_know_which_replies_a_block_follows() -> None:
+    smtp, pop3 = client_module.SMTPDialect, client_module.POP3Dialect
+    sent, reply = client_module.Sent, client_module.ParsedReply
+    ok = reply("+OK", "", True)
+    assert smtp.blocks_after(sent("RETR"), reply("250", "2 messages follow", True)) == 2
+    assert smtp.blocks_after(sent("RETR"), reply("530", "Authentication required", True)) == 0
+    assert smtp.blocks_after(sent("NOOP"), reply("250", "2 OK", True)) == 0
+    for verb in ("LIST", "UIDL", "CAPA", "RETR", "TOP", "AUTH"):
+        assert pop3.blocks_after(sent(verb, "" if verb in ("LIST", "UIDL", "CAPA", "AUTH") else "1"), ok) == 1, verb
+    assert pop3.blocks_after(sent("LIST", "1"), ok) == 0  # one message: a one-line answer
+    assert pop3.blocks_after(sent("UIDL", "1"), ok) == 0
+    assert pop3.blocks_after(sent("AUTH", "PLAIN"), ok) == 0
+    assert pop3.blocks_after(sent("RETR", "1"), reply("-ERR", "No such message", True)) == 0
+    assert pop3.blocks_after(sent("STAT"), ok) == 0
 
 
 def reply_codes_in_the_server(package: Path = ROOT / "mailserver") -> dict[str, set[str]]:
