@@ -662,7 +662,7 @@ class Account:
             else:
                 inbox = InboxClient(self.host, self.pop3_port, trace=self.trace)
         except (OSError, poplib.error_proto) as error:
-            raise InboxUnreachableError(self.unreachable(error)) from error
+            raise InboxUnreachableError(self.inbox_unreachable(error)) from error
         try:
             if self.tls is not None and not self.implicit_tls:
                 inbox.stls(context=self.tls)  # RFC 2595; raises error_proto if not offered
@@ -672,13 +672,13 @@ class Account:
             inbox.pass_(password)
         except ssl.SSLError as error:
             inbox.close()
-            raise InboxUnreachableError(self.unreachable(error)) from error
+            raise InboxUnreachableError(self.inbox_unreachable(error)) from error
         except BaseException:
             inbox.close()
             raise
         return inbox
 
-    def unreachable(self, error: Exception) -> str:
+    def inbox_unreachable(self, error: Exception) -> str:
         """One line: the inbox cannot be reached, and why."""
         if isinstance(error, ConnectionRefusedError):
             why = "nothing answers there; is POP3 on another port? (--pop3-port)"
