@@ -546,9 +546,15 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: f
         time.sleep(interval)
 
 
+SYSTEM_PROGRAMS = os.pathsep.join(["/usr/local/sbin", "/usr/sbin", "/sbin"])
+
+
 def require_tool(name: str) -> str:
-    """Return the path of a program; skip if it is missing, but fail in CI, which must install it."""
-    path = shutil.which(name)
+    """Return the path of a program; skip if it is missing, but fail in CI, which must install it.
+
+    Daemons such as dovecot live in sbin, which a user's PATH (and the Quick start's) may leave out.
+    """
+    path = shutil.which(name) or shutil.which(name, path=SYSTEM_PROGRAMS)
     if path is None:
         if os.environ.get("CI"):
             pytest.fail(f"{name} is not installed: .ci/run must install it")
