@@ -330,8 +330,9 @@ def started_target(kind: str, load: Load, args: argparse.Namespace, work: Path) 
     else:  # server.py, or the other copy of it that --compare names
         connections = str(max(100, load.connections + 10))
         extra = ["--hostname", "bench.test", "--max-connections", connections, "--max-connections-per-ip", connections]
-        # The throttle holds a place for each login in flight: 50 at once from 127.0.0.1 (login), or
-        # ten at once as one name (retr), are no guessing for it to stop.
+        # The throttle lets only its limit's worth of checks run at once per name and address (the rest
+        # wait their turn): 50 logins at once from 127.0.0.1 (login), or ten as one name (retr), are no
+        # guessing, and the benchmark measures the server, not that queue.
         extra += ["--max-login-failures", connections, "--max-login-failures-per-ip", connections]
         # --pop3-port 0, never 1100: it may be taken. Only the pop3 scenario waits for that port.
         script = args.server if kind == OURS else args.peer_script
