@@ -125,6 +125,19 @@ def users_with_costs(path: Path, costs: dict[str, int]) -> Path:
     return path
 
 
+def logins_at_once(
+    open_session: Callable[..., RawSession], port: int, logins: list[tuple[str, str]]
+) -> list[tuple[int, list[str]]]:
+    """One session per (name, password), each after its EHLO; the AUTH lines go out back to back,
+    then every reply is read: a burst no check of the count can keep up with."""
+    sessions = [open_session(port) for _ in logins]
+    for session in sessions:
+        session.ehlo()
+    for (name, password), session in zip(logins, sessions, strict=True):
+        session.send(f"AUTH PLAIN {plain_response(name, password)}\r\n")
+    return [session.read_reply() for session in sessions]
+
+
 def smtps_port(process: ServerProcess) -> int:
     wait_for(lambda: re.search(SMTPS_LINE, process.log))
     return int(re.search(SMTPS_LINE, process.log)[1])  # type: ignore[index]
@@ -143,12 +156,7 @@ def test_twelve_guesses_sent_at_once_cannot_race_the_throttle(
     # Cost 8 (about 15 ms a check): time enough for every guess to pass a look at the count before any is counted.
     users = users_with_costs(tmp_path / "users.txt", {"alice": 8})
     server = start_server(users_path=users, max_login_failures=3)
-    sessions = [open_session(server.port) for _ in range(12)]
-    for session in sessions:
-        session.ehlo()
-    for number, session in enumerate(sessions):
-        session.send(f"AUTH PLAIN {plain_response('alice', f'guess-{number}')}\r\n")
-    replies = [session.read_reply() for session in sessions]
+    replies = logins_at_once(open_session, server.port, [("alice", f"guess-{number}") for number in range(12)])
     assert Counter(code for code, _ in replies) == {535: 3, 454: 9}
     assert all(NAME_WAIT.fullmatch(lines[-1]) for code, lines in replies if code == 454)
 
@@ -160,12 +168,7 @@ def test_guesses_at_many_names_at_once_stop_at_the_limit_of_the_address(
     users = users_with_costs(tmp_path / "users.txt", {"alice": 8, "bob": 8, "carol": 8})
     server = start_server(users_path=users, max_login_failures=3, max_login_failures_per_ip=5)
     names = ["alice", "bob", "carol", *(f"nobody{number}" for number in range(9))]
-    sessions = [open_session(server.port) for _ in names]
-    for session in sessions:
-        session.ehlo()
-    for name, session in zip(names, sessions, strict=True):
-        session.send(f"AUTH PLAIN {plain_response(name, 'guess')}\r\n")
-    replies = [session.read_reply() for session in sessions]
+    replies = logins_at_once(open_session, server.port, [(name, "guess") for name in names])
     assert Counter(code for code, _ in replies) == {535: 5, 454: 7}
     assert all(ADDRESS_WAIT.fullmatch(lines[-1]) for code, lines in replies if code == 454)
 
@@ -178,12 +181,8 @@ def test_a_class_logging_in_at_once_from_one_address_is_queued_not_refused(
     users = users_with_costs(tmp_path / "users.txt", {"alice": 8, "bob": 8, "carol": 8})
     server = start_server(users_path=users, max_login_failures=2, max_login_failures_per_ip=3)
     names = ["alice", "bob", "carol"] * 4
-    sessions = [open_session(server.port) for _ in names]
-    for session in sessions:
-        session.ehlo()
-    for name, session in zip(names, sessions, strict=True):
-        session.send(f"AUTH PLAIN {plain_response(name, USERS[name])}\r\n")
-    assert [session.read_reply()[0] for session in sessions] == [235] * len(names)
+    replies = logins_at_once(open_session, server.port, [(name, USERS[name]) for name in names])
+    assert [code for code, _ in replies] == [235] * len(names)
 
 
 def test_the_454_says_how_many_seconds_to_wait(
