@@ -514,16 +514,13 @@ class Account:
         self.server_name = decode(client.last_reply[1]).split(" ", 1)[0] or self.host
         if show_greeting:
             print(format_reply(*client.last_reply))
-        try:
+        with closed_on_failure(client):
             client.ehlo()
             if self.tls is not None and not self.implicit_tls:
                 client.starttls(context=self.tls)  # raises SMTPNotSupportedError if not offered
                 client.ehlo()  # RFC 3207 4.2: what was said before TLS is forgotten
             if not client.has_extn("auth"):
                 raise CannotConnectError(self._no_login(client))
-        except BaseException:
-            client.close()
-            raise
         return client
 
     def _unreachable(self, error: Exception) -> str:
@@ -663,19 +660,16 @@ class Account:
                 inbox = InboxClient(self.host, self.pop3_port, trace=self.trace)
         except (OSError, poplib.error_proto) as error:
             raise InboxUnreachableError(self.inbox_unreachable(error)) from error
-        try:
-            if self.tls is not None and not self.implicit_tls:
-                inbox.stls(context=self.tls)  # RFC 2595; raises error_proto if not offered
-            assert self.credentials is not None  # the menu comes after the login
-            user, password = self.credentials
-            inbox.user(user)
-            inbox.pass_(password)
-        except ssl.SSLError as error:
-            inbox.close()
-            raise InboxUnreachableError(self.inbox_unreachable(error)) from error
-        except BaseException:
-            inbox.close()
-            raise
+        with closed_on_failure(inbox):
+            try:
+                if self.tls is not None and not self.implicit_tls:
+                    inbox.stls(context=self.tls)  # RFC 2595; raises error_proto if not offered
+                assert self.credentials is not None  # the menu comes after the login
+                user, password = self.credentials
+                inbox.user(user)
+                inbox.pass_(password)
+            except ssl.SSLError as error:
+                raise InboxUnreachableError(self.inbox_unreachable(error)) from error
         return inbox
 
     def inbox_unreachable(self, error: Exception) -> str:
@@ -705,6 +699,16 @@ class Account:
             print(format_reply(code, text))
         except (smtplib.SMTPException, OSError):
             client.close()
+
+
+@contextlib.contextmanager
+def closed_on_failure(connection: smtplib.SMTP | poplib.POP3) -> Iterator[None]:
+    """Close connection if the block raises: a connection half set up (no TLS, no login) is of no use."""
+    try:
+        yield
+    except BaseException:
+        connection.close()
+        raise
 
 
 def login_refusal(code: int, text: bytes) -> str:
