@@ -13,7 +13,6 @@ returns); a recipient that is an account here (its domain --hostname, localhost 
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import email.utils
 import errno
@@ -520,16 +519,15 @@ class SMTPHandler(LineHandler):
             self.reply(504, "RETR takes no parameter")
             return
         assert self.session.user is not None
-        with contextlib.ExitStack() as cleanup:
-            try:
-                messages = cleanup.enter_context(self.mail.mailboxes.sent_messages(self.session.user))
-            except OSError as error:
-                self.reply(*self.storage_error(error))
-                return
-            count = len(messages)
-            self.reply(250, f"{count} {'message follows' if count == 1 else 'messages follow'}")
-            for open_message in messages:
-                self.send_sent_message(open_message)
+        try:
+            messages = self.mail.mailboxes.sent_messages(self.session.user)
+        except OSError as error:
+            self.reply(*self.storage_error(error))
+            return
+        count = len(messages)
+        self.reply(250, f"{count} {'message follows' if count == 1 else 'messages follow'}")
+        for open_message in messages:
+            self.send_sent_message(open_message)
 
     def send_sent_message(self, open_message: Callable[[], BinaryIO]) -> None:
         """Send one stored message as DATA sends it: CRLF ends, leading dots doubled, then "."."""

@@ -446,9 +446,8 @@ class MailboxStore:
 
     # -- the Sent folder (the seed's RETR and DELE) -----------------------------------
 
-    @contextlib.contextmanager
-    def sent_messages(self, user: str) -> Iterator[list[Callable[[], BinaryIO]]]:
-        """Yield the messages user sent, oldest first, as functions that open one for reading.
+    def sent_messages(self, user: str) -> list[Callable[[], BinaryIO]]:
+        """The messages user sent, oldest first, as functions that open one for reading.
 
         The list is taken under the user's lock, then the lock is let go: a session that
         sends the messages to a slow reader must not hold up that user's DELE. An opener
@@ -459,7 +458,7 @@ class MailboxStore:
             maildir = self._existing_sent(user)
             # Our names start with a fixed-width timestamp, so name order is arrival order.
             keys = sorted(maildir.keys()) if maildir is not None else []
-        yield [functools.partial(maildir.get_file, key) for key in keys]  # type: ignore[union-attr]
+        return [functools.partial(maildir.get_file, key) for key in keys]  # type: ignore[union-attr]
 
     def delete_sent(self, user: str) -> int:
         """Delete the messages user sent; return how many this call deleted."""

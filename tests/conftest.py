@@ -83,12 +83,11 @@ class RunningServer:
 
     def stored(self, user: str) -> list[bytes]:
         """The messages user sent (the Sent folder), oldest first, as on disk (LF line ends)."""
-        with self.server.mailboxes.sent_messages(user) as messages:
-            contents = []
-            for open_message in messages:
-                with open_message() as message:
-                    contents.append(message.read())
-            return contents
+        contents = []
+        for open_message in self.server.mailboxes.sent_messages(user):
+            with open_message() as message:
+                contents.append(message.read())
+        return contents
 
     def inbox(self, user: str) -> list[bytes]:
         """The messages in user's inbox, oldest first, as on disk (LF line ends)."""

@@ -134,8 +134,7 @@ def test_a_message_sent_to_the_process_is_stored(server_process: Callable[..., S
         assert code == 250 and text.startswith(b"1 ")
         block = [client.file.readline() for _ in range(4)]  # smtplib reads replies only: the block by hand
         assert block == [b"Subject: hi\r\n", b"\r\n", b"hello\r\n", b".\r\n"]
-    with MailboxStore(tmp_path / "mb").sent_messages("alice") as messages:
-        assert len(messages) == 1
+    assert len(MailboxStore(tmp_path / "mb").sent_messages("alice")) == 1
 
 
 def test_missing_users_file(tmp_path: Path) -> None:
@@ -432,8 +431,7 @@ def test_deluser_keeps_the_mailbox_and_says_so(tmp_path: Path) -> None:
     assert result.stdout == f"deleted bob from {users}; the mailbox {tmp_path / 'mailboxes' / 'bob'} is kept\n"
     store = UserStore(users)
     assert "bob" not in store and store.check("alice", b"alice-password")
-    with MailboxStore(tmp_path / "mailboxes").sent_messages("bob") as messages:
-        assert len(messages) == 1
+    assert len(MailboxStore(tmp_path / "mailboxes").sent_messages("bob")) == 1
 
 
 def test_deluser_names_no_mailbox_that_does_not_exist(tmp_path: Path) -> None:
@@ -557,8 +555,7 @@ def test_signal_with_open_sessions(tmp_path: Path, shared_users_file: Path, sign
             idle.close()
             busy.close()
     assert "Traceback" not in log_path.read_text()
-    with MailboxStore(tmp_path / "mb").sent_messages("alice") as messages:
-        assert messages == []  # the unfinished message was not stored
+    assert MailboxStore(tmp_path / "mb").sent_messages("alice") == []  # the unfinished message was not stored
 
 
 # ---------------------------------------------------------------------------- the log

@@ -78,8 +78,7 @@ def test_the_inbox_and_the_sent_folder_are_apart(store: MailboxStore) -> None:
     store_message(store, "bob", b"bob sent this\n")
     with store.open_maildrop("bob") as drop:
         assert len(drop.messages) == 3
-    with store.sent_messages("bob") as sent:
-        assert len(sent) == 1
+    assert len(store.sent_messages("bob")) == 1
 
 
 def test_a_user_without_a_mailbox_has_an_empty_maildrop(store: MailboxStore) -> None:

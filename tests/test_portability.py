@@ -116,10 +116,9 @@ def test_windows_like_os_stores_the_bytes_as_sent(server_as_on: Callable[[str], 
     with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test") as smtp:
         smtp.login("alice", USERS["alice"])
         smtp.sendmail("alice@mail.test", ["bob@example.org"], WIRE)
-    with MailboxStore(tmp_path / "mailboxes").sent_messages("alice") as messages:
-        [open_message] = messages
-        with open_message() as message:
-            assert message.read() == STORED
+    [open_message] = MailboxStore(tmp_path / "mailboxes").sent_messages("alice")
+    with open_message() as message:
+        assert message.read() == STORED
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs a spare signal to play SIGBREAK")
