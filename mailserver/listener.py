@@ -328,6 +328,14 @@ class LineHandler(socketserver.StreamRequestHandler):
 
     # -- TLS (RFC 3207, RFC 2595) ------------------------------------------------------------
 
+    def offers_starttls(self) -> bool:
+        """True if STARTTLS (POP3: STLS) can work in this session: TLS is configured and not on yet."""
+        return self.config.tls_context is not None and not self.tls_active
+
+    def needs_tls_first(self) -> bool:
+        """True while --require-tls keeps logins out of a session not yet under TLS."""
+        return self.config.require_tls and not self.tls_active
+
     def start_tls(self) -> None:
         """Wrap the connection in TLS and forget everything said before (RFC 3207 4.2)."""
         context = self.config.tls_context

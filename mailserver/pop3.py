@@ -158,7 +158,7 @@ class POP3Handler(LineHandler):
         if self.state is State.AUTHORIZATION and not self.needs_tls_first():
             capabilities += ["USER", "SASL PLAIN"]
         capabilities += ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
-        if self.state is State.AUTHORIZATION and self.config.tls_context is not None and not self.tls_active:
+        if self.state is State.AUTHORIZATION and self.offers_starttls():
             capabilities.append("STLS")
         capabilities.append("IMPLEMENTATION classroom-mail-server")
         self.reply(OK, "Capability list follows", capabilities)
@@ -242,10 +242,6 @@ class POP3Handler(LineHandler):
 
     def refuse_auth(self, problem: AuthProblem) -> None:
         self.reply(ERR, AUTH_REFUSALS[problem])
-
-    def needs_tls_first(self) -> bool:
-        """True while --require-tls keeps logins out of a session not yet under TLS."""
-        return self.config.require_tls and not self.tls_active
 
     def refused_before_tls(self) -> bool:
         """With --require-tls and no TLS yet: answer -ERR and return True."""

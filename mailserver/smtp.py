@@ -482,14 +482,6 @@ class SMTPHandler(LineHandler):
 
     # -- TLS (RFC 3207) --------------------------------------------------------------
 
-    def offers_starttls(self) -> bool:
-        """True if STARTTLS can work in this session: TLS is configured and not on yet (EHLO and HELP say so)."""
-        return self.config.tls_context is not None and not self.tls_active
-
-    def needs_tls_first(self) -> bool:
-        """True while --require-tls keeps AUTH out of a session not yet under TLS."""
-        return self.config.require_tls and not self.tls_active
-
     def smtp_STARTTLS(self, argument: str) -> None:
         """STARTTLS
 
