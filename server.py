@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The options come from ServerConfig's fields: their defaults and help texts are written there."""
     parser = argparse.ArgumentParser(description="A small mail server with login, RETR and DELE.")
     for field in options():
-        flag = "--" + field.name.replace("_", "-")
+        flag = flag_of(field.name)
         default, help_text = getattr(DEFAULTS, field.name), field.metadata["help"]
         if isinstance(default, bool):  # --verbose and --no-verbose: either overrules --classroom (--no-pop3 is one)
             action = "store_true" if field.name.startswith("no_") else argparse.BooleanOptionalAction
@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 metavar=field.metadata["metavar"], help=help_text)  # fmt: skip
             continue
         if default is not None:
-            help_text += f" (default {default:g})" if isinstance(default, float) else f" (default {default})"
+            help_text += f" (default {shown(default)})"
         parser.add_argument(flag, type=field.metadata["type"], default=default, metavar=field.metadata["metavar"],
                             help=help_text)  # fmt: skip
     preset = " ".join(flag_for(name, value) for name, value in CLASSROOM.items())
@@ -179,12 +179,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def flag_of(name: str) -> str:
+    """The option of a ServerConfig field: max_login_failures -> --max-login-failures."""
+    return "--" + name.replace("_", "-")
+
+
+def shown(value: object) -> str:
+    """A setting as the command line writes it: 1800, not 1800.0."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def flag_for(name: str, value: object) -> str:
     """The command-line words that set name to value: --verbose, --timeout 1800."""
-    flag = "--" + name.replace("_", "-")
+    flag = flag_of(name)
     if isinstance(value, bool):
         return flag if value else f"--no-{flag[2:]}"
-    return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
+    return f"{flag} {shown(value)}"
 
 
 def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
