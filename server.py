@@ -41,10 +41,12 @@ This file is the front door: the command line and the wiring. The rest lives in 
 package `mailserver/`, a module per concern:
 
     config.py    every setting, its default and its help text (the options below come from it)
-    users.py     users.txt and the login check          storage.py   the Maildirs: inbox, .Sent
-    smtp.py      the SMTP session, a method per command  data.py      DATA on the wire
-    pop3.py      the POP3 session, a method per command  sasl.py      AUTH's answers, both protocols
-    listener.py  the server, its ports and sessions      limits.py    caps and the login throttle
+    users.py     users.txt and the login check          storage.py   what a session may ask of the mail
+    smtp.py      the SMTP session, a method per command  maildir.py   the Maildir format, LF/CRLF, sizes
+    pop3.py      the POP3 session, a method per command  durable.py   fsync, group commit, link or copy
+    session.py   the session base SMTP and POP3 share    migration.py the old layout's move (to remove)
+    listener.py  the server and its ports                data.py      DATA on the wire
+    limits.py    caps and the login throttle             sasl.py      AUTH's answers, both protocols
     logs.py      what reaches the log                    auth_cache.py  logins that cost bcrypt once
 """
 
@@ -82,9 +84,11 @@ except ModuleNotFoundError:
 
 from mailserver.auth_cache import AuthCache
 from mailserver.config import CLASSROOM, ServerConfig, options
-from mailserver.listener import LineHandler, MailServer, server_tls_context
+from mailserver.listener import MailServer, server_tls_context
 from mailserver.logs import log
+from mailserver.migration import migrate_old_layout
 from mailserver.pop3 import POP3Handler
+from mailserver.session import LineHandler
 from mailserver.smtp import SMTPHandler
 from mailserver.storage import MailboxStore
 from mailserver.users import (
@@ -285,11 +289,11 @@ def start(config: ServerConfig) -> MailServer:
         config = dataclasses.replace(config, tls_context=server_tls_context(config.tls_cert, config.tls_key))
     users = UserStore(Path(config.users), AuthCache(config.auth_cache_ttl))
     mailboxes = MailboxStore(Path(config.mailboxes))
-    if removed := mailboxes.clean_temporary_files():
-        log.info("removed %d unfinished deliveries left by a crash", removed)
-    migrated, moved = mailboxes.migrate_old_layout()
+    migrated, moved = migrate_old_layout(mailboxes.root)  # first: a half-done move's tmp/ is .Sent's once done
     if migrated:
         log.info("moved %d sent messages of %d mailboxes of the old layout into their .Sent folders", moved, migrated)
+    if removed := mailboxes.clean_temporary_files():
+        log.info("removed %d unfinished deliveries left by a crash", removed)
     if not config.require_tls and not is_loopback(config.host):
         log.warning(
             "listening on %s, and clients may log in without TLS: their passwords cross the network in "

@@ -1,9 +1,10 @@
 """The DATA phase on the wire, both ways, over any binary stream: no socket needed.
 
-`DataReader` reads what follows a 354 up to <CRLF>.<CRLF> and hands the message on with
-LF line ends, as Maildir readers expect. It is a small state machine: the first problem
-(a line too long, a message too big, a disk that refuses) sets its state, the rest of the
-data is read and dropped, and the caller decides the one reply after the loop.
+`DataReader` reads what follows a 354 up to <CRLF>.<CRLF> and hands the message on in its
+stored form (LF line ends, as Maildir readers expect; the rule lives in `maildir.py`). It is
+a small state machine: the first problem (a line too long, a message too big, a disk that
+refuses) sets its state, the rest of the data is read and dropped, and the caller decides
+the one reply after the loop.
 
 `dot_stuffed()` turns a stored message back into the wire form: CRLF ends, leading dots
 doubled, then the final "." line. RETR and POP3 send messages this way.
@@ -15,6 +16,8 @@ import enum
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
+
+from .maildir import stored_form, wire_form, wire_size
 
 MAX_TEXT_LINE = 1000  # RFC 5321 4.5.3.1.6, CRLF included, after dot-unstuffing
 LINE_LIMIT = MAX_TEXT_LINE + 1  # on the wire, a doubled leading dot may add one octet
@@ -73,7 +76,7 @@ class DataReader:
                 self.after_crlf = block.endswith(b"\r\n")
                 if block.startswith(b".") or b"\n." in block:  # the regex costs more than this look
                     block = LEADING_DOT.sub(b"", block)  # RFC 5321 4.5.2; a lone "." stays
-                self.keep(block.replace(b"\r\n", b"\n"))
+                self.keep(stored_form(block))
                 continue
             line = self.stream.readline(LINE_LIMIT + 1)
             if tracing:
@@ -84,7 +87,7 @@ class DataReader:
                 return self.state
             text = self.line_text(line)
             if text is not None:
-                self.keep(text + b"\n")
+                self.keep(stored_form(text + b"\r\n"))
 
     def line_text(self, line: bytes) -> bytes | None:
         """Return a whole line's text, unstuffed; None for the pieces of a line over the limit."""
@@ -109,7 +112,7 @@ class DataReader:
         """Count stored and pass it on, unless the message is refused already."""
         if self.state is not DataState.NORMAL:
             return  # read on to the end of the data, keep nothing
-        self.size += len(stored) + stored.count(b"\n")
+        self.size += wire_size(stored)
         if self.size > self.max_size:
             self.refuse(DataState.TOO_BIG)
             return
@@ -176,6 +179,6 @@ def dot_stuffed(chunks: Iterable[bytes]) -> Iterator[bytes]:
         stuffed = chunk.replace(b"\n.", b"\n..")
         if at_line_start and stuffed.startswith(b"."):
             stuffed = b"." + stuffed
-        yield stuffed.replace(b"\n", b"\r\n")
+        yield wire_form(stuffed)
         at_line_start = chunk.endswith(b"\n")
     yield b".\r\n" if at_line_start else b"\r\n.\r\n"

@@ -1,47 +1,32 @@
-"""Listening and sessions: what every protocol of the server shares.
+"""Listening: the server, one per process, and its ports.
 
-- `MailServer` is the whole server, one per process: the settings, the accounts, the
-  mailboxes, the connection caps, the login throttle and the deadline watchdog. Every
-  listener hands its sessions these same objects, so no limit is per port.
+- `MailServer` is the whole server: the settings, the accounts, the mailboxes, the
+  connection caps, the login throttle and the deadline watchdog. Every listener hands its
+  sessions these same objects, so no limit is per port.
 - `Listener` is one listening port (socketserver's thread per connection); it checks the
-  caps before a thread is started.
-- `LineHandler` is one session of a line-based protocol: read a bounded command line,
-  call `<prefix><VERB>`, repeat. `SMTPHandler` and `POP3Handler` build on it.
+  caps before a thread is started. The sessions themselves are `session.LineHandler`s.
 
 Methods for the caller: `MailServer.listen()`, `serve_forever()`, `close()`, and the
-context manager. Methods a protocol overrides: `greet()`, `reply_line_too_long()`,
-`reply_unknown_command()`, `closing()`, `tls_started()`, `refusal()`, `idle_timeout()`,
-`send_challenge()` and `refuse_auth()`.
+context manager.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import socket
 import socketserver
 import ssl
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, BinaryIO, ClassVar, NoReturn
+from typing import TYPE_CHECKING
 
 from .config import ServerConfig
-from .data import MessageTrace, dot_stuffed
-from .limits import ConnectionTable, LoginRefused, LoginThrottle
-from .logs import WireLog, log
-from .sasl import MAX_AUTH_LINE, AuthProblem, Cancelled, Credentials, decode_response
+from .limits import ConnectionTable, LoginThrottle
+from .logs import log
+from .session import LineHandler
 
 if TYPE_CHECKING:
     from .storage import MailboxStore
     from .users import UserStore
-
-MAX_ERRORS = 10  # error replies in one session before we hang up, like Postfix's hard error limit
-STORED_CHUNK = 256 * 1024  # a stored message is read this much at a time: memory stays bounded
-
-
-class Hangup(Exception):
-    """Raised inside a session to end it; whatever reply was due has been sent."""
 
 
 def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -49,339 +34,6 @@ def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     return context
-
-
-class LineHandler(socketserver.StreamRequestHandler):
-    """One session of a line-based protocol: read a command line, call `<prefix><VERB>`, repeat.
-
-    A command method gets the text after the verb, replies and returns; raising
-    Hangup ends the session.
-    """
-
-    server: Listener
-    command_prefix: ClassVar[str]  # "smtp_": the command NOOP is the method smtp_NOOP
-    max_command_line: ClassVar[int]  # octets, CRLF included
-    longer_lines: ClassVar[dict[str, int]] = {}  # verbs allowed a longer command line, and how long
-    verbatim_arguments: ClassVar[frozenset[str]] = frozenset()  # verbs whose argument keeps its outer spaces
-    disable_nagle_algorithm = True  # replies are whole writes; don't let Nagle delay them
-    rbufsize = 64 * 1024  # fewer system calls while a big message streams in
-
-    # -- what a protocol provides ------------------------------------------------------
-
-    def greet(self) -> None:
-        """Send the greeting."""
-        raise NotImplementedError
-
-    def reply_line_too_long(self) -> None:
-        raise NotImplementedError
-
-    def reply_unknown_command(self) -> None:
-        raise NotImplementedError
-
-    def closing(self, reason: str) -> None:
-        """Tell the client the server is closing the connection, and why."""
-        raise NotImplementedError
-
-    def tls_started(self) -> None:
-        """Called once TLS is up: forget what was said in clear text."""
-
-    def idle_timeout(self) -> float:
-        """Seconds a session may sit idle, and the most one command line may take."""
-        return self.config.timeout
-
-    def send_challenge(self, challenge: bytes) -> None:
-        """Ask for the next answer of an AUTH exchange (SMTP `334`, POP3 `+`)."""
-        raise NotImplementedError
-
-    def refuse_auth(self, problem: AuthProblem) -> None:
-        """Answer an AUTH whose answer cannot be used; the session goes on."""
-        raise NotImplementedError
-
-    @classmethod
-    def refusal(cls, hostname: str, reason: str) -> bytes:
-        """The line that turns a client away before its session starts (over the caps)."""
-        raise NotImplementedError
-
-    # -- the session's life -------------------------------------------------------------
-
-    def setup(self) -> None:
-        self.mail = self.server.mail
-        self.config: ServerConfig = self.mail.config
-        self.timeout = self.idle_timeout()  # read by StreamRequestHandler.setup
-        super().setup()
-        self.peer = f"{self.client_address[0]}:{self.client_address[1]}"
-        self.tls_active = False
-        self.errors = 0
-        self.longest_line = max(self.max_command_line, *self.longer_lines.values())  # what read_line may take
-        self.deadline: float | None = None  # watched by the server's watchdog
-        self.interrupted: str | None = None  # why the server cut our reads short
-        self.wire_log = WireLog(self.peer, self.commands(), self.is_account) if self.config.verbose else None
-        self.mail.connections.register(self)
-
-    def finish(self) -> None:
-        self.mail.connections.unregister(self)
-        with contextlib.suppress(OSError):
-            super().finish()
-        if self.connection is not self.request:  # TLS replaced the socket
-            with contextlib.suppress(OSError):
-                self.connection.close()
-
-    def handle(self) -> None:
-        log.info("%s connected", self.peer)
-        try:
-            if self.server.implicit_tls:
-                self.start_tls()
-            self.greet()
-            while True:
-                self.handle_one_command()
-        except Hangup:
-            pass
-        except OSError as error:  # reset, broken pipe, a client that stopped reading
-            log.info("%s connection lost: %s", self.peer, error)
-        except Exception:
-            # A bug of ours: log it, and tell the client rather than vanish.
-            log.exception("%s internal error", self.peer)
-            with contextlib.suppress(OSError, Hangup):
-                self.closing("Internal error")
-        finally:
-            log.info("%s disconnected", self.peer)
-
-    def handle_one_command(self) -> None:
-        """Read one command line and run its method; hang up after too many errors."""
-        line = self.read_line(self.longest_line)
-        verb = line.split(b" ", 1)[0].decode("ascii", "replace").upper() if line is not None else ""
-        if line is None or len(line) + 2 > self.longer_lines.get(verb, self.max_command_line):
-            self.reply_line_too_long()
-        else:
-            command = line.decode("utf-8", "replace")
-            self.trace("C:", command)
-            _, _, argument = command.partition(" ")
-            method = self.command(verb)
-            if method is None:
-                self.reply_unknown_command()
-            else:
-                method(argument if verb in self.verbatim_arguments else argument.strip())
-        if self.errors >= MAX_ERRORS:
-            self.closing("Too many errors")
-            raise Hangup
-
-    def command(self, verb: str) -> Callable[[str], None] | None:
-        """The method for verb (any case), or None; the one lookup behind dispatch and HELP."""
-        if not (verb.isascii() and verb.isalpha()):
-            return None
-        return getattr(self, self.command_prefix + verb.upper(), None)
-
-    @classmethod
-    def commands(cls) -> list[str]:
-        """Every verb this protocol knows, sorted."""
-        prefix = cls.command_prefix
-        return sorted(name.removeprefix(prefix) for name in dir(cls) if name.startswith(prefix))
-
-    # -- reading, with deadlines -----------------------------------------------------------
-
-    def read_line(self, limit: int) -> bytes | None:
-        """Return the next line without its line end, or None if it was over limit octets.
-
-        An over-long line is read to its end and thrown away. End of input, a timeout
-        or an interruption by the server raises Hangup after the closing reply (if due).
-        """
-        with self.time_limit(self.idle_timeout()):
-            line = self.rfile.readline(limit + 1)
-            too_long = len(line) > limit
-            while too_long and line and not line.endswith(b"\n") and not self.interrupted:
-                line = self.rfile.readline(64 * 1024)  # discard the rest, a bounded piece at a time
-        self.end_if_gone(line)
-        return None if too_long else line.rstrip(b"\r\n")
-
-    def time_limit(self, seconds: float) -> TimeLimit:
-        """`with self.time_limit(seconds):` lets the watchdog cut the block off after seconds.
-
-        A timeout ends the session with the closing reply.
-        """
-        return TimeLimit(self, seconds)
-
-    def end_if_gone(self, line: bytes) -> None:
-        """Hang up if line shows the client gone (no line end) or the server interrupting us."""
-        if self.interrupted or not line.endswith(b"\n"):
-            self.hang_up()
-
-    def hang_up(self) -> NoReturn:
-        """End the session: with the closing reply if the server cut it short, silently if the client went."""
-        if self.interrupted:
-            with contextlib.suppress(OSError):
-                self.closing(self.interrupted)
-        raise Hangup
-
-    def interrupt(self, reason: str) -> None:
-        """Called from another thread: make the pending read end, so the session says why and closes."""
-        self.interrupted = reason
-        with contextlib.suppress(OSError):
-            # socket.socket's own shutdown: SSLSocket's would also drop the TLS layer.
-            socket.socket.shutdown(self.connection, socket.SHUT_RD)
-
-    # -- login (SMTP AUTH, POP3 USER/PASS and AUTH) ----------------------------------------
-
-    def check_login(self, credentials: Credentials) -> bool | LoginRefused:
-        """Check a login as both protocols do: True if the password is right, False if not, or
-        the throttle's refusal (nothing checked).
-
-        The throttle counts the login before bcrypt runs, so no burst of guesses outruns it,
-        and settles it before the caller replies: a client may be back at once with its next login.
-        """
-        attempt = self.mail.login_throttle.begin(self.client_address[0], credentials.user)
-        if isinstance(attempt, LoginRefused):
-            return attempt
-        with attempt:
-            wanted_identity = credentials.authorization_id in ("", credentials.user)
-            if self.mail.users.check(credentials.user, credentials.password) and wanted_identity:
-                attempt.succeeded()
-        return attempt.success
-
-    def auth_response(self, initial: str | None, challenge: bytes) -> bytes | None:
-        """Return the decoded initial response, or send the challenge and read the answer;
-        None once refuse_auth() has answered (a line too long, "*", not base64)."""
-        if initial is None:
-            self.send_challenge(challenge)
-            line = self.read_line(MAX_AUTH_LINE)
-            if line is None:
-                self.refuse_auth(AuthProblem.TOO_LONG)
-                return None
-            answer = line.decode("ascii", "replace").strip()
-            self.trace("C:", answer, credential=True)
-        else:
-            answer = initial
-        try:
-            return decode_response(answer)
-        except Cancelled:
-            self.refuse_auth(AuthProblem.CANCELLED)
-        except ValueError:
-            self.refuse_auth(AuthProblem.BAD_BASE64)
-        return None
-
-    def is_account(self, name: str) -> bool:
-        return name in self.mail.users
-
-    def loggable_name(self, name: str) -> str:
-        """name if it is an account; a name that is not may be a password typed into the wrong field."""
-        return name if self.is_account(name) else "an unknown user"
-
-    # -- writing ------------------------------------------------------------------------------
-
-    def send_lines(self, text: str) -> None:
-        """Write reply text (CRLF ends included) in one call; trace its lines with --verbose."""
-        if self.config.verbose:  # on the hot path: skip the loop when nobody watches
-            for line in text.splitlines():
-                self.trace("S:", line)
-        self.connection.sendall(text.encode("utf-8", "replace"))
-
-    def trace(self, direction: str, line: str, *, credential: bool = False) -> None:
-        """With --verbose, log a line of the dialogue ("C:" or "S:"), masked by the session's WireLog.
-
-        credential: the line answers the server's challenge in a login.
-        """
-        if self.wire_log is None:
-            return
-        if direction == "C:":
-            self.wire_log.client(line, credential=credential)
-        else:
-            self.wire_log.server(line)
-
-    def trace_message(self, direction: str, line: str) -> None:
-        """With --verbose, log a line of a message going direction (DATA, RETR)."""
-        if self.wire_log is not None:
-            self.wire_log.message(direction, line)
-
-    def message_tracer(self, direction: str) -> Callable[[str], None] | None:
-        """With --verbose, a function that logs lines of a message as direction; else None."""
-        if not self.config.verbose:
-            return None
-        return functools.partial(self.trace_message, direction)
-
-    def send_stored(self, pieces: Iterable[bytes]) -> None:
-        """Send a stored message (LF ends) as a dot-stuffed block: CRLF ends, leading dots doubled, then "."
-
-        SMTP's RETR and POP3's RETR and TOP send messages this way (RFC 5321 4.5.2, RFC 1939 3).
-        """
-        tracer = self.message_tracer("S:")
-        trace = MessageTrace(tracer) if tracer else None
-        for piece in dot_stuffed(self.read_stored(pieces)):
-            if trace and trace.lines_left:
-                trace.lines(piece)
-            self.connection.sendall(piece)
-        if trace:
-            trace.end()
-
-    def read_stored(self, pieces: Iterable[bytes]) -> Iterator[bytes]:
-        """The pieces of a stored message; a disk error ends the session with the closing reply."""
-        iterator = iter(pieces)
-        while True:
-            try:
-                piece = next(iterator)
-            except StopIteration:
-                return
-            except OSError:
-                # Mid-message there is no way to answer with an error and go on: the block was promised.
-                log.exception("%s could not read a stored message", self.peer)
-                self.closing("Local error in processing")
-                raise Hangup from None
-            yield piece
-
-    # -- TLS (RFC 3207, RFC 2595) ------------------------------------------------------------
-
-    def offers_starttls(self) -> bool:
-        """True if STARTTLS (POP3: STLS) can work in this session: TLS is configured and not on yet."""
-        return self.config.tls_context is not None and not self.tls_active
-
-    def needs_tls_first(self) -> bool:
-        """True while --require-tls keeps logins out of a session not yet under TLS."""
-        return self.config.require_tls and not self.tls_active
-
-    def start_tls(self) -> None:
-        """Wrap the connection in TLS and forget everything said before (RFC 3207 4.2)."""
-        context = self.config.tls_context
-        assert context is not None
-        try:
-            with self.time_limit(self.idle_timeout()):
-                self.connection = context.wrap_socket(self.connection, server_side=True)
-        except (OSError, ValueError) as error:
-            log.warning("%s TLS handshake failed: %s", self.peer, error)
-            raise Hangup from None
-        # Plaintext the client pipelined after STARTTLS stays in the old buffer: dropped
-        # (RFC 3207 5, and the STARTTLS command injection attack of CVE-2011-0411).
-        with contextlib.suppress(OSError):
-            self.rfile.close()
-        self.rfile = self.connection.makefile("rb", self.rbufsize)
-        self.tls_active = True
-        self.tls_started()
-
-
-def chunks_of(message: BinaryIO) -> Iterator[bytes]:
-    """The content of an open stored message, a bounded piece at a time."""
-    return iter(functools.partial(message.read, STORED_CHUNK), b"")
-
-
-class TimeLimit:
-    """The context manager of LineHandler.time_limit().
-
-    A class rather than a @contextmanager generator: it runs around every command
-    line read, and costs a third of what a generator does there.
-    """
-
-    __slots__ = ("seconds", "session")
-
-    def __init__(self, session: LineHandler, seconds: float) -> None:
-        self.session = session
-        self.seconds = seconds
-
-    def __enter__(self) -> None:
-        self.session.deadline = time.monotonic() + self.seconds
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
-        session = self.session
-        session.deadline = None
-        if kind is not None and issubclass(kind, TimeoutError):
-            session.interrupted = session.interrupted or "Timeout"
-            session.hang_up()
 
 
 class Listener(socketserver.ThreadingTCPServer):
@@ -401,10 +53,6 @@ class Listener(socketserver.ThreadingTCPServer):
         self.mail = mail
         self.implicit_tls = implicit_tls  # TLS from the first byte (SMTPS, RFC 8314)
         super().__init__(address, handler_class)
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
 
     def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
         refusal = self.mail.connections.admit(client_address[0])

@@ -31,17 +31,18 @@ ends any other way (a dropped connection, a timeout) removes nothing.
 from __future__ import annotations
 
 import base64
+import contextlib
 import enum
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO, ClassVar
+from typing import ClassVar
 
 from .limits import LoginRefused
-from .listener import STORED_CHUNK, Hangup, LineHandler, chunks_of
 from .logs import log, plural
 from .sasl import MAX_AUTH_LINE, AuthProblem, Credentials, plain_credentials
-from .storage import Maildrop, MaildropInUse
+from .session import Hangup, LineHandler
+from .storage import AlreadyDeleted, InboxMessage, Maildrop, MaildropInUse, MessageGone, NoSuchMessage, StoredMessage
 
 MAX_COMMAND_LINE = 255  # RFC 2449 4: octets, CRLF included
 
@@ -102,6 +103,7 @@ class POP3Handler(LineHandler):
         super().setup()
         self.state = State.AUTHORIZATION
         self.user_named: str | None = None  # USER's argument, waiting for PASS
+        self.user: str | None = None  # whose inbox, once logged in
         self.maildrop: Maildrop | None = None
 
     def finish(self) -> None:
@@ -279,8 +281,8 @@ class POP3Handler(LineHandler):
             log.error("%s POP3 could not open the inbox of %s: %s", self.peer, user, error)
             self.reply(ERR, "[SYS/TEMP] Cannot open your inbox now; try again later")
             return
-        self.state = State.TRANSACTION
-        count, size = self.maildrop.totals()
+        self.state, self.user = State.TRANSACTION, user
+        count, size = self.maildrop.count(), self.maildrop.size()
         log.info("%s POP3 login %s (%s)", self.peer, user, plural(count, "message"))
         self.reply(OK, f"{user} has {plural(count, 'message')} ({size} octets)")
 
@@ -292,8 +294,7 @@ class POP3Handler(LineHandler):
 
         Count the messages in your inbox and their size in octets.
         """
-        count, size = self.drop.totals()
-        self.reply(OK, f"{count} {size}")
+        self.reply(OK, f"{self.drop.count()} {self.drop.size()}")
 
     @in_state(State.TRANSACTION)
     def pop3_LIST(self, argument: str) -> None:
@@ -301,7 +302,7 @@ class POP3Handler(LineHandler):
 
         The size of each message (or of one) in octets.
         """
-        self.scan_listing("LIST", argument, lambda number: str(self.drop.get(number).size))
+        self.scan_listing("LIST", argument, lambda message: str(message.size))
 
     @in_state(State.TRANSACTION)
     def pop3_UIDL(self, argument: str) -> None:
@@ -309,18 +310,19 @@ class POP3Handler(LineHandler):
 
         The unique id of each message (or of one): the same in every session.
         """
-        self.scan_listing("UIDL", argument, lambda number: self.drop.get(number).unique_id)
+        self.scan_listing("UIDL", argument, lambda message: message.unique_id)
 
-    def scan_listing(self, verb: str, argument: str, describe: Callable[[int], str]) -> None:
+    def scan_listing(self, verb: str, argument: str, describe: Callable[[InboxMessage], str]) -> None:
         """LIST and UIDL: one `+OK n text` line for a message, or a block of `n text` lines for all."""
         if not argument:
-            count, size = self.drop.totals()
-            lines = [f"{number} {describe(number)}" for number, _ in self.drop.listing()]
-            self.reply(OK, f"{plural(count, 'message')} ({size} octets)", lines)
+            lines = [f"{message.number} {describe(message)}" for message in self.drop.list()]
+            self.reply(OK, f"{plural(self.drop.count(), 'message')} ({self.drop.size()} octets)", lines)
             return
         number = self.message_number(verb, argument)
         if number is not None:
-            self.reply(OK, f"{number} {describe(number)}")
+            with self.message_refusals(number):
+                message = self.drop.info(number)
+                self.reply(OK, f"{number} {describe(message)}")
 
     @in_state(State.TRANSACTION)
     def pop3_RETR(self, argument: str) -> None:
@@ -328,7 +330,7 @@ class POP3Handler(LineHandler):
 
         Send the message, ended by a line holding a single dot.
         """
-        self.send_message("RETR", argument, lambda number: f"{self.drop.get(number).size} octets", chunks_of)
+        self.send_message("RETR", argument, lambda message: f"{message.size} octets", StoredMessage.chunks)
 
     @in_state(State.TRANSACTION)
     def pop3_TOP(self, argument: str) -> None:
@@ -351,8 +353,9 @@ class POP3Handler(LineHandler):
         """
         number = self.message_number("DELE", argument)
         if number is not None:
-            self.drop.delete(number)
-            self.reply(OK, f"Message {number} deleted")
+            with self.message_refusals(number):
+                self.drop.mark(number)
+                self.reply(OK, f"Message {number} deleted")
 
     @in_state(State.TRANSACTION)
     def pop3_RSET(self, argument: str) -> None:
@@ -360,9 +363,8 @@ class POP3Handler(LineHandler):
 
         Unmark every message marked deleted in this session.
         """
-        self.drop.reset()
-        count, size = self.drop.totals()
-        self.reply(OK, f"Maildrop has {plural(count, 'message')} ({size} octets)")
+        self.drop.unmark()
+        self.reply(OK, f"Maildrop has {plural(self.drop.count(), 'message')} ({self.drop.size()} octets)")
 
     @in_state(State.TRANSACTION)
     def pop3_NOOP(self, argument: str) -> None:
@@ -382,16 +384,15 @@ class POP3Handler(LineHandler):
             raise Hangup
         self.state = State.UPDATE  # RFC 1939 6
         try:
-            removed = self.maildrop.commit()  # durable (directory fsync) before the +OK
+            removed, left = self.maildrop.commit()  # durable (directory fsync) before the +OK
         except OSError as error:
             log.error("%s POP3 could not remove deleted messages: %s", self.peer, error)
             self.reply(ERR, "[SYS/TEMP] Some deleted messages were not removed")
             raise Hangup from None
         finally:
             self.maildrop.close()  # before the reply: a client that logs in again at once is not [IN-USE]
-        left = len(self.maildrop.messages) - removed
         if removed:
-            log.info("%s POP3 %s removed %s", self.peer, self.maildrop.inbox.name, plural(removed, "message"))
+            log.info("%s POP3 %s removed %s", self.peer, self.user, plural(removed, "message"))
         self.reply(OK, f"{self.config.hostname} POP3 server signing off ({plural(left, 'message')} left)")
         raise Hangup
 
@@ -404,25 +405,28 @@ class POP3Handler(LineHandler):
         return self.maildrop
 
     def message_number(self, verb: str, argument: str) -> int | None:
-        """The message that argument names, or None after the -ERR (bad syntax, no such message, deleted)."""
+        """The number that argument is, or None after the -ERR quoting verb's syntax."""
         number = parse_number(argument)
         if number is None:
             self.reply_syntax(verb)
-            return None
-        if number in self.drop.deleted:
-            self.reply(ERR, f"Message {number} already deleted")
-            return None
-        if not 1 <= number <= len(self.drop.messages):
-            self.reply(ERR, f"No such message; the inbox has {plural(len(self.drop.messages), 'message')}")
-            return None
         return number
+
+    @contextlib.contextmanager
+    def message_refusals(self, number: int) -> Iterator[None]:
+        """`with self.message_refusals(number):` answers -ERR if the maildrop says number is no message."""
+        try:
+            yield
+        except AlreadyDeleted:
+            self.reply(ERR, f"Message {number} already deleted")
+        except NoSuchMessage as missing:
+            self.reply(ERR, f"No such message; the inbox has {plural(missing.count, 'message')}")
 
     def send_message(
         self,
         verb: str,
         argument: str,
-        status: Callable[[int], str],
-        content: Callable[[BinaryIO], Iterable[bytes]],
+        status: Callable[[StoredMessage], str],
+        content: Callable[[StoredMessage], Iterable[bytes]],
     ) -> None:
         """RETR and TOP: `+OK status`, then the content of the message that argument names, as a block.
 
@@ -431,15 +435,16 @@ class POP3Handler(LineHandler):
         number = self.message_number(verb, argument)
         if number is None:
             return
-        try:
-            message = self.drop.open(number)
-        except (KeyError, OSError) as error:
-            log.warning("%s POP3 could not open message %d: %s", self.peer, number, error)
-            self.reply(ERR, "[SYS/TEMP] The message cannot be read now (another program moved or removed it?)")
-            return
-        with message:
-            self.reply(OK, status(number))
-            self.send_stored(content(message))
+        with self.message_refusals(number):
+            try:
+                message = self.drop.open(number)
+            except (MessageGone, OSError) as error:
+                log.warning("%s POP3 could not open message %d: %s", self.peer, number, error)
+                self.reply(ERR, "[SYS/TEMP] The message cannot be read now (another program moved or removed it?)")
+                return
+            with message:
+                self.reply(OK, status(message))
+                self.send_stored(content(message))
 
 
 def parse_number(text: str) -> int | None:
@@ -449,13 +454,13 @@ def parse_number(text: str) -> int | None:
     return int(text)
 
 
-def message_top(message: BinaryIO, body_lines: int) -> Iterator[bytes]:
+def message_top(message: StoredMessage, body_lines: int) -> Iterator[bytes]:
     """The header, the empty line after it and the first body_lines lines of the body (RFC 1939 7: TOP).
 
     Read a bounded piece at a time, so that one huge line costs no more memory than RETR.
     """
     in_header, at_line_start = True, True
-    for piece in iter(lambda: message.readline(STORED_CHUNK), b""):
+    for piece in message.lines():
         if not in_header and at_line_start:
             if not body_lines:
                 return

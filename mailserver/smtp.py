@@ -18,16 +18,16 @@ import email.utils
 import errno
 import functools
 import inspect
-import io
 import re
 from collections.abc import Callable
-from typing import BinaryIO, ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple
 
 from .data import MAX_TEXT_LINE, DataReader, DataState
 from .limits import LoginRefused
-from .listener import Hangup, LineHandler, chunks_of
 from .logs import log, plural, printable
 from .sasl import MAX_AUTH_LINE, AuthProblem, Credentials, plain_credentials, username_text
+from .session import Hangup, LineHandler
+from .storage import MessageGone, StoredMessage
 
 MAX_COMMAND_LINE = 512  # RFC 5321 4.5.3.1.4, CRLF included
 MAX_RECIPIENTS = 100  # RFC 5321 4.5.3.1.8: the minimum a server must accept
@@ -521,16 +521,17 @@ class SMTPHandler(LineHandler):
         for open_message in messages:
             self.send_sent_message(open_message)
 
-    def send_sent_message(self, open_message: Callable[[], BinaryIO]) -> None:
+    def send_sent_message(self, open_message: Callable[[], StoredMessage]) -> None:
         """Send one stored message as DATA sends it: CRLF ends, leading dots doubled, then "."."""
         try:
             message = open_message()
-        except (KeyError, FileNotFoundError):
+        except MessageGone:
             # A DELE (or a Maildir reader) took it since the count was sent: an empty block keeps the count true.
             log.warning("%s a message went during RETR", self.peer)
-            message = io.BytesIO()
+            self.send_stored(())
+            return
         with message:
-            self.send_stored(chunks_of(message))  # a disk error mid-way ends the session with 421
+            self.send_stored(message.chunks())  # a disk error mid-way ends the session with 421
 
     @requires_login
     def smtp_DELE(self, argument: str) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from conftest import USERS, RawSession, RunningServer, ServerProcess, dot_stuff, store_message, wait_for
 
-from mailserver import storage
+from mailserver import durable, storage
 from mailserver.smtp import SMTPHandler
 
 LOAD_USERS = ("alice", "bob", "carol")
@@ -449,7 +449,7 @@ def disk_full_after(room: int) -> Fault:
             return open(file, mode, buffering, **options)  # type: ignore[call-overload]
 
         with monkeypatch.context() as patch:
-            patch.setattr(storage, "open", filling_open, raising=False)
+            patch.setattr(durable, "open", filling_open, raising=False)  # where Draft opens its file
             yield
 
     return fault

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import USERS, Certificate, RawSession, RunningServer, deliver, inbox_of, plain_response, write_users_file
 
-from mailserver import storage
+from mailserver import durable, maildir
 from mailserver.smtp import SMTPHandler
 
 BODY = b"Subject: hello\r\n\r\nHi Bob.\r\n..a dotted line\r\n"
@@ -232,7 +232,7 @@ def test_if_any_copy_fails_none_stays_visible_and_a_retry_duplicates_nothing(
     logged_in: RawSession, smtp_server: RunningServer, monkeypatch: pytest.MonkeyPatch, failure: str
 ) -> None:
     carol = (smtp_server.mailboxes_path / "carol").resolve()
-    real_link, real_fsync_directory = os.link, storage.fsync_directory
+    real_link, real_fsync_directory = os.link, maildir.fsync_directory
 
     def link(source: str | Path, target: str | Path) -> None:
         if Path(target).parent.parent.resolve() == carol:
@@ -249,10 +249,10 @@ def test_if_any_copy_fails_none_stays_visible_and_a_retry_duplicates_nothing(
 
     with monkeypatch.context() as patch:
         if failure == "directory-fsync":
-            patch.setattr(storage, "fsync_directory", fsync_directory)
+            patch.setattr(maildir, "fsync_directory", fsync_directory)  # where Delivery.commit finds it
         else:
             patch.setattr(os, "link", link)
-            patch.setattr(storage.shutil, "copyfileobj", copy)
+            patch.setattr(durable.shutil, "copyfileobj", copy)
         code, _ = logged_in.send_message(BODY, SENDER, ["bob@localhost", "carol@localhost"])
     assert code == (452 if failure == "copy" else 451)
     for user in ("alice", "bob", "carol"):

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import deliver, store_message, wait_for
 
-from mailserver.storage import MailboxStore, fsync_directory
+from mailserver.durable import fsync_directory
+from mailserver.storage import MailboxStore
 
 
 @pytest.fixture

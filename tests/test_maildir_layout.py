@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, RawSession, RunningServer, ServerProcess, deliver, retrieve
 
-from mailserver import storage
+from mailserver import migration
+from mailserver.migration import migrate_old_layout
 from mailserver.storage import MailboxStore
 
 OLD_MESSAGES = {  # what the earlier server stored for alice: the mail she sent
@@ -90,13 +91,13 @@ def test_an_old_layout_mailbox_moves_into_sent_by_renames(tmp_path: Path) -> Non
     maildir = old_layout(root)
     inodes = {name: (maildir / name).stat().st_ino for name in OLD_MESSAGES}
     store = MailboxStore(root)
-    assert store.migrate_old_layout() == (1, 3)
+    assert migrate_old_layout(store.root) == (1, 3)
     assert files_of(maildir / ".Sent") == OLD_MESSAGES  # names (and mutt's flags) kept
     assert {name: (maildir / ".Sent" / name).stat().st_ino for name in OLD_MESSAGES} == inodes  # renamed, not copied
     assert files_of(maildir) == {}  # the inbox starts empty
-    assert not (maildir / storage.MIGRATING).exists()
+    assert not (maildir / migration.MIGRATING).exists()
     assert len(store.sent_messages("alice")) == 3
-    assert store.migrate_old_layout() == (0, 0)  # once is enough
+    assert migrate_old_layout(store.root) == (0, 0)  # once is enough
 
 
 def test_mailboxes_of_the_new_layout_are_left_alone(tmp_path: Path) -> None:
@@ -109,7 +110,7 @@ def test_mailboxes_of_the_new_layout_are_left_alone(tmp_path: Path) -> None:
     (root / "not a user").mkdir()
     (root / "notes.txt").write_text("a teacher's file\n")
     before = {user: files_of(root / user) for user in ("bob", "carol")}
-    assert store.migrate_old_layout() == (1, 3)
+    assert migrate_old_layout(store.root) == (1, 3)
     assert {user: files_of(root / user) for user in ("bob", "carol")} == before
     assert sorted(path.name for path in root.iterdir()) == [
         ".hidden",
@@ -124,7 +125,7 @@ def test_mailboxes_of_the_new_layout_are_left_alone(tmp_path: Path) -> None:
 def test_an_empty_old_layout_mailbox_gets_its_sent_folder(tmp_path: Path) -> None:
     root = tmp_path / "mailboxes"
     maildir = old_layout(root, messages={})
-    assert MailboxStore(root).migrate_old_layout() == (1, 0)
+    assert migrate_old_layout(root) == (1, 0)
     assert (maildir / ".Sent" / "cur").is_dir()
 
 
@@ -148,25 +149,25 @@ def test_a_crash_halfway_is_finished_at_the_next_start(
         real_rename(source, target)
 
     with monkeypatch.context() as patch:
-        patch.setattr(storage.os, "rename", crashing_rename)
+        patch.setattr(migration.os, "rename", crashing_rename)
         with pytest.raises(Crash):
-            MailboxStore(root).migrate_old_layout()
+            migrate_old_layout(root)
     assert not (maildir / ".Sent").exists()  # not half a Sent folder: the next start sees the old layout
     # What a reader sees meanwhile: every message is somewhere, none twice.
-    assert sorted([*files_of(maildir).values(), *files_of(maildir / storage.MIGRATING).values()]) == sorted(
+    assert sorted([*files_of(maildir).values(), *files_of(maildir / migration.MIGRATING).values()]) == sorted(
         OLD_MESSAGES.values()
     )
 
-    assert MailboxStore(root).migrate_old_layout() == (2, 3 - crash_after + 1)
+    assert migrate_old_layout(root) == (2, 3 - crash_after + 1)
     assert files_of(maildir / ".Sent") == OLD_MESSAGES
     assert files_of(root / "bob" / ".Sent") == {"new/1700000009.M000001P10Q000000009.host": b"bob's\n"}
-    assert files_of(maildir) == {} and not (maildir / storage.MIGRATING).exists()
+    assert files_of(maildir) == {} and not (maildir / migration.MIGRATING).exists()
 
 
 def test_a_failed_migration_stops_the_start_with_a_clear_error(tmp_path: Path, shared_users_file: Path) -> None:
     root = tmp_path / "mailboxes"
     maildir = old_layout(root)
-    (maildir / storage.MIGRATING).write_text("a file where the folder should go\n")
+    (maildir / migration.MIGRATING).write_text("a file where the folder should go\n")
     ports = ["--port", "0", "--pop3-port", "0"]
     result = subprocess.run(
         [sys.executable, str(ROOT / "server.py"), *ports, "--users", str(shared_users_file), "--mailboxes", str(root)],
@@ -175,7 +176,7 @@ def test_a_failed_migration_stops_the_start_with_a_clear_error(tmp_path: Path, s
         timeout=30,
     )
     assert result.returncode == 2
-    assert "error:" in result.stderr and storage.MIGRATING in result.stderr
+    assert "error:" in result.stderr and migration.MIGRATING in result.stderr
     assert "Traceback" not in result.stderr
     assert files_of(maildir) == OLD_MESSAGES  # nothing moved, nothing lost
 
@@ -217,7 +218,7 @@ def test_a_rename_that_fails_stops_the_migration_with_nothing_lost(
     def read_only(source: str | Path, target: str | Path) -> None:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(storage.os, "rename", read_only)
+    monkeypatch.setattr(migration.os, "rename", read_only)
     with pytest.raises(OSError, match="Read-only"):
-        MailboxStore(root).migrate_old_layout()
+        migrate_old_layout(root)
     assert files_of(maildir) == OLD_MESSAGES

@@ -12,7 +12,7 @@ import pytest
 from conftest import deliver, store_message
 
 from mailserver import storage
-from mailserver.storage import InboxMessage, MailboxStore, MaildropInUse
+from mailserver.storage import AlreadyDeleted, InboxMessage, MailboxStore, MaildropInUse, MessageGone, NoSuchMessage
 
 FIRST = b"Subject: one\n\nfirst\n"
 SECOND = b"Subject: two\n\nsecond\n.dot\n"
@@ -33,7 +33,7 @@ def wire(message: bytes) -> bytes:
 
 def test_the_snapshot_numbers_messages_from_1_in_arrival_order(store: MailboxStore) -> None:
     with store.open_maildrop("bob") as drop:
-        assert [number for number, _ in drop.listing()] == [1, 2, 3]
+        assert [message.number for message in drop.list()] == [1, 2, 3]
         contents = []
         for number in (1, 2, 3):
             with drop.open(number) as message:
@@ -44,23 +44,23 @@ def test_the_snapshot_numbers_messages_from_1_in_arrival_order(store: MailboxSto
 def test_sizes_are_octets_with_crlf_line_ends(store: MailboxStore) -> None:
     """RFC 1939 5: LIST and STAT count the message as RETR sends it (before byte-stuffing)."""
     with store.open_maildrop("bob") as drop:
-        assert [message.size for message in drop.messages] == [len(wire(m)) for m in (FIRST, SECOND, THIRD)]
-        assert drop.totals() == (3, sum(len(wire(m)) for m in (FIRST, SECOND, THIRD)))
+        assert [message.size for message in drop.list()] == [len(wire(m)) for m in (FIRST, SECOND, THIRD)]
+        assert (drop.count(), drop.size()) == (3, sum(len(wire(m)) for m in (FIRST, SECOND, THIRD)))
 
 
 def test_size_without_the_maildir_size_field_is_counted(store: MailboxStore) -> None:
     """A message another program put in the inbox has no W= in its name: its size is counted from the file."""
     (store.root / "bob" / "new" / "1700000000.M1P1.elsewhere").write_bytes(b"a\nb\n")
     with store.open_maildrop("bob") as drop:
-        assert drop.messages[0].key == "1700000000.M1P1.elsewhere"
-        assert drop.messages[0].size == len(b"a\r\nb\r\n")
+        assert drop.list()[0].key == "1700000000.M1P1.elsewhere"
+        assert drop.list()[0].size == len(b"a\r\nb\r\n")
 
 
 def test_unique_ids_are_the_maildir_names_and_stay_the_same(store: MailboxStore) -> None:
     with store.open_maildrop("bob") as drop:
-        first = [message.unique_id for message in drop.messages]
+        first = [message.unique_id for message in drop.list()]
     with store.open_maildrop("bob") as drop:
-        assert [message.unique_id for message in drop.messages] == first
+        assert [message.unique_id for message in drop.list()] == first
     names = sorted(path.name for path in (store.root / "bob" / "new").iterdir())
     assert first == [name.split(",")[0] for name in names]
     assert len(set(first)) == 3
@@ -69,74 +69,75 @@ def test_unique_ids_are_the_maildir_names_and_stay_the_same(store: MailboxStore)
 
 @pytest.mark.parametrize("key", ["n" * 71 + ",S=1,W=2", "caf\u00e9.M1P1.host", "x y"])
 def test_a_unique_id_that_would_not_fit_rfc_1939_is_a_digest(key: str) -> None:
-    uid = InboxMessage(key, Path("/nonexistent"), 0).unique_id
+    uid = InboxMessage(1, key, 0).unique_id
     assert len(uid) == 40 and uid.isalnum()
-    assert uid != InboxMessage(key + "x", Path("/nonexistent"), 0).unique_id
+    assert uid != InboxMessage(1, key + "x", 0).unique_id
 
 
 def test_the_inbox_and_the_sent_folder_are_apart(store: MailboxStore) -> None:
     store_message(store, "bob", b"bob sent this\n")
     with store.open_maildrop("bob") as drop:
-        assert len(drop.messages) == 3
+        assert drop.count() == 3
     assert len(store.sent_messages("bob")) == 1
 
 
 def test_a_user_without_a_mailbox_has_an_empty_maildrop(store: MailboxStore) -> None:
     with store.open_maildrop("dave") as drop:
-        assert drop.listing() == [] and drop.totals() == (0, 0)
+        assert drop.list() == [] and (drop.count(), drop.size()) == (0, 0)
     assert not (store.root / "dave").exists()  # looking creates nothing
 
 
 def test_mail_delivered_during_a_session_waits_for_the_next(store: MailboxStore) -> None:
     with store.open_maildrop("bob") as drop:
         deliver(store, "bob", b"late\n")
-        assert len(drop.messages) == 3
+        assert drop.count() == 3
     with store.open_maildrop("bob") as drop:
-        assert len(drop.messages) == 4
+        assert drop.count() == 4
 
 
 def test_dele_marks_rset_unmarks_and_marked_messages_are_hidden(store: MailboxStore) -> None:
     with store.open_maildrop("bob") as drop:
-        drop.delete(2)
-        assert [number for number, _ in drop.listing()] == [1, 3]
-        assert drop.totals() == (2, len(wire(FIRST)) + len(wire(THIRD)))
-        with pytest.raises(KeyError):
-            drop.get(2)
-        with pytest.raises(KeyError):
-            drop.delete(2)
-        drop.reset()
-        assert [number for number, _ in drop.listing()] == [1, 2, 3]
+        drop.mark(2)
+        assert [message.number for message in drop.list()] == [1, 3]
+        assert (drop.count(), drop.size()) == (2, len(wire(FIRST)) + len(wire(THIRD)))
+        with pytest.raises(AlreadyDeleted):
+            drop.info(2)
+        with pytest.raises(AlreadyDeleted):
+            drop.mark(2)
+        drop.unmark()
+        assert [message.number for message in drop.list()] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("number", [0, 4, -1, 10**12])
 def test_numbers_outside_the_maildrop_are_refused(store: MailboxStore, number: int) -> None:
     with store.open_maildrop("bob") as drop:
-        with pytest.raises(KeyError):
-            drop.get(number)
-        with pytest.raises(KeyError):
+        with pytest.raises(NoSuchMessage) as missing:
+            drop.info(number)
+        assert missing.value.count == 3  # what the -ERR says the inbox has
+        with pytest.raises(NoSuchMessage):
             drop.open(number)
 
 
 def test_only_commit_removes_and_only_the_marked(store: MailboxStore) -> None:
     with store.open_maildrop("bob") as drop:
-        drop.delete(1)
-        drop.delete(3)
+        drop.mark(1)
+        drop.mark(3)
         assert len(list((store.root / "bob" / "new").iterdir())) == 3  # marked is not removed
-        assert drop.commit() == 2
+        assert drop.commit() == (2, 1)
     with store.open_maildrop("bob") as drop:
-        assert len(drop.messages) == 1
+        assert drop.count() == 1
         with drop.open(1) as message:
             assert message.read() == SECOND
 
 
 def test_closing_without_commit_removes_nothing(store: MailboxStore) -> None:
     drop = store.open_maildrop("bob")
-    drop.delete(1)
-    drop.delete(2)
+    drop.mark(1)
+    drop.mark(2)
     drop.close()
     drop.close()  # twice is harmless
     with store.open_maildrop("bob") as again:
-        assert len(again.messages) == 3
+        assert again.count() == 3
 
 
 def test_commit_is_durable_before_it_returns(store: MailboxStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -147,7 +148,7 @@ def test_commit_is_durable_before_it_returns(store: MailboxStore, monkeypatch: p
         storage, "fsync_directory", lambda path: (events.append(f"fsync {Path(path).name}"), real_fsync_directory(path))
     )
     with store.open_maildrop("bob") as drop:
-        drop.delete(1)
+        drop.mark(1)
         drop.commit()
         events.append("returned")
     assert events == ["unlink", "fsync new", "fsync cur", "returned"]
@@ -162,28 +163,29 @@ def test_one_session_per_inbox(store: MailboxStore) -> None:
     deliver(store, "bob", b"delivery goes on\n")  # SMTP delivery is not locked out
     first.close()
     with store.open_maildrop("bob") as second:
-        assert len(second.messages) == 4
+        assert second.count() == 4
 
 
 def test_a_message_a_maildir_reader_moved_is_still_found(store: MailboxStore) -> None:
     """mutt marks a message read by moving it from new/ to cur/ with flags: RETR and DELE still find it."""
     with store.open_maildrop("bob") as drop:
-        path = drop.messages[0].path
+        [path] = [path for path in (store.root / "bob" / "new").iterdir() if path.name.startswith(drop.info(1).key)]
         path.rename(store.root / "bob" / "cur" / f"{path.name}:2,S")
         with drop.open(1) as message:
             assert message.read() == FIRST
-        drop.delete(1)
-        assert drop.commit() == 1
+        drop.mark(1)
+        assert drop.commit() == (1, 2)
     assert list((store.root / "bob" / "cur").iterdir()) == []
 
 
 def test_a_message_another_program_removed_is_skipped(store: MailboxStore) -> None:
     with store.open_maildrop("bob") as drop:
-        drop.messages[1].path.unlink()
-        with pytest.raises(KeyError):
+        [path] = [path for path in (store.root / "bob" / "new").iterdir() if path.name.startswith(drop.info(2).key)]
+        path.unlink()
+        with pytest.raises(MessageGone):
             drop.open(2)
-        drop.delete(2)
-        drop.delete(3)
-        assert drop.commit() == 1  # the third; the second was gone already
+        drop.mark(2)
+        drop.mark(3)
+        assert drop.commit() == (1, 2)  # the third; the second was gone already (and counts as left, as before)
     with store.open_maildrop("bob") as drop:
-        assert len(drop.messages) == 1
+        assert drop.count() == 1

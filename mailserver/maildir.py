@@ -1,0 +1,238 @@
+"""The Maildir format as this server writes and reads it: names, sizes, line ends, one folder's index.
+
+The rule of this module, and of no other: **stored with LF, sent with CRLF, sizes in the
+name.** A message is stored as Maildir readers expect it, with LF line ends; on the wire
+(DATA, RETR, POP3) every line ends in CRLF. `stored_form()`, `wire_form()` and
+`wire_size()` convert between the two; `data.py` uses them both ways.
+
+A name is `time.unique.host` (see `MailboxStore`), and an inbox copy adds the Maildir++ size
+fields Dovecot reads: `,S=<octets on disk>,W=<octets with CRLF ends>`, so that a size is
+read from the name, not from the file. A reader (mutt, Dovecot) may later move the file
+from new/ to cur/ and append `:2,<flags>`; the part before ":" is the message's key.
+
+- `Folder` is one Maildir folder's messages, indexed by key, rescanned only when a message moved.
+- `Delivery` is one message on its way into a Sent folder and inboxes, made durable by `durable.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+from .durable import CHUNK, Draft, fsync_directory, link_or_copy
+
+MAILDIR_PARTS = ("tmp", "new", "cur")
+MESSAGE_PARTS = ("new", "cur")  # where a folder's messages are; tmp/ holds files still being written
+SIZE_FIELD = re.compile(r",S=(\d+)")  # Maildir++: octets on disk
+WIRE_SIZE_FIELD = re.compile(r",W=(\d+)")  # Maildir++: octets with CRLF line ends (what POP3 sends)
+
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------ line ends and sizes
+
+
+def stored_form(wire: bytes) -> bytes:
+    """Whole lines as they came on the wire (CRLF ends, a bare LF taken as one), as stored: LF ends."""
+    return wire.replace(b"\r\n", b"\n")
+
+
+def wire_form(stored: bytes) -> bytes:
+    """Stored text (LF ends) as it goes on the wire: CRLF ends."""
+    return stored.replace(b"\n", b"\r\n")
+
+
+def wire_size(stored: bytes) -> int:
+    """The octets stored text takes on the wire: one more per line end."""
+    return len(stored) + stored.count(b"\n")
+
+
+def key_of(name: str) -> str:
+    """A message's key: its file name without the flags a reader may append after ":"."""
+    return name.split(":", 1)[0]
+
+
+def sized_name(unique: str, size: int, on_wire: int) -> str:
+    """The name of an inbox copy: the unique name and the Maildir++ size fields, as Dovecot reads them."""
+    return f"{unique},S={size},W={on_wire}"
+
+
+def stored_size(entry: os.DirEntry[str]) -> int:
+    """The octets of a message on disk: from the name's S= field, else its stat(); 0 if it went meanwhile."""
+    field = SIZE_FIELD.search(key_of(entry.name))  # read from the name: no stat() per message
+    if field is not None:
+        return int(field[1])
+    try:
+        return entry.stat().st_size
+    except FileNotFoundError:  # a POP3 QUIT may remove it meanwhile
+        return 0
+
+
+def file_wire_size(path: Path) -> int:
+    """The octets of a stored message with CRLF line ends: from the name's W= field, or by counting."""
+    field = WIRE_SIZE_FIELD.search(key_of(path.name))
+    if field is not None:
+        return int(field[1])
+    size = 0
+    with open(path, "rb") as message:
+        while chunk := message.read(CHUNK):
+            size += wire_size(chunk)
+    return size
+
+
+def make_maildir(path: Path, *, parents: bool = False) -> None:
+    """Create path/tmp, new and cur (cur last) where missing."""
+    path.mkdir(mode=0o700, parents=parents, exist_ok=True)
+    for part in MAILDIR_PARTS:
+        (path / part).mkdir(mode=0o700, exist_ok=True)
+
+
+def message_entries(maildir: Path) -> Iterator[os.DirEntry[str]]:
+    """The directory entries of a Maildir's messages (new/ and cur/), in no particular order."""
+    for part in MESSAGE_PARTS:
+        with contextlib.suppress(FileNotFoundError), os.scandir(maildir / part) as entries:
+            yield from (entry for entry in entries if not entry.name.startswith("."))
+
+
+# ------------------------------------------------------------------ reading a folder
+
+
+class Folder:
+    """One Maildir folder's messages (new/ and cur/), indexed by key.
+
+    The index is read once; a message not where the index says (a reader moved it to
+    cur/ or changed its flags) makes one rescan, which finds every message moved so far.
+    Like `mailbox.Maildir`'s table of contents, without its unlocked temp-name counter.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._index: dict[str, Path] = {}
+        self.rescan()
+
+    def rescan(self) -> None:
+        """Read new/ and cur/ again."""
+        self._index = {key_of(entry.name): Path(entry.path) for entry in message_entries(self.path)}
+
+    def arrival_order(self) -> list[str]:
+        """The keys of the messages, sorted by name: arrival order for the names this server gives."""
+        return sorted(self._index)
+
+    def path_of(self, key: str) -> Path:
+        """Where message key was when last looked at; raise KeyError if it was not there."""
+        return self._index[key]
+
+    def open(self, key: str) -> BinaryIO:
+        """Open message key for reading; raise FileNotFoundError if it is gone, even after a rescan."""
+        return self._with_moves(key, lambda path: open(path, "rb"))
+
+    def remove(self, key: str) -> bool:
+        """Remove message key; return False if it was gone already (a rescan could not find it)."""
+        try:
+            self._with_moves(key, os.unlink)
+        except FileNotFoundError:
+            return False
+        self._index.pop(key, None)
+        return True
+
+    def _with_moves(self, key: str, act: Callable[[Path], T]) -> T:
+        """act on the path of key; if the file is not there, rescan once and act on where it went."""
+        path = self._index.get(key)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                return act(path)
+        self.rescan()
+        path = self._index.get(key)
+        if path is None:
+            raise FileNotFoundError(f"no message {key} in {self.path}")
+        return act(path)
+
+
+# ------------------------------------------------------------------ writing a message
+
+
+class Delivery:
+    """One message on its way: a byte-exact copy for the sender's Sent, one inbox copy for all local recipients.
+
+    Methods for the SMTP session: write() adds to both files as the data streams in (the
+    message is read once; the inbox copy starts with the trace header), commit() makes
+    every copy durable and visible or leaves none visible, abort() throws it away. size is
+    the octets the sender sent, as stored.
+    """
+
+    def __init__(self, sent: Path, inboxes: list[Path], name: str, trace: bytes) -> None:
+        self.name = name
+        self.size = 0  # octets the sender sent, as stored (LF line ends)
+        self._sent_folder = sent
+        self._inboxes = inboxes
+        self._sent = Draft(sent / "tmp" / name)
+        self._inbox: Draft | None = None
+        self._inbox_size = len(trace)
+        self._inbox_wire_size = wire_size(trace)
+        if inboxes:
+            try:
+                self._inbox = Draft(inboxes[0] / "tmp" / name)
+                self._inbox.file.write(trace)
+            except BaseException:
+                self.abort()
+                raise
+
+    def write(self, chunk: bytes) -> None:
+        """Add stored text (LF ends) to every copy."""
+        self._sent.file.write(chunk)
+        self.size += len(chunk)
+        if self._inbox is not None:
+            self._inbox.file.write(chunk)
+            self._inbox_wire_size += wire_size(chunk)
+
+    def commit(self) -> str:
+        """Make every copy durable, then visible; return the Sent copy's key.
+
+        Maildir's rule: a message appears in new/ only once it is whole, so a crash
+        leaves it whole or absent. The fsyncs make "whole" survive a power cut. If any
+        copy fails, the ones already visible are removed again before the error is raised.
+        """
+        visible: list[Path] = []
+        try:
+            self._sent.finish()
+            if self._inbox is not None:
+                self._inbox.finish()
+            os.rename(self._sent.path, self._sent_folder / "new" / self.name)
+            visible.append(self._sent_folder / "new" / self.name)
+            if self._inbox is not None:
+                visible += self._link_into_inboxes(self._inbox.path)
+                self._inbox.discard()  # the name in tmp/; the links in new/ keep the file
+            for folder in dict.fromkeys(path.parent for path in visible):
+                fsync_directory(folder)
+        except BaseException:
+            self.abort()
+            for path in visible:  # visible but maybe not durable: the client is told 4xx and sends again
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
+        return self.name
+
+    def _link_into_inboxes(self, written: Path) -> list[Path]:
+        """Hard-link the written inbox copy into each inbox's new/ (copy where a link fails); return the new paths."""
+        self._inbox_size += self.size
+        name = sized_name(self.name, self._inbox_size, self._inbox_wire_size)
+        linked: list[Path] = []
+        try:
+            for inbox in self._inboxes:
+                linked.append(link_or_copy(written, inbox / "new" / name, inbox / "tmp" / name))
+        except BaseException:
+            for path in linked:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
+        return linked
+
+    def abort(self) -> None:
+        """Throw the message away; nothing of it stays visible."""
+        self._sent.discard()
+        if self._inbox is not None:
+            self._inbox.discard()
