@@ -34,24 +34,30 @@ import base64
 import contextlib
 import enum
 import functools
-import inspect
 from collections.abc import Callable, Iterable, Iterator
 from typing import ClassVar
 
-from .limits import LoginRefused
+from .login import Login, LoginOutcome
 from .logs import log, plural
-from .sasl import MAX_AUTH_LINE, AuthProblem, Credentials, plain_credentials
-from .session import Hangup, LineHandler
+from .sasl import MAX_AUTH_LINE, AuthProblem, Credentials
+from .session import Hangup, LineHandler, offered_when
 from .storage import AlreadyDeleted, InboxMessage, Maildrop, MaildropInUse, MessageGone, NoSuchMessage, StoredMessage
 
 MAX_COMMAND_LINE = 255  # RFC 2449 4: octets, CRLF included
 
 OK = "+OK"
 ERR = "-ERR"
-AUTH_REFUSALS = {  # the -ERR for an answer to AUTH that cannot be used
+AUTH_REFUSALS = {  # the -ERR for an AUTH exchange that stops before a password is checked
     AuthProblem.TOO_LONG: "Authentication line too long",
     AuthProblem.CANCELLED: "Authentication cancelled",
     AuthProblem.BAD_BASE64: "Invalid base64",
+    AuthProblem.MALFORMED: "Malformed PLAIN response",
+    AuthProblem.UNKNOWN_MECHANISM: "Unrecognized authentication type; use {mechanisms}",
+}
+LOGIN_REFUSALS = {  # the -ERR for a login that did not succeed; {reason} is the throttle's
+    LoginOutcome.WRONG: "[AUTH] Invalid username or password",
+    LoginOutcome.THROTTLED: "[SYS/TEMP] {reason}",
+    LoginOutcome.TLS_FIRST: "[AUTH] Use STLS first: this server takes no password in clear text",
 }
 
 
@@ -91,6 +97,7 @@ class POP3Handler(LineHandler):
     """One POP3 session. A command method gets the text after the verb, replies with
     self.reply() and returns; raising Hangup ends the session."""
 
+    protocol = "POP3"
     command_prefix = "pop3_"
     max_command_line = MAX_COMMAND_LINE
     longer_lines: ClassVar[dict[str, int]] = {"AUTH": MAX_AUTH_LINE}  # an initial response may be long
@@ -145,9 +152,7 @@ class POP3Handler(LineHandler):
 
     def reply_syntax(self, verb: str) -> None:
         """-ERR with the command's syntax: the first line of its docstring."""
-        method = self.command(verb)
-        syntax = inspect.cleandoc(method.__doc__ or verb).splitlines()[0] if method else verb
-        self.reply(ERR, f"Syntax: {syntax}")
+        self.reply(ERR, f"Syntax: {self.syntax(verb)}")
 
     # -- AUTHORIZATION ----------------------------------------------------------------------
 
@@ -158,14 +163,15 @@ class POP3Handler(LineHandler):
         """
         capabilities = []
         if self.state is State.AUTHORIZATION and not self.needs_tls_first():
-            capabilities += ["USER", "SASL PLAIN"]
+            capabilities += ["USER", " ".join(["SASL", *self.mechanisms()])]
         capabilities += ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
-        if self.state is State.AUTHORIZATION and self.offers_starttls():
+        if self.state is State.AUTHORIZATION and self.offers("STLS"):
             capabilities.append("STLS")
         capabilities.append("IMPLEMENTATION classroom-mail-server")
         self.reply(OK, "Capability list follows", capabilities)
 
     @in_state(State.AUTHORIZATION)
+    @offered_when(LineHandler.offers_starttls)
     def pop3_STLS(self, argument: str) -> None:
         """STLS
 
@@ -212,62 +218,33 @@ class POP3Handler(LineHandler):
             self.reply_syntax("PASS")
             return
         user, self.user_named = self.user_named, None
-        self.log_in(Credentials("", user, argument.encode("utf-8")))
+        if self.log_in(Credentials("", user, argument.encode("utf-8"))):
+            self.open_inbox(user)
 
     @in_state(State.AUTHORIZATION)
     def pop3_AUTH(self, argument: str) -> None:
-        """AUTH PLAIN [<initial-response>]
+        """AUTH {mechanisms} [<initial-response>]
 
-        Log in with SASL PLAIN (RFC 5034); without an initial response the server
+        Log in with SASL (RFC 5034); without an initial response the server
         answers "+ " and waits for it. A wrong username or password ends the connection.
         """
         if not argument:  # the mechanism list, as many servers answer it (RFC 1734's habit)
-            self.reply(OK, "Mechanisms follow", ["PLAIN"])
+            self.reply(OK, "Mechanisms follow", self.mechanisms())
             return
         if self.refused_before_tls():
             return
-        mechanism, _, initial = argument.partition(" ")
-        if mechanism.upper() != "PLAIN":
-            self.reply(ERR, "Unrecognized authentication type; use PLAIN")
-            return
-        response = self.auth_response(initial.strip() or None, b"")
-        if response is None:
-            return
-        credentials = plain_credentials(response)
-        if credentials is None:
-            self.reply(ERR, "Malformed PLAIN response")
-            return
-        self.log_in(credentials)
+        credentials = self.authenticate(argument)
+        if credentials is not None and self.log_in(credentials):
+            self.open_inbox(credentials.user)
 
     def send_challenge(self, challenge: bytes) -> None:
         self.send_lines(f"+ {base64.b64encode(challenge).decode()}\r\n")  # RFC 5034 4; PLAIN's is empty: "+ "
 
     def refuse_auth(self, problem: AuthProblem) -> None:
-        self.reply(ERR, AUTH_REFUSALS[problem])
+        self.reply(ERR, AUTH_REFUSALS[problem].format(mechanisms=" or ".join(self.mechanisms())))
 
-    def refused_before_tls(self) -> bool:
-        """With --require-tls and no TLS yet: answer -ERR and return True."""
-        if not self.needs_tls_first():
-            return False
-        self.reply(ERR, "[AUTH] Use STLS first: this server takes no password in clear text")
-        return True
-
-    def log_in(self, credentials: Credentials) -> None:
-        """Check the password (through the login throttle SMTP shares), then open the inbox.
-
-        A wrong username or password: -ERR [AUTH] and the connection ends, the seed's login
-        rule. A login the throttle refuses is not checked: -ERR [SYS/TEMP], and the session goes on.
-        """
-        accepted = self.check_login(credentials)
-        if isinstance(accepted, LoginRefused):
-            log.warning("%s POP3 login refused for %s: %s", self.peer, self.loggable_name(credentials.user), accepted)
-            self.reply(ERR, f"[SYS/TEMP] {accepted}")
-            return
-        if not accepted:
-            log.warning("%s POP3 login failed for %s", self.peer, self.loggable_name(credentials.user))
-            self.reply(ERR, "[AUTH] Invalid username or password")
-            raise Hangup
-        self.open_inbox(credentials.user)
+    def refuse_login(self, login: Login) -> None:
+        self.reply(ERR, LOGIN_REFUSALS[login.outcome].format(reason=login.reason))
 
     def open_inbox(self, user: str) -> None:
         """Take the snapshot of user's inbox and enter the TRANSACTION state; -ERR if another session has it."""

@@ -15,11 +15,13 @@ MAX_AUTH_LINE = 12288  # RFC 4954 4: an AUTH line or answer may be this long; PO
 
 
 class AuthProblem(enum.Enum):
-    """Why an answer to AUTH is refused; each protocol says it in its own words."""
+    """Why an AUTH exchange stops before a password is checked; each protocol says it in its own words."""
 
     TOO_LONG = "the answer is longer than 12288 octets"
     CANCELLED = "the client cancelled"
     BAD_BASE64 = "the answer is not base64"
+    MALFORMED = "the answer is not what the mechanism holds"
+    UNKNOWN_MECHANISM = "no such mechanism here"
 
 
 class Credentials(NamedTuple):

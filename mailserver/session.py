@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import socket
 import socketserver
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, ClassVar, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
 from .config import ServerConfig
 from .data import MessageTrace, dot_stuffed
-from .limits import LoginRefused
+from .login import Login, LoginMixIn, LoginOutcome
 from .logs import WireLog, log
-from .sasl import MAX_AUTH_LINE, AuthProblem, Cancelled, Credentials, decode_response
+from .sasl import AuthProblem, Credentials
 
 if TYPE_CHECKING:
     from .listener import Listener
@@ -36,7 +37,20 @@ class Hangup(Exception):
     """Raised inside a session to end it; whatever reply was due has been sent."""
 
 
-class LineHandler(socketserver.StreamRequestHandler):
+Command = TypeVar("Command", bound=Callable[..., None])
+
+
+def offered_when(condition: Callable[[Any], bool]) -> Callable[[Command], Command]:
+    """Declare, beside a command, when a session offers it (HELP, EHLO, CAPA): while condition(session) holds."""
+
+    def declare(command: Command) -> Command:
+        command.offered_when = condition  # type: ignore[attr-defined]
+        return command
+
+    return declare
+
+
+class LineHandler(LoginMixIn, socketserver.StreamRequestHandler):
     """One session of a line-based protocol: read a command line, call `<prefix><VERB>`, repeat.
 
     A command method gets the text after the verb, replies and returns; raising
@@ -44,6 +58,7 @@ class LineHandler(socketserver.StreamRequestHandler):
     """
 
     server: Listener
+    protocol: ClassVar[str]  # "SMTP" or "POP3", in the log
     command_prefix: ClassVar[str]  # "smtp_": the command NOOP is the method smtp_NOOP
     max_command_line: ClassVar[int]  # octets, CRLF included
     longer_lines: ClassVar[dict[str, int]] = {}  # verbs allowed a longer command line, and how long
@@ -162,6 +177,27 @@ class LineHandler(socketserver.StreamRequestHandler):
         prefix = cls.command_prefix
         return sorted(name.removeprefix(prefix) for name in dir(cls) if name.startswith(prefix))
 
+    def offers(self, verb: str) -> bool:
+        """True if verb is a command this session offers now: known, and its offered_when() holds."""
+        method = self.command(verb)
+        condition = getattr(method, "offered_when", None)
+        return method is not None and (condition is None or condition(self))
+
+    def help_text(self, verb: str) -> list[str]:
+        """verb's docstring, its blank lines dropped: the syntax first, then what it does.
+
+        `{mechanisms}` in it stands for the SASL mechanisms (PLAIN|LOGIN). Under python -OO,
+        which drops docstrings, the verb alone.
+        """
+        method = self.command(verb)
+        text = inspect.cleandoc(method.__doc__ or verb) if method is not None else verb
+        text = text.replace("{mechanisms}", "|".join(self.mechanisms()))
+        return [line for line in text.splitlines() if line]
+
+    def syntax(self, verb: str) -> str:
+        """The syntax of verb, as its 501 (POP3: -ERR) quotes it: the first line of its docstring."""
+        return self.help_text(verb.upper())[0]
+
     # -- reading, with deadlines -----------------------------------------------------------
 
     def read_line(self, limit: int) -> bytes | None:
@@ -206,49 +242,30 @@ class LineHandler(socketserver.StreamRequestHandler):
 
     # -- login (SMTP AUTH, POP3 USER/PASS and AUTH) ----------------------------------------
 
-    def check_login(self, credentials: Credentials) -> bool | LoginRefused:
-        """Check a login as both protocols do: True if the password is right, False if not, or
-        the throttle's refusal (nothing checked).
+    def refuse_login(self, login: Login) -> None:
+        """Answer a login that did not succeed (WRONG, THROTTLED, TLS_FIRST) in the protocol's words."""
+        raise NotImplementedError
 
-        The throttle counts the login before bcrypt runs, so no burst of guesses outruns it,
-        and settles it before the caller replies: a client may be back at once with its next login.
+    def refused_before_tls(self) -> bool:
+        """With --require-tls and no TLS yet: answer as refuse_login() does and return True."""
+        if not self.needs_tls_first():
+            return False
+        self.refuse_login(Login(LoginOutcome.TLS_FIRST))
+        return True
+
+    def log_in(self, credentials: Credentials) -> bool:
+        """Check credentials; True if they are right, else answer the outcome and return False.
+
+        A wrong username or password ends the connection after its reply: the seed's rule,
+        for both protocols. A refused login (the throttle, no TLS yet) lets the session go on.
         """
-        attempt = self.mail.login_throttle.begin(self.client_address[0], credentials.user)
-        if isinstance(attempt, LoginRefused):
-            return attempt
-        with attempt:
-            wanted_identity = credentials.authorization_id in ("", credentials.user)
-            if self.mail.users.check(credentials.user, credentials.password) and wanted_identity:
-                attempt.succeeded()
-        return attempt.success
-
-    def auth_response(self, initial: str | None, challenge: bytes) -> bytes | None:
-        """Return the decoded initial response, or send the challenge and read the answer;
-        None once refuse_auth() has answered (a line too long, "*", not base64)."""
-        if initial is None:
-            self.send_challenge(challenge)
-            line = self.read_line(MAX_AUTH_LINE)
-            if line is None:
-                self.refuse_auth(AuthProblem.TOO_LONG)
-                return None
-            answer = line.decode("ascii", "replace").strip()
-            self.trace("C:", answer, credential=True)
-        else:
-            answer = initial
-        try:
-            return decode_response(answer)
-        except Cancelled:
-            self.refuse_auth(AuthProblem.CANCELLED)
-        except ValueError:
-            self.refuse_auth(AuthProblem.BAD_BASE64)
-        return None
-
-    def is_account(self, name: str) -> bool:
-        return name in self.mail.users
-
-    def loggable_name(self, name: str) -> str:
-        """name if it is an account; a name that is not may be a password typed into the wrong field."""
-        return name if self.is_account(name) else "an unknown user"
+        login = self.check_login(credentials)
+        if login.outcome is LoginOutcome.OK:
+            return True
+        self.refuse_login(login)
+        if login.outcome is LoginOutcome.WRONG:
+            raise Hangup
+        return False
 
     # -- writing ------------------------------------------------------------------------------
 

@@ -14,64 +14,30 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import email.utils
-import errno
 import functools
-import inspect
-import re
 from collections.abc import Callable
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
-from .data import MAX_TEXT_LINE, DataReader, DataState
-from .limits import LoginRefused
+from .data import DataReader, DataState
+from .envelope import MAX_RECIPIENTS, Envelope, mail_parameters, parse_path, route, trace_fields
+from .login import Login
 from .logs import log, plural, printable
-from .sasl import MAX_AUTH_LINE, AuthProblem, Credentials, plain_credentials, username_text
-from .session import Hangup, LineHandler
+from .sasl import MAX_AUTH_LINE, AuthProblem, Credentials, username_text
+from .session import Hangup, LineHandler, offered_when
+from .smtp_replies import (
+    AUTH_REFUSALS,
+    LOGIN_REFUSALS,
+    NEED_AUTH,
+    NEED_MAIL,
+    OK,
+    RCPT_REFUSALS,
+    Reply,
+    data_refusal,
+    storage_refusal,
+)
 from .storage import MessageGone, StoredMessage
 
 MAX_COMMAND_LINE = 512  # RFC 5321 4.5.3.1.4, CRLF included
-MAX_RECIPIENTS = 100  # RFC 5321 4.5.3.1.8: the minimum a server must accept
-MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
-MAX_DOMAIN = 255  # RFC 5321 4.5.3.1.2
-MAX_PATH = 256  # RFC 5321 4.5.3.1.3, angle brackets included
-
-# RFC 5321 4.1.2: Mailbox = Local-part "@" ( Domain / address-literal ).
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LOCAL_PART = rf"(?:{_ATOM}(?:\.{_ATOM})*|\"(?:[\x20-\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*\")"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[\x21-\x5a\x5e-\x7e]+\])"
-POSTMASTER = "postmaster"  # RFC 5321 4.5.1: must be accepted without a domain
-# RFC 5321 4.1.2: "<" [ Mailbox / "postmaster" ] ">" [ SP parameters ]; one pattern, so a quoted ">" is no end.
-PATH = re.compile(
-    rf"<(?P<address>(?P<local>{_LOCAL_PART})@(?P<domain>{_DOMAIN})|(?i:{POSTMASTER})|)>(?P<parameters>(?: .*)?)"
-)
-
-
-class Reply(NamedTuple):
-    """One SMTP reply, for the replies that code branches on or sends from several places."""
-
-    code: int
-    text: str
-
-
-OK = Reply(250, "OK")
-AUTH_REFUSALS = {  # the 501 for an answer to AUTH that cannot be used
-    AuthProblem.TOO_LONG: "Error: authentication line too long",
-    AuthProblem.CANCELLED: "Authentication cancelled",
-    AuthProblem.BAD_BASE64: "Error: invalid base64",
-}
-NEED_AUTH = Reply(530, "Authentication required")
-NEED_MAIL = Reply(503, "Error: need MAIL command")
-
-
-@dataclasses.dataclass
-class Envelope:
-    """One mail transaction: started by MAIL, dropped by RSET, HELO/EHLO and the end of DATA."""
-
-    sender: str
-    recipients: list[str] = dataclasses.field(default_factory=list)
-    accounts: list[str] = dataclasses.field(default_factory=list)  # whose inbox gets a copy, each once
-    declared_size: int = 0  # MAIL's SIZE=, if given (RFC 1870)
 
 
 @dataclasses.dataclass
@@ -116,6 +82,7 @@ class SMTPHandler(LineHandler):
     """One SMTP session. A command method gets the text after the verb, replies with
     self.reply() and returns; raising Hangup ends the session."""
 
+    protocol = "SMTP"
     command_prefix = "smtp_"
     max_command_line = MAX_COMMAND_LINE
     longer_lines: ClassVar[dict[str, int]] = {"AUTH": MAX_AUTH_LINE}  # AUTH's initial response may be that long
@@ -171,22 +138,19 @@ class SMTPHandler(LineHandler):
 
     def hello(self, domain: str, *, extended: bool) -> None:
         if not domain:
-            self.reply(501, f"Syntax: {'EHLO' if extended else 'HELO'} <domain>")
+            self.reply_syntax("EHLO" if extended else "HELO")
             return
         self.session.greeting, self.session.envelope = domain, None
         hello = f"{self.config.hostname} Hello {printable(domain[:100])}"
-        if extended:
-            self.reply(250, hello, *self.extensions())
-        else:
-            self.reply(250, hello)
+        self.reply(250, hello, *(self.extensions() if extended else ()))
 
     def extensions(self) -> list[str]:
         """The EHLO keywords of this session."""
         extensions = []
         if not self.needs_tls_first():
-            extensions.append("AUTH PLAIN LOGIN")  # never CRAM-MD5: bcrypt keeps no plaintext
+            extensions.append(" ".join(["AUTH", *self.mechanisms()]))  # never CRAM-MD5: bcrypt keeps no plaintext
         extensions += [f"SIZE {self.config.max_message_size}", "8BITMIME", "PIPELINING"]
-        if self.offers_starttls():
+        if self.offers("STARTTLS"):
             extensions.append("STARTTLS")
         extensions.append("HELP")
         return extensions
@@ -202,25 +166,17 @@ class SMTPHandler(LineHandler):
             return
         parsed = parse_path(argument, "FROM:", allow_null=True)
         if parsed is None:
-            self.reply(501, "Syntax: MAIL FROM:<address> [SIZE=<bytes>] [BODY=7BIT|8BITMIME]")
+            self.reply_syntax("MAIL")
             return
         address, parameters = parsed
-        envelope = Envelope(sender=address)
-        for parameter in parameters:
-            keyword, _, value = parameter.partition("=")
-            keyword = keyword.upper()
-            if keyword == "SIZE" and value.isdigit() and value.isascii():
-                envelope.declared_size = int(value)
-                if envelope.declared_size > self.config.max_message_size:
-                    self.reply(552, f"Message size exceeds the limit of {self.config.max_message_size} bytes")
-                    return
-            elif keyword == "BODY" and value.upper() in ("7BIT", "8BITMIME"):
-                pass  # we store bytes as they come; nothing to convert
-            else:
-                self.reply(555, f"MAIL parameter not recognized: {printable(parameter[:40])}")
-                return
-        self.session.envelope = envelope
-        self.reply(*OK)
+        declared_size, unknown = mail_parameters(parameters, self.config.max_message_size)
+        if unknown is not None:
+            self.reply(555, f"MAIL parameter not recognized: {printable(unknown[:40])}")
+        elif declared_size > self.config.max_message_size:
+            self.reply(552, f"Message size exceeds the limit of {self.config.max_message_size} bytes")
+        else:
+            self.session.envelope = Envelope(sender=address, declared_size=declared_size)
+            self.reply(*OK)
 
     @requires_transaction
     def smtp_RCPT(self, argument: str) -> None:
@@ -234,7 +190,7 @@ class SMTPHandler(LineHandler):
         assert envelope is not None  # the guard saw to it
         parsed = parse_path(argument, "TO:", allow_null=False)
         if parsed is None:
-            self.reply(501, "Syntax: RCPT TO:<address>")
+            self.reply_syntax("RCPT")
             return
         address, parameters = parsed
         if parameters:
@@ -244,37 +200,18 @@ class SMTPHandler(LineHandler):
             self.reply(452, f"Too many recipients (at most {MAX_RECIPIENTS})")
             return
         try:
-            account, refusal = self.destination(address, envelope.declared_size)
+            account, refusal = route(address, envelope.declared_size, self.config, self.mail.users, self.mail.mailboxes)
         except OSError as error:
             self.reply(*self.storage_error(error))
             return
         if refusal is not None:
-            self.reply(*refusal)
+            code, text = RCPT_REFUSALS[refusal]
+            self.reply(code, text.format(address=address))
             return
         envelope.recipients.append(address)
         if account is not None and account not in envelope.accounts:
             envelope.accounts.append(account)
         self.reply(*OK)
-
-    def destination(self, address: str, declared_size: int) -> tuple[str | None, Reply | None]:
-        """(account, None) if address is an account here, (None, None) if only the Sent copy is
-        kept, (None, reply) if the recipient is refused."""
-        local, _, domain = address.rpartition("@")
-        if not local:  # <postmaster> without a domain: this server's
-            local, domain = address, self.config.hostname
-        if domain.lower() not in self.config.local_domains:
-            return None, None  # not ours: kept in the sender's Sent, not relayed
-        account = self.mail.users.account(local)
-        if account is None:
-            # RFC 5321 4.5.1: postmaster is always accepted; without such an account only Sent keeps it.
-            if local.lower() == POSTMASTER:
-                return None, None
-            return None, Reply(550, f"5.1.1 <{address}>: no such user here")
-        # Checked at RCPT, as Postfix does: a message may take an inbox a little past the quota.
-        used, quota = self.mail.mailboxes.inbox_size(account), self.config.max_mailbox_size
-        if used >= quota or used + declared_size > quota:
-            return None, Reply(452, f"4.2.2 <{address}>: mailbox full")
-        return account, None
 
     @requires_transaction
     def smtp_DATA(self, argument: str) -> None:
@@ -288,10 +225,13 @@ class SMTPHandler(LineHandler):
             self.reply(503, "Error: need RCPT command")
             return
         if argument:
-            self.reply(501, "Syntax: DATA")
+            self.reply_syntax("DATA")
             return
         self.session.envelope = None  # whatever happens now, the transaction is over
-        trace = self.trace_fields(envelope.sender) if envelope.accounts else b""
+        trace = b""  # only inbox copies carry trace fields
+        if envelope.accounts:
+            greeting, address = self.session.greeting or "", self.client_address[0]
+            trace = trace_fields(envelope.sender, greeting, address, self.config.hostname, tls=self.tls_active)
         try:
             delivery = self.mail.mailboxes.start_delivery(user, envelope.accounts, trace)
         except OSError as error:
@@ -317,45 +257,24 @@ class SMTPHandler(LineHandler):
         except OSError as error:
             self.reply(*self.storage_error(error))
             return
-        log.info(
-            "%s %s stored message %s from <%s> (%d bytes, %s%s)",
-            self.peer,
-            user,
-            key,
-            printable(envelope.sender),
-            delivery.size,
-            plural(len(envelope.recipients), "recipient"),
-            f"; in the inbox of {', '.join(envelope.accounts)}" if envelope.accounts else "",
-        )
+        inboxes = f"; in the inbox of {', '.join(envelope.accounts)}" if envelope.accounts else ""
+        recipients = plural(len(envelope.recipients), "recipient")
+        sender = printable(envelope.sender)
+        log.info("%s %s stored message %s from <%s> (%d bytes, %s%s)", self.peer, user, key, sender, delivery.size,
+                 recipients, inboxes)  # fmt: skip
         self.reply(250, f"OK: stored as {key}")
-
-    def trace_fields(self, sender: str) -> bytes:
-        """RFC 5321 4.4: the Return-Path and Received fields a delivering server puts atop the inbox copy."""
-        greeting = printable((self.session.greeting or "").encode("ascii", "backslashreplace").decode()[:100])
-        address = self.client_address[0]
-        literal = f"IPv6:{address}" if ":" in address else address  # RFC 5321 4.1.3
-        protocol = "ESMTPSA" if self.tls_active else "ESMTPA"  # RFC 3848: ESMTP, logged in, and S for TLS
-        return (
-            f"Return-Path: <{sender}>\n"
-            f"Received: from {greeting} ([{literal}])\n"
-            f"\tby {self.config.hostname} with {protocol}; {email.utils.formatdate(localtime=True)}\n"
-        ).encode()
 
     def data_refusal(self, reader: DataReader) -> Reply:
         """The one reply for data that ended with a problem."""
-        if reader.state is DataState.LINE_TOO_LONG:
-            return Reply(500, f"Error: line longer than {MAX_TEXT_LINE} octets")
-        if reader.state is DataState.TOO_BIG:
-            return Reply(552, f"Message size exceeds the limit of {reader.max_size} bytes")
-        assert reader.storage_error is not None
-        return self.storage_error(reader.storage_error)
+        if reader.state is DataState.STORAGE_FAILED:
+            assert reader.storage_error is not None
+            return self.storage_error(reader.storage_error)
+        return data_refusal(reader.state, reader.max_size)
 
     def storage_error(self, error: OSError) -> Reply:
         """Log a disk error and return the reply that tells the client to try again later."""
         log.error("%s could not store a message: %s", self.peer, error)
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return Reply(452, "Insufficient system storage")
-        return Reply(451, "Requested action aborted: local error in processing")
+        return storage_refusal(error)
 
     def smtp_RSET(self, argument: str) -> None:
         """RSET
@@ -378,7 +297,7 @@ class SMTPHandler(LineHandler):
         Not answered, so as not to tell which users exist (RFC 5321 3.5.3).
         """
         if not argument:
-            self.reply(501, "Syntax: VRFY <address>")
+            self.reply_syntax("VRFY")
             return
         self.reply(252, "Cannot VRFY user: this server does not say which users exist")
 
@@ -388,15 +307,13 @@ class SMTPHandler(LineHandler):
         List the commands, or explain one.
         """
         if not argument:
-            offered = [verb for verb in self.commands() if verb != "STARTTLS" or self.offers_starttls()]
+            offered = [verb for verb in self.commands() if self.offers(verb)]
             self.reply(214, "Commands: " + " ".join(offered), "HELP <command> explains one")
             return
-        method = self.command(argument)
-        if method is None:
+        if self.command(argument) is None:
             self.reply(504, f"HELP topic not recognized: {printable(argument[:40])}")
             return
-        text = inspect.cleandoc(method.__doc__ or argument.upper())  # python -OO drops docstrings
-        self.reply(214, *(line for line in text.splitlines() if line))
+        self.reply(214, *self.help_text(argument.upper()))
 
     def smtp_QUIT(self, argument: str) -> None:
         """QUIT
@@ -409,7 +326,7 @@ class SMTPHandler(LineHandler):
     # -- login (RFC 4954) -----------------------------------------------------------
 
     def smtp_AUTH(self, argument: str) -> None:
-        """AUTH PLAIN|LOGIN [<initial-response>]
+        """AUTH {mechanisms} [<initial-response>]
 
         Log in. A wrong username or password ends the connection.
         """
@@ -422,47 +339,16 @@ class SMTPHandler(LineHandler):
         if self.session.envelope is not None:
             self.reply(503, "Error: AUTH not allowed during a mail transaction")
             return
-        if self.needs_tls_first():
-            self.reply(530, "Must issue a STARTTLS command first")
+        if self.refused_before_tls():
             return
-        mechanism, _, initial = argument.partition(" ")
-        if not mechanism:
-            self.reply(501, "Syntax: AUTH PLAIN|LOGIN [<initial-response>]")
+        if not argument:
+            self.reply_syntax("AUTH")
             return
-        method = getattr(self, "auth_" + mechanism.upper(), None) if mechanism.isalpha() else None
-        if method is None:
-            self.reply(504, "Unrecognized authentication type; use PLAIN or LOGIN")
-            return
-        credentials = method(initial.strip() or None)
-        if credentials is None:
-            return  # cancelled or malformed, already answered
-        self.finish_login(credentials)
-
-    def finish_login(self, credentials: Credentials) -> None:
-        """Check the credentials; the throttle counts the login before bcrypt runs, so no burst outruns it."""
-        accepted = self.check_login(credentials)
-        if isinstance(accepted, LoginRefused):
-            log.warning("%s AUTH refused for %s: %s", self.peer, self.loggable_name(credentials.user), accepted)
-            self.reply(454, f"4.7.0 {accepted}")
-            return
-        if accepted:
+        credentials = self.authenticate(argument)
+        if credentials is not None and self.log_in(credentials):
             self.session.user = credentials.user
             log.info("%s login %s", self.peer, credentials.user)
             self.reply(235, "2.7.0 Authentication successful")
-            return
-        log.warning("%s login failed for %s", self.peer, self.loggable_name(credentials.user))
-        self.reply(535, "5.7.8 Authentication credentials invalid")
-        raise Hangup  # the seed: a wrong username or password ends the connection
-
-    def auth_PLAIN(self, initial: str | None) -> Credentials | None:
-        """RFC 4616: base64 of authzid NUL authcid NUL password."""
-        response = self.auth_response(initial, b"")
-        if response is None:
-            return None
-        credentials = plain_credentials(response)
-        if credentials is None:
-            self.reply(501, "Malformed PLAIN response")
-        return credentials
 
     def auth_LOGIN(self, initial: str | None) -> Credentials | None:
         """The de-facto LOGIN mechanism: username and password in two base64 answers."""
@@ -478,10 +364,20 @@ class SMTPHandler(LineHandler):
         self.reply(334, base64.b64encode(challenge).decode())
 
     def refuse_auth(self, problem: AuthProblem) -> None:
-        self.reply(501, AUTH_REFUSALS[problem])
+        code, text = AUTH_REFUSALS[problem]
+        self.reply(code, text.format(mechanisms=" or ".join(self.mechanisms())))
+
+    def refuse_login(self, login: Login) -> None:
+        code, text = LOGIN_REFUSALS[login.outcome]
+        self.reply(code, text.format(reason=login.reason))
+
+    def reply_syntax(self, verb: str) -> None:
+        """501 with the command's syntax: the first line of its docstring."""
+        self.reply(501, f"Syntax: {self.syntax(verb)}")
 
     # -- TLS (RFC 3207) --------------------------------------------------------------
 
+    @offered_when(LineHandler.offers_starttls)
     def smtp_STARTTLS(self, argument: str) -> None:
         """STARTTLS
 
@@ -494,7 +390,7 @@ class SMTPHandler(LineHandler):
             self.reply(503, "Error: TLS already active")
             return
         if argument:
-            self.reply(501, "Syntax: STARTTLS")
+            self.reply_syntax("STARTTLS")
             return
         self.reply(220, "Ready to start TLS")
         self.start_tls()
@@ -550,21 +446,3 @@ class SMTPHandler(LineHandler):
             return
         log.info("%s %s deleted %s", self.peer, self.session.user, plural(deleted, "message"))
         self.reply(250, f"{plural(deleted, 'message')} deleted")
-
-
-def parse_path(argument: str, keyword: str, *, allow_null: bool) -> tuple[str, list[str]] | None:
-    """Parse `FROM:<address> PARAM...` (or TO:); return (address, params) or None if malformed.
-
-    MAIL may name the null path <> (bounces); RCPT may name <postmaster> without a domain.
-    """
-    if argument[: len(keyword)].upper() != keyword:
-        return None
-    match = PATH.fullmatch(argument[len(keyword) :].lstrip())  # "FROM: <a@b>" is common enough to accept
-    if match is None:
-        return None
-    address, local, domain = match["address"], match["local"], match["domain"]
-    if local is None and (address == "") != allow_null:
-        return None  # <> in RCPT, or <postmaster> in MAIL
-    if len(address) + 2 > MAX_PATH or (local and (len(local) > MAX_LOCAL_PART or len(domain) > MAX_DOMAIN)):
-        return None
-    return address, match["parameters"].split()

@@ -264,19 +264,21 @@ class MailboxStore:
 
         The list is taken under the user's lock, then the lock is let go: a session that
         sends the messages to a slow reader must not hold up that user's DELE. An opener
-        raises MessageGone if the message went since (a DELE, a Maildir reader); one already
-        open stays readable to its end (POSIX keeps unlinked files).
+        takes the lock again for the open only, so a DELE is whole to it: every message
+        opened before the DELE, none after. It raises MessageGone if the message went since
+        (a DELE, a Maildir reader); one already open stays readable to its end (POSIX keeps
+        unlinked files).
         """
         with self._lock_of(user):
             folder = self._existing_sent(user)
         if folder is None:
             return []
-        return [functools.partial(self._open_sent, folder, key) for key in folder.arrival_order()]
+        return [functools.partial(self._open_sent, user, folder, key) for key in folder.arrival_order()]
 
-    @staticmethod
-    def _open_sent(folder: Folder, key: str) -> StoredMessage:
+    def _open_sent(self, user: str, folder: Folder, key: str) -> StoredMessage:
         try:
-            return StoredMessage(folder.open(key))
+            with self._lock_of(user):
+                return StoredMessage(folder.open(key))
         except FileNotFoundError:
             raise MessageGone(key) from None
 

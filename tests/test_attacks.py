@@ -261,7 +261,7 @@ def test_the_throttle_log_line_names_no_name_that_is_not_an_account(
     assert log_in(open_session, server.port, "alice", "x") == 454
     logged = server_log.text
     assert typed not in logged
-    assert "AUTH refused for an unknown user" in logged and "AUTH refused for alice" in logged
+    assert "SMTP login refused for an unknown user" in logged and "SMTP login refused for alice" in logged
 
 
 # ------------------------------------------------------- the throttle's rules, on a clock of our own

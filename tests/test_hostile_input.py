@@ -25,7 +25,7 @@ from conftest import USERS, RawSession, RunningServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailserver.smtp import parse_path
+from mailserver.envelope import parse_path
 
 REPLY_LINE = re.compile(rb"\d{3}[ -][^\r\n]*\r\n")
 RETR_REPLY = re.compile(rb"250 (\d+) messages? follows?\r\n")

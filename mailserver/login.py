@@ -1,0 +1,136 @@
+"""Logging in, the same in both protocols: the SASL exchange, the check, and its one outcome.
+
+SMTP's AUTH and POP3's USER/PASS and AUTH all end in `check_login()`, which runs the login
+through the server's one throttle and bcrypt check, logs what did not succeed, and returns
+a `Login`: OK, WRONG, THROTTLED or TLS_FIRST. `session.LineHandler.log_in()` answers it
+through the protocol's `refuse_login()`; a wrong password ends the connection there, once
+for both. The SASL mechanisms are the `auth_<NAME>` methods (PLAIN here, LOGIN in SMTP):
+EHLO, CAPA, HELP and the refusals list them from those methods, as aiosmtpd does.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
+
+from .limits import LoginRefused
+from .logs import log
+from .sasl import MAX_AUTH_LINE, AuthProblem, Cancelled, Credentials, decode_response, plain_credentials
+
+if TYPE_CHECKING:
+    from .listener import MailServer
+
+
+class LoginOutcome(enum.Enum):
+    """What a login came to, in either protocol (SMTP AUTH, POP3 USER/PASS and AUTH)."""
+
+    OK = "logged in"
+    WRONG = "wrong username or password"  # the seed's rule: the connection ends
+    THROTTLED = "refused unchecked by the login throttle"  # the session goes on
+    TLS_FIRST = "no password before TLS (--require-tls)"  # the session goes on
+
+
+class Login(NamedTuple):
+    """A login's outcome, and the reason a THROTTLED one may tell the client ("try again in 42 s")."""
+
+    outcome: LoginOutcome
+    reason: str = ""
+
+
+class LoginMixIn:
+    """The login steps of `session.LineHandler`, which mixes this in (as socketserver mixes in threads).
+
+    It uses the session's mail, peer, protocol and client_address, and its needs_tls_first(),
+    read_line(), trace(), send_challenge() and refuse_auth().
+    """
+
+    if TYPE_CHECKING:
+        mail: MailServer
+        peer: str
+        protocol: ClassVar[str]
+        client_address: tuple[str, int]
+
+        def needs_tls_first(self) -> bool: ...
+        def read_line(self, limit: int) -> bytes | None: ...
+        def trace(self, direction: str, line: str, *, credential: bool = False) -> None: ...
+        def send_challenge(self, challenge: bytes) -> None: ...
+        def refuse_auth(self, problem: AuthProblem) -> None: ...
+
+    def check_login(self, credentials: Credentials) -> Login:
+        """Check a login as both protocols do, log it unless it succeeded, and return its outcome.
+
+        The throttle counts the login before bcrypt runs, so no burst of guesses outruns it,
+        and settles it before the caller replies: a client may be back at once with its next login.
+        """
+        name = credentials.user
+        if self.needs_tls_first():  # the commands refuse before asking; this keeps any path from checking
+            log.warning("%s %s login refused for %s: no TLS yet", self.peer, self.protocol, self.loggable_name(name))
+            return Login(LoginOutcome.TLS_FIRST)
+        attempt = self.mail.login_throttle.begin(self.client_address[0], name)
+        if isinstance(attempt, LoginRefused):
+            log.warning("%s %s login refused for %s: %s", self.peer, self.protocol, self.loggable_name(name), attempt)
+            return Login(LoginOutcome.THROTTLED, str(attempt))
+        with attempt:
+            wanted_identity = credentials.authorization_id in ("", credentials.user)
+            if self.mail.users.check(name, credentials.password) and wanted_identity:
+                attempt.succeeded()
+        if attempt.success:
+            return Login(LoginOutcome.OK)
+        log.warning("%s %s login failed for %s", self.peer, self.protocol, self.loggable_name(name))
+        return Login(LoginOutcome.WRONG)
+
+    @classmethod
+    def mechanisms(cls) -> list[str]:
+        """The SASL mechanisms offered: one per auth_<NAME> method, in the order they are defined."""
+        names = (name for klass in reversed(cls.__mro__) for name in vars(klass) if name.startswith("auth_"))
+        return [name.removeprefix("auth_") for name in dict.fromkeys(names) if name.removeprefix("auth_").isupper()]
+
+    def authenticate(self, argument: str) -> Credentials | None:
+        """Run AUTH's `<mechanism> [<initial-response>]` by its auth_<MECHANISM> method (RFC 4954, RFC 5034):
+        the credentials, or None once refuse_auth() has answered."""
+        mechanism, _, initial = argument.partition(" ")
+        name = mechanism.upper()
+        if not (name.isascii() and name.isalpha() and name in self.mechanisms()):
+            self.refuse_auth(AuthProblem.UNKNOWN_MECHANISM)
+            return None
+        run: Callable[[str | None], Credentials | None] = getattr(self, "auth_" + name)
+        return run(initial.strip() or None)
+
+    def auth_PLAIN(self, initial: str | None) -> Credentials | None:
+        """RFC 4616: base64 of authzid NUL authcid NUL password; the same in SMTP (RFC 4954) and POP3 (RFC 5034)."""
+        response = self.auth_response(initial, b"")
+        if response is None:
+            return None
+        credentials = plain_credentials(response)
+        if credentials is None:
+            self.refuse_auth(AuthProblem.MALFORMED)
+        return credentials
+
+    def auth_response(self, initial: str | None, challenge: bytes) -> bytes | None:
+        """Return the decoded initial response, or send the challenge and read the answer;
+        None once refuse_auth() has answered (a line too long, "*", not base64)."""
+        if initial is None:
+            self.send_challenge(challenge)
+            line = self.read_line(MAX_AUTH_LINE)
+            if line is None:
+                self.refuse_auth(AuthProblem.TOO_LONG)
+                return None
+            answer = line.decode("ascii", "replace").strip()
+            self.trace("C:", answer, credential=True)
+        else:
+            answer = initial
+        try:
+            return decode_response(answer)
+        except Cancelled:
+            self.refuse_auth(AuthProblem.CANCELLED)
+        except ValueError:
+            self.refuse_auth(AuthProblem.BAD_BASE64)
+        return None
+
+    def is_account(self, name: str) -> bool:
+        return name in self.mail.users
+
+    def loggable_name(self, name: str) -> str:
+        """name if it is an account; a name that is not may be a password typed into the wrong field."""
+        return name if self.is_account(name) else "an unknown user"

@@ -1,0 +1,57 @@
+"""SMTP's replies by name: those that code branches on, sends from several places, or picks from a table.
+
+Each number stays beside its text, since those numbers are what students learn; a reply
+sent from one place only is written where it is sent, in `smtp.py`.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import NamedTuple
+
+from .data import MAX_TEXT_LINE, DataState
+from .envelope import Refusal
+from .login import LoginOutcome
+from .sasl import AuthProblem
+
+
+class Reply(NamedTuple):
+    """One SMTP reply, for the replies that code branches on or sends from several places."""
+
+    code: int
+    text: str
+
+
+OK = Reply(250, "OK")
+AUTH_REFUSALS = {  # the reply to an AUTH exchange that stops before a password is checked
+    AuthProblem.TOO_LONG: Reply(501, "Error: authentication line too long"),
+    AuthProblem.CANCELLED: Reply(501, "Authentication cancelled"),
+    AuthProblem.BAD_BASE64: Reply(501, "Error: invalid base64"),
+    AuthProblem.MALFORMED: Reply(501, "Malformed PLAIN response"),
+    AuthProblem.UNKNOWN_MECHANISM: Reply(504, "Unrecognized authentication type; use {mechanisms}"),
+}
+LOGIN_REFUSALS = {  # the reply to a login that did not succeed; {reason} is the throttle's
+    LoginOutcome.WRONG: Reply(535, "5.7.8 Authentication credentials invalid"),
+    LoginOutcome.THROTTLED: Reply(454, "4.7.0 {reason}"),
+    LoginOutcome.TLS_FIRST: Reply(530, "Must issue a STARTTLS command first"),
+}
+RCPT_REFUSALS = {  # the reply to a recipient envelope.route() refuses
+    Refusal.NO_SUCH_USER: Reply(550, "5.1.1 <{address}>: no such user here"),
+    Refusal.MAILBOX_FULL: Reply(452, "4.2.2 <{address}>: mailbox full"),
+}
+NEED_AUTH = Reply(530, "Authentication required")
+NEED_MAIL = Reply(503, "Error: need MAIL command")
+
+
+def data_refusal(state: DataState, max_size: int) -> Reply:
+    """The one reply for data that ended over a limit (a line too long, a message too big)."""
+    if state is DataState.LINE_TOO_LONG:
+        return Reply(500, f"Error: line longer than {MAX_TEXT_LINE} octets")
+    return Reply(552, f"Message size exceeds the limit of {max_size} bytes")
+
+
+def storage_refusal(error: OSError) -> Reply:
+    """The reply for a disk that refused: try again later (RFC 5321 4.2.2: 452 when it is full)."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return Reply(452, "Insufficient system storage")
+    return Reply(451, "Requested action aborted: local error in processing")
