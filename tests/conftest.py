@@ -9,14 +9,19 @@
 In a transcript, `C:` lines are sent (CRLF added) and `S:` lines must match the
 replies line by line; `*` in an `S:` line matches any text. POP3 transcripts work the
 same way on a `pop3` session (`pop3_server`, `pop3_connect`, `pop3`).
+
+client.py is run as a student runs it: `run_client` pipes a script in, `client_process` keeps
+the pipe open for what happens mid-session, and `terminal` types into a pseudo-terminal.
 """
 
 from __future__ import annotations
 
 import base64
+import codecs
 import dataclasses
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -27,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 import bcrypt
 import pytest
@@ -613,3 +619,191 @@ def retrieve(host: str, port: int, user: str = "alice") -> list[list[str]]:
         return read_retr(session)
     finally:
         session.close()
+
+
+# --- client.py, run as a student runs it: piped, kept open, or at a terminal ------------
+
+CLIENT = ROOT / "client.py"
+TIMEOUT = 15  # seconds any one client process may take before the test fails
+# UTF-8 whatever the machine's locale, so the tests can compare text.
+ENV = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"}
+
+
+@dataclasses.dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_client(port: int, script: str, *args: str) -> Result:
+    """Run client.py with script as its piped stdin; return how it ended."""
+    completed = subprocess.run(
+        [sys.executable, str(CLIENT), "--port", str(port), *args],
+        input=script,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=ENV,
+        timeout=TIMEOUT,
+        # No controlling terminal: getpass, if wrongly used on a pipe, would warn on stderr.
+        start_new_session=True,
+    )
+    return Result(completed.returncode, completed.stdout, completed.stderr)
+
+
+class ClientProcess:
+    """client.py with a pipe we keep writing to, for what happens mid-session."""
+
+    def __init__(self, port: int, *args: str, cwd: Path | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(CLIENT), "--port", str(port), *args],
+            cwd=cwd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            env=ENV,
+            start_new_session=True,
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._collect, args=(stream, chunks), daemon=True)
+            for stream, chunks in ((self.process.stdout, self.stdout), (self.process.stderr, self.stderr))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _collect(stream: TextIO, chunks: list[str]) -> None:
+        while chunk := stream.read(1):  # one at a time: prompts end without a newline
+            chunks.append(chunk)
+
+    def output(self) -> str:
+        return "".join(self.stdout)
+
+    def type(self, text: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(text)
+        self.process.stdin.flush()
+
+    def finish(self) -> Result:
+        """Close stdin and wait for the end (the fixture kills a client that hangs)."""
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(TIMEOUT)
+        for reader in self._readers:
+            reader.join(TIMEOUT)
+        return Result(self.process.returncode, self.output(), "".join(self.stderr))
+
+
+@pytest.fixture
+def client_process() -> Iterator[Callable[..., ClientProcess]]:
+    started: list[ClientProcess] = []
+
+    def start(port: int, *args: str, cwd: Path | None = None) -> ClientProcess:
+        started.append(ClientProcess(port, *args, cwd=cwd))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.process.poll() is None:
+            process.process.kill()
+            process.process.wait()
+
+
+class Terminal:
+    """client.py in a pseudo-terminal, typed into as a person does."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.pid, self.fd = os.forkpty()
+        if self.pid == 0:  # the child: become the client at once
+            try:
+                os.execve(sys.executable, [sys.executable, str(CLIENT), *args], env or ENV)
+            finally:
+                os._exit(127)
+        self.output = ""
+        self._matched = 0  # where the next expect() starts looking
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.returncode: int | None = None
+
+    def _read(self, deadline: float, *, required: bool = True) -> bool:
+        """Read what is there; return False at the end of output (or, unless required, at the deadline)."""
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            if not required:
+                return False
+            pytest.fail(f"no output in time; so far:\n{self.output}")
+        try:
+            chunk = os.read(self.fd, 4096)
+        except OSError:  # EIO: the client has exited and closed the terminal
+            chunk = b""
+        self.output += self._decoder.decode(chunk)
+        return bool(chunk)
+
+    def expect(self, text: str) -> None:
+        """Wait for text after the previous match, as pexpect does."""
+        deadline = time.monotonic() + TIMEOUT
+        while (found := self.output.find(text, self._matched)) < 0:
+            if not self._read(deadline):
+                pytest.fail(f"{text!r} never came; output:\n{self.output}")
+        self._matched = found + len(text)
+
+    def type(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def ctrl_c(self, then: str, tries: int = 3) -> None:
+        """Type Ctrl-C until then shows, at most tries times.
+
+        CPython's readline notices a signal only while it waits in select(): a Ctrl-C that
+        lands between a key's echo and that wait is taken at the next key, as at a real
+        terminal; a second Ctrl-C is what a person would type.
+        """
+        for _ in range(tries):
+            self.type("\x03")
+            deadline = time.monotonic() + 2
+            while (found := self.output.find(then, self._matched)) < 0:
+                if not self._read(deadline, required=False):
+                    break
+            else:
+                self._matched = found + len(then)
+                return
+        pytest.fail(f"{then!r} never came after Ctrl-C; output:\n{self.output}")
+
+    def wait(self) -> int:
+        """Read to the end of output, then return the exit status."""
+        deadline = time.monotonic() + TIMEOUT
+        while self._read(deadline):
+            pass
+        _, status = os.waitpid(self.pid, 0)
+        self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def close(self) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+
+@pytest.fixture
+def terminal() -> Iterator[Callable[..., Terminal]]:
+    opened: list[Terminal] = []
+
+    def open_terminal(*args: str, env: dict[str, str] | None = None) -> Terminal:
+        opened.append(Terminal(*args, env=env))
+        return opened[-1]
+
+    yield open_terminal
+    for term in opened:
+        term.close()
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port bound by us but not listening: connecting to it is refused, and no one else can take it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]

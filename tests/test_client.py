@@ -9,63 +9,39 @@ and quits.
 from __future__ import annotations
 
 import base64
-import codecs
-import dataclasses
-import os
 import poplib
 import re
-import select
 import signal
 import smtplib
-import socket
-import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
-from typing import TextIO
 
 import pytest
-from conftest import ROOT, USERS, Certificate, RunningServer, ServerProcess, wait_for
+from conftest import (
+    ROOT,
+    TIMEOUT,
+    USERS,
+    Certificate,
+    ClientProcess,
+    Result,
+    RunningServer,
+    ServerProcess,
+    Terminal,
+    run_client,
+    wait_for,
+)
 
 sys.path.insert(0, str(ROOT))
 import client as client_module
 
-CLIENT = ROOT / "client.py"
-TIMEOUT = 15  # seconds any one client process may take before the test fails
-# UTF-8 whatever the machine's locale, so the tests can compare text.
-ENV = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"}
 LOGIN = "alice\nalice-password\n"
 # The menu's choices, as typed.
 INBOX, RETRIEVE, DELETE, QUIT = "2\n", "3\n", "4\n", "5\n"
 GREETING = "Grüße, 你好"
 MENU_PROMPT = "Choose: "
 TRACE_LINE = re.compile(r"(?:[CS]: .*|[CS]:$|   \(\d+ more lines? not shown\))$", re.MULTILINE)
-
-
-@dataclasses.dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def run_client(port: int, script: str, *args: str) -> Result:
-    """Run client.py with script as its piped stdin; return how it ended."""
-    completed = subprocess.run(
-        [sys.executable, str(CLIENT), "--port", str(port), *args],
-        input=script,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        env=ENV,
-        timeout=TIMEOUT,
-        # No controlling terminal: getpass, if wrongly used on a pipe, would warn on stderr.
-        start_new_session=True,
-    )
-    return Result(completed.returncode, completed.stdout, completed.stderr)
 
 
 def send_script(to: str, subject: str, body: list[str], sender: str = "") -> str:
@@ -92,14 +68,6 @@ def shown_message(stdout: str, number: int = 1) -> str:
     """The block the client printed for message number, up to the next menu."""
     block = stdout.split(f"--- Message {number} ---\n", 1)[1]
     return block.split("\n\n  1. Send a message", 1)[0].split(f"\n\n--- Message {number + 1} ---", 1)[0]
-
-
-@pytest.fixture(name="closed_port")  # named apart from the function, so other modules can import it
-def closed_port_fixture() -> Iterator[int]:
-    """A port bound by us but not listening: connecting to it is refused, and no one else can take it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
 
 
 # --- logging in --------------------------------------------------------------------
@@ -330,12 +298,6 @@ def mail_to(server: RunningServer, user: str, subject: str, body: str = "hello\n
     deliver(server, message)
 
 
-@pytest.fixture(name="pop3_server")  # named apart from the function, so other modules can import it
-def pop3_server_fixture(start_server: Callable[..., RunningServer]) -> RunningServer:
-    """A server with POP3 beside SMTP, as python server.py runs by default."""
-    return start_server(pop3=True)
-
-
 def run_inbox(server: RunningServer, script: str, *args: str) -> Result:
     """client.py for this server's SMTP and POP3 ports, with script piped in."""
     return run_client(server.port, script, "--pop3-port", str(server.pop3_port), *args)
@@ -553,68 +515,6 @@ def test_end_of_input_at_a_prompt_quits_cleanly(smtp_server: RunningServer, scri
     assert len(smtp_server.stored("alice")) == 1  # nothing sent, nothing deleted
 
 
-class ClientProcess:
-    """client.py with a pipe we keep writing to, for what happens mid-session."""
-
-    def __init__(self, port: int, *args: str, cwd: Path | None = None) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(CLIENT), "--port", str(port), *args],
-            cwd=cwd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            env=ENV,
-            start_new_session=True,
-        )
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._readers = [
-            threading.Thread(target=self._collect, args=(stream, chunks), daemon=True)
-            for stream, chunks in ((self.process.stdout, self.stdout), (self.process.stderr, self.stderr))
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    @staticmethod
-    def _collect(stream: TextIO, chunks: list[str]) -> None:
-        while chunk := stream.read(1):  # one at a time: prompts end without a newline
-            chunks.append(chunk)
-
-    def output(self) -> str:
-        return "".join(self.stdout)
-
-    def type(self, text: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(text)
-        self.process.stdin.flush()
-
-    def finish(self) -> Result:
-        """Close stdin and wait for the end (the fixture kills a client that hangs)."""
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        self.process.wait(TIMEOUT)
-        for reader in self._readers:
-            reader.join(TIMEOUT)
-        return Result(self.process.returncode, self.output(), "".join(self.stderr))
-
-
-@pytest.fixture(name="client_process")  # named apart from the function, so other modules can import it
-def client_process_fixture() -> Iterator[Callable[..., ClientProcess]]:
-    started: list[ClientProcess] = []
-
-    def start(port: int, *args: str, cwd: Path | None = None) -> ClientProcess:
-        started.append(ClientProcess(port, *args, cwd=cwd))
-        return started[-1]
-
-    yield start
-    for process in started:
-        if process.process.poll() is None:
-            process.process.kill()
-            process.process.wait()
-
-
 def test_server_shutdown_mid_session(smtp_server: RunningServer, client_process: Callable[..., ClientProcess]) -> None:
     client = client_process(smtp_server.port)
     client.type(LOGIN)
@@ -765,96 +665,6 @@ def test_mail_client_refusal_raises(smtp_server: RunningServer) -> None:
         with pytest.raises(smtplib.SMTPResponseException) as refused:
             client.retr()  # not logged in
         assert refused.value.smtp_code == 530
-
-
-# --- a person at a terminal -------------------------------------------------------
-
-
-class Terminal:
-    """client.py in a pseudo-terminal, typed into as a person does."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.pid, self.fd = os.forkpty()
-        if self.pid == 0:  # the child: become the client at once
-            try:
-                os.execve(sys.executable, [sys.executable, str(CLIENT), *args], env or ENV)
-            finally:
-                os._exit(127)
-        self.output = ""
-        self._matched = 0  # where the next expect() starts looking
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self.returncode: int | None = None
-
-    def _read(self, deadline: float, *, required: bool = True) -> bool:
-        """Read what is there; return False at the end of output (or, unless required, at the deadline)."""
-        ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            if not required:
-                return False
-            pytest.fail(f"no output in time; so far:\n{self.output}")
-        try:
-            chunk = os.read(self.fd, 4096)
-        except OSError:  # EIO: the client has exited and closed the terminal
-            chunk = b""
-        self.output += self._decoder.decode(chunk)
-        return bool(chunk)
-
-    def expect(self, text: str) -> None:
-        """Wait for text after the previous match, as pexpect does."""
-        deadline = time.monotonic() + TIMEOUT
-        while (found := self.output.find(text, self._matched)) < 0:
-            if not self._read(deadline):
-                pytest.fail(f"{text!r} never came; output:\n{self.output}")
-        self._matched = found + len(text)
-
-    def type(self, text: str) -> None:
-        os.write(self.fd, text.encode())
-
-    def ctrl_c(self, then: str, tries: int = 3) -> None:
-        """Type Ctrl-C until then shows, at most tries times.
-
-        CPython's readline notices a signal only while it waits in select(): a Ctrl-C that
-        lands between a key's echo and that wait is taken at the next key, as at a real
-        terminal; a second Ctrl-C is what a person would type.
-        """
-        for _ in range(tries):
-            self.type("\x03")
-            deadline = time.monotonic() + 2
-            while (found := self.output.find(then, self._matched)) < 0:
-                if not self._read(deadline, required=False):
-                    break
-            else:
-                self._matched = found + len(then)
-                return
-        pytest.fail(f"{then!r} never came after Ctrl-C; output:\n{self.output}")
-
-    def wait(self) -> int:
-        """Read to the end of output, then return the exit status."""
-        deadline = time.monotonic() + TIMEOUT
-        while self._read(deadline):
-            pass
-        _, status = os.waitpid(self.pid, 0)
-        self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def close(self) -> None:
-        if self.returncode is None:
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-        os.close(self.fd)
-
-
-@pytest.fixture(name="terminal")
-def terminal_fixture() -> Iterator[Callable[..., Terminal]]:
-    opened: list[Terminal] = []
-
-    def open_terminal(*args: str, env: dict[str, str] | None = None) -> Terminal:
-        opened.append(Terminal(*args, env=env))
-        return opened[-1]
-
-    yield open_terminal
-    for term in opened:
-        term.close()
 
 
 def log_in_at_terminal(term: Terminal) -> None:

@@ -14,20 +14,25 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import USERS, RunningServer, ServerProcess, retrieve, wait_for, write_users_file
-from test_client import (  # noqa: F401  (the fixtures client_process and terminal)
+from conftest import (
+    USERS,
+    ClientProcess,
+    RunningServer,
+    ServerProcess,
+    Terminal,
+    retrieve,
+    wait_for,
+    write_users_file,
+)
+from test_client import (
     DELETE,
     LOGIN,
     MENU_PROMPT,
     QUIT,
     RETRIEVE,
-    ClientProcess,
-    Terminal,
-    client_process_fixture,
     deliver,
     log_in_at_terminal,
     send_script,
-    terminal_fixture,
     trace_lines,
 )
 

@@ -19,22 +19,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, USERS, Certificate, RunningServer, plain_response, wait_for
-from test_client import (  # noqa: F401  (the fixtures client_process, terminal, closed_port, pop3_server)
+from conftest import (
     ENV,
+    ROOT,
     TIMEOUT,
+    USERS,
+    Certificate,
     ClientProcess,
     Result,
+    RunningServer,
     Terminal,
-    client_module,
-    client_process_fixture,
-    closed_port_fixture,
-    deliver,
-    mail_to,
-    pop3_server_fixture,
+    plain_response,
     run_client,
-    terminal_fixture,
+    wait_for,
 )
+from test_client import client_module, deliver, mail_to
 
 PASSWORD = USERS["alice"]
 CLOSED_NOTE = "   " + client_module.CLOSED_NOTE
