@@ -495,7 +495,7 @@ class Account:
         Raise CannotConnectError with one line that says what to do instead.
         """
         try:
-            client = self._open(self.trace, show_greeting=show_greeting)
+            client = self._open(self.trace, self.tls, show_greeting=show_greeting)
         except ClientError:
             raise
         except ssl.SSLCertVerificationError as error:
@@ -505,9 +505,9 @@ class Account:
         self.client = client
         return client
 
-    def _open(self, trace: Trace | None, *, show_greeting: bool = False) -> MailClient:
+    def _open(self, trace: Trace | None, tls: ssl.SSLContext | None, *, show_greeting: bool = False) -> MailClient:
         if self.implicit_tls:
-            client: MailClient = MailClientTLS(self.host, self.port, trace=trace, context=self.tls)
+            client: MailClient = MailClientTLS(self.host, self.port, trace=trace, context=tls)
         else:
             client = MailClient(self.host, self.port, trace=trace)
         # RFC 5321 4.3.1: the greeting starts with the server's name.
@@ -516,8 +516,8 @@ class Account:
             print(format_reply(*client.last_reply))
         with closed_on_failure(client):
             client.ehlo()
-            if self.tls is not None and not self.implicit_tls:
-                client.starttls(context=self.tls)  # raises SMTPNotSupportedError if not offered
+            if tls is not None and not self.implicit_tls:
+                client.starttls(context=tls)  # raises SMTPNotSupportedError if not offered
                 client.ehlo()  # RFC 3207 4.2: what was said before TLS is forgotten
             if not client.has_extn("auth"):
                 raise CannotConnectError(self._no_login(client))
@@ -568,15 +568,12 @@ class Account:
     def _certificate_names(self) -> list[str]:
         """The names in the server's certificate, read over a connection that trusts it but skips the name check."""
         assert self.tls is not None
-        self.tls.check_hostname = False
         try:
-            client = self._open(None)
+            client = self._open(None, names_unchecked(self.tls))
             certificate = client.sock.getpeercert() if isinstance(client.sock, ssl.SSLSocket) else None
             client.close()
         except (ClientError, OSError, smtplib.SMTPException):
             return []
-        finally:
-            self.tls.check_hostname = True
         alternative_names = (certificate or {}).get("subjectAltName", ())
         return [value for kind, value in alternative_names if kind in ("DNS", "IP Address")]
 
@@ -699,6 +696,18 @@ class Account:
             print(format_reply(code, text))
         except (smtplib.SMTPException, OSError):
             client.close()
+
+
+def names_unchecked(trusted: ssl.SSLContext) -> ssl.SSLContext:
+    """A context of its own that trusts what trusted trusts but skips the name check: to read a certificate's names.
+
+    The system's CAs and the ones trusted holds: at least what trusted verified, and nothing is sent over it.
+    """
+    context = ssl.create_default_context()
+    for certificate in trusted.get_ca_certs(binary_form=True):
+        context.load_verify_locations(cadata=certificate)
+    context.check_hostname = False
+    return context
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ import errno
 import re
 import smtplib
 import socket
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -108,6 +109,37 @@ def test_name_check_stays_on_after_reading_the_names(
     with pytest.raises(client_module.CannotConnectError, match=r"is for teacher\.lan, not 127\.0\.0\.1"):
         account.connect()
     assert context.check_hostname
+
+
+class WatchedContext(ssl.SSLContext):
+    """An SSL context that records every change of its name check."""
+
+    changes: list[bool]
+
+    @property  # type: ignore[override]
+    def check_hostname(self) -> bool:
+        return ssl.SSLContext.check_hostname.__get__(self)
+
+    @check_hostname.setter
+    def check_hostname(self, value: bool) -> None:
+        self.changes.append(value)
+        ssl.SSLContext.check_hostname.__set__(self, value)
+
+
+@pytest.mark.parametrize("implicit_tls", [False, True])
+def test_the_names_are_read_over_a_context_of_their_own(
+    start_server: Callable[..., RunningServer], tmp_path: Path, implicit_tls: bool
+) -> None:
+    """Not a flag flipped on the shared context, which every other connection of the session uses."""
+    teachers = make_certificate(tmp_path, "DNS:teacher.lan")
+    server = start_server(tls_context=teachers.server_context(), implicit_tls=implicit_tls)
+    context = WatchedContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.changes = []
+    context.load_verify_locations(teachers.cert)
+    account = client_module.Account("127.0.0.1", server.port, None, context, implicit_tls=implicit_tls)
+    with pytest.raises(client_module.CannotConnectError, match=r"is for teacher\.lan, not 127\.0\.0\.1"):
+        account.connect()
+    assert context.changes == []
 
 
 def test_unknown_host() -> None:
