@@ -452,6 +452,78 @@ def reconnecting(
     return operation(reconnect())
 
 
+# The one-line advice for a failure: plain functions, for the menu and the raw console alike.
+
+
+def unreachable(error: OSError, host: str, port: int, *, tls: bool) -> str:
+    """One line for a connection that could not be made, or not made as asked (tls: --starttls or --tls was given)."""
+    address = f"{host}:{port}"
+    if isinstance(error, NoGreetingError):
+        instead = "use --tls instead of --starttls" if tls else "add --tls"
+        return f"{error} — is this the TLS port? Then {instead}."
+    if isinstance(error, ssl.SSLError) and error.reason in NOT_TLS:
+        return f"{address} does not speak TLS — drop --tls, or use --starttls."
+    if isinstance(error, smtplib.SMTPNotSupportedError):  # from starttls()
+        return f"{address} does not offer STARTTLS — drop --starttls."
+    if isinstance(error, socket.gaierror):
+        return f"Unknown host {host!r}: check the name or address after --host."
+    if isinstance(error, ConnectionRefusedError):
+        return f"Cannot connect to {address} — is the server running?"
+    check = f"check --host, and that no firewall blocks port {port}"
+    if isinstance(error, TimeoutError):
+        return f"No answer from {address} — {check}."
+    if not isinstance(error, smtplib.SMTPException):  # EHOSTUNREACH (a firewall may answer so), ENETUNREACH...
+        return f"Cannot connect to {address}: {error.strerror or error} — {check}."
+    return error_message(error)
+
+
+def untrusted(
+    error: ssl.SSLCertVerificationError, host: str, cafile: str | None, certificate_names: Callable[[], list[str]]
+) -> str:
+    """One line for a certificate that failed the check: whom to trust, or which name to use.
+
+    certificate_names() reads the names the certificate holds; it is called only if the name was wrong.
+    """
+    if error.verify_code in NAME_MISMATCH:
+        names = certificate_names()
+        if names:
+            return (
+                f"The server's certificate is for {', '.join(names)}, not {host}: "
+                f"use --host {names[0]}, or a certificate made for {host}."
+            )
+        return f"The server's certificate is not made for {host}: {error.verify_message}."
+    if cafile:
+        return (
+            f"The server's certificate is not trusted by {cafile} ({error.verify_message}): "
+            "is it the cert.pem your teacher handed out for this server?"
+        )
+    return "The server's certificate is not trusted: add --cafile cert.pem (the file your teacher handed out)."
+
+
+def no_login(host: str, port: int, *, offers_starttls: bool) -> str:
+    """One line for a server whose EHLO offers no AUTH."""
+    if offers_starttls:
+        return "The server accepts logins only over TLS: add --starttls --cafile cert.pem."
+    return f"{host}:{port} offers no login (no AUTH in its EHLO reply): is it this course's server?"
+
+
+def inbox_unreachable(error: Exception, host: str, port: int) -> str:
+    """One line: the inbox cannot be reached, and why."""
+    if isinstance(error, ConnectionRefusedError):
+        why = "nothing answers there; is POP3 on another port? (--pop3-port)"
+    elif isinstance(error, TimeoutError):
+        why = "no answer in time"
+    elif isinstance(error, ssl.SSLError):
+        why = f"TLS failed: {tls_failure(error)}"
+    elif isinstance(error, OSError):
+        why = error.strerror or str(error)
+    elif pop3_error(error).startswith("-ERR"):
+        why = f"the server refused: {pop3_error(error)}"
+    else:
+        why = f"not a POP3 server, it said: {pop3_error(error)}"
+    return f"Cannot reach the inbox at {host}:{port} — {why}"
+
+
 class Account:
     """The user's account at one server: how to reach it, the connection, and how to end it politely.
 
@@ -485,10 +557,6 @@ class Account:
         self.failed_logins = 0
         self.server_name = host
 
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
     def connect(self, *, show_greeting: bool = False) -> MailClient:
         """Open a fresh connection: the greeting, STARTTLS if asked, EHLO; return the client.
 
@@ -499,9 +567,9 @@ class Account:
         except ClientError:
             raise
         except ssl.SSLCertVerificationError as error:
-            raise CannotConnectError(self._untrusted(error)) from error
+            raise CannotConnectError(untrusted(error, self.host, self.cafile, self.certificate_names)) from error
         except (OSError, smtplib.SMTPException) as error:  # ssl.SSLError is an OSError
-            raise CannotConnectError(self._unreachable(error)) from error
+            raise CannotConnectError(unreachable(error, self.host, self.port, tls=self.tls is not None)) from error
         self.client = client
         return client
 
@@ -520,52 +588,10 @@ class Account:
                 client.starttls(context=tls)  # raises SMTPNotSupportedError if not offered
                 client.ehlo()  # RFC 3207 4.2: what was said before TLS is forgotten
             if not client.has_extn("auth"):
-                raise CannotConnectError(self._no_login(client))
+                raise CannotConnectError(no_login(self.host, self.port, offers_starttls=client.has_extn("starttls")))
         return client
 
-    def _unreachable(self, error: Exception) -> str:
-        """One line for a connection that could not be made, or not made as asked."""
-        if isinstance(error, NoGreetingError):
-            instead = "use --tls instead of --starttls" if self.tls is not None else "add --tls"
-            return f"{error} — is this the TLS port? Then {instead}."
-        if isinstance(error, ssl.SSLError) and error.reason in NOT_TLS:
-            return f"{self.address} does not speak TLS — drop --tls, or use --starttls."
-        if isinstance(error, smtplib.SMTPNotSupportedError):  # from starttls()
-            return f"{self.address} does not offer STARTTLS — drop --starttls."
-        if isinstance(error, socket.gaierror):
-            return f"Unknown host {self.host!r}: check the name or address after --host."
-        if isinstance(error, ConnectionRefusedError):
-            return f"Cannot connect to {self.address} — is the server running?"
-        check = f"check --host, and that no firewall blocks port {self.port}"
-        if isinstance(error, TimeoutError):
-            return f"No answer from {self.address} — {check}."
-        if not isinstance(error, smtplib.SMTPException):  # EHOSTUNREACH (a firewall may answer so), ENETUNREACH...
-            return f"Cannot connect to {self.address}: {error.strerror or error} — {check}."
-        return error_message(error)
-
-    def _no_login(self, client: MailClient) -> str:
-        if client.has_extn("starttls"):
-            return "The server accepts logins only over TLS: add --starttls --cafile cert.pem."
-        return f"{self.address} offers no login (no AUTH in its EHLO reply): is it this course's server?"
-
-    def _untrusted(self, error: ssl.SSLCertVerificationError) -> str:
-        """One line for a certificate that failed the check: whom to trust, or which name to use."""
-        if error.verify_code in NAME_MISMATCH:
-            names = self._certificate_names()
-            if names:
-                return (
-                    f"The server's certificate is for {', '.join(names)}, not {self.host}: "
-                    f"use --host {names[0]}, or a certificate made for {self.host}."
-                )
-            return f"The server's certificate is not made for {self.host}: {error.verify_message}."
-        if self.cafile:
-            return (
-                f"The server's certificate is not trusted by {self.cafile} ({error.verify_message}): "
-                "is it the cert.pem your teacher handed out for this server?"
-            )
-        return "The server's certificate is not trusted: add --cafile cert.pem (the file your teacher handed out)."
-
-    def _certificate_names(self) -> list[str]:
+    def certificate_names(self) -> list[str]:
         """The names in the server's certificate, read over a connection that trusts it but skips the name check."""
         assert self.tls is not None
         try:
@@ -656,7 +682,7 @@ class Account:
             else:
                 inbox = InboxClient(self.host, self.pop3_port, trace=self.trace)
         except (OSError, poplib.error_proto) as error:
-            raise InboxUnreachableError(self.inbox_unreachable(error)) from error
+            raise InboxUnreachableError(inbox_unreachable(error, self.host, self.pop3_port)) from error
         with closed_on_failure(inbox):
             try:
                 if self.tls is not None and not self.implicit_tls:
@@ -666,24 +692,8 @@ class Account:
                 inbox.user(user)
                 inbox.pass_(password)
             except ssl.SSLError as error:
-                raise InboxUnreachableError(self.inbox_unreachable(error)) from error
+                raise InboxUnreachableError(inbox_unreachable(error, self.host, self.pop3_port)) from error
         return inbox
-
-    def inbox_unreachable(self, error: Exception) -> str:
-        """One line: the inbox cannot be reached, and why."""
-        if isinstance(error, ConnectionRefusedError):
-            why = "nothing answers there; is POP3 on another port? (--pop3-port)"
-        elif isinstance(error, TimeoutError):
-            why = "no answer in time"
-        elif isinstance(error, ssl.SSLError):
-            why = f"TLS failed: {tls_failure(error)}"
-        elif isinstance(error, OSError):
-            why = error.strerror or str(error)
-        elif pop3_error(error).startswith("-ERR"):
-            why = f"the server refused: {pop3_error(error)}"
-        else:
-            why = f"not a POP3 server, it said: {pop3_error(error)}"
-        return f"Cannot reach the inbox at {self.host}:{self.pop3_port} — {why}"
 
     def close(self) -> None:
         """Send QUIT if still connected; a server already gone is fine."""
@@ -1857,17 +1867,17 @@ def run_raw(args: argparse.Namespace, tls: ssl.SSLContext) -> int:
     """Connect, and type the protocol by hand (--raw); return the exit status."""
     dialect = POP3Dialect if args.pop3 else SMTPDialect
     port = args.pop3_port if args.pop3 else args.port
-    # The menu's one-line advice for the same mistakes: nobody there, TLS or not, an untrusted certificate.
-    account = Account(args.host, port, None, tls, implicit_tls=args.tls, cafile=args.cafile)
     try:
         sock = socket.create_connection((args.host, port), timeout=SOCKET_TIMEOUT)
         if args.tls:
             sock = tls.wrap_socket(sock, server_hostname=args.host)
     except ssl.SSLCertVerificationError as error:
-        print(account._untrusted(error), file=sys.stderr)
+        # The menu's one-line advice for the same mistakes: nobody there, TLS or not, an untrusted certificate.
+        account = Account(args.host, port, None, tls, implicit_tls=args.tls, cafile=args.cafile)
+        print(untrusted(error, args.host, args.cafile, account.certificate_names), file=sys.stderr)
         return 1
     except OSError as error:
-        print(account._unreachable(error), file=sys.stderr)
+        print(unreachable(error, args.host, port, tls=True), file=sys.stderr)
         return 1
     console = RawConsole(dialect, explain=not args.no_explain, interactive=sys.stdin.isatty())
     console.note(f"(connected to {args.host}:{port}, {dialect.name}; :help lists the helpers, Ctrl-D leaves)")
