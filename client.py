@@ -332,6 +332,12 @@ class InboxClientTLS(InboxClient, poplib.POP3_SSL):
     """InboxClient speaking TLS from the first byte (POP3S, RFC 8314); pass context=."""
 
 
+# What a closed connection looks like in each protocol: smtplib raises SMTPServerDisconnected; poplib
+# reads EOF as error_proto("-ERR EOF"), and a reset or timeout comes as an OSError.
+SMTP_GONE: tuple[type[Exception], ...] = (smtplib.SMTPServerDisconnected,)
+POP3_GONE: tuple[type[Exception], ...] = (poplib.error_proto, OSError)
+
+
 def command_for_trace(command: str) -> str:
     """Return ``command`` with its verb in capitals and any AUTH payload masked.
 
@@ -407,6 +413,10 @@ class LoginFailedError(ClientError):
     """The login cannot go on (too many attempts, or refused outright)."""
 
 
+class WrongLoginError(ClientError):
+    """The server did not take this name and password (or smtplib could not send them); the message says why."""
+
+
 class ReconnectFailedError(ClientError):
     """The server had closed the connection, and logging in again failed."""
 
@@ -435,21 +445,6 @@ def is_address(address: str) -> bool:
     """Return True if ``address`` is a plain name@domain SMTP mailbox."""
     local_part = address.rpartition("@")[0]
     return ADDRESS.fullmatch(address) is not None and len(local_part) <= MAX_LOCAL_PART and len(address) + 2 <= MAX_PATH
-
-
-def reconnecting(
-    operation: Callable[[Connection], Result],
-    connection: Callable[[], Connection],
-    reconnect: Callable[[], Connection],
-    gone: tuple[type[Exception], ...],
-) -> Result:
-    """Run operation on connection(); if it finds the server gone (an error in gone), run it once more on
-    reconnect(). Nothing the user typed is asked again: the operation holds it."""
-    try:
-        return operation(connection())
-    except gone:
-        pass
-    return operation(reconnect())
 
 
 # The one-line advice for a failure: plain functions, for the menu and the raw console alike.
@@ -524,13 +519,17 @@ def inbox_unreachable(error: Exception, host: str, port: int) -> str:
     return f"Cannot reach the inbox at {host}:{port} — {why}"
 
 
+def reconnect_failed(error: Exception) -> str:
+    """One line for a connection the server closed that could not be made again."""
+    return f"The server closed the connection, and reconnecting failed: {error_message(error)}"
+
+
 class Account:
     """The user's account at one server: how to reach it, the connection, and how to end it politely.
 
-    After a login the credentials stay in this object, in memory only (never
-    written anywhere), so that run() can log in again when the server has
-    closed an idle connection. A menu action over another connection (POP3)
-    can do the same: reconnecting() with its own connect and self.credentials.
+    It talks to the server and returns results or raises; it never prints nor asks. After a
+    login the credentials stay in this object, in memory only (never written anywhere), so
+    that log_in_again() and open_inbox() can log in again without asking.
     """
 
     def __init__(
@@ -557,13 +556,13 @@ class Account:
         self.failed_logins = 0
         self.server_name = host
 
-    def connect(self, *, show_greeting: bool = False) -> MailClient:
-        """Open a fresh connection: the greeting, STARTTLS if asked, EHLO; return the client.
+    def connect(self, *, greeted: Callable[[tuple[int, bytes]], None] | None = None) -> MailClient:
+        """Open a fresh connection: the greeting (passed to greeted), STARTTLS if asked, EHLO; return the client.
 
         Raise CannotConnectError with one line that says what to do instead.
         """
         try:
-            client = self._open(self.trace, self.tls, show_greeting=show_greeting)
+            client = self._open(self.trace, self.tls, greeted)
         except ClientError:
             raise
         except ssl.SSLCertVerificationError as error:
@@ -573,15 +572,20 @@ class Account:
         self.client = client
         return client
 
-    def _open(self, trace: Trace | None, tls: ssl.SSLContext | None, *, show_greeting: bool = False) -> MailClient:
+    def _open(
+        self,
+        trace: Trace | None,
+        tls: ssl.SSLContext | None,
+        greeted: Callable[[tuple[int, bytes]], None] | None = None,
+    ) -> MailClient:
         if self.implicit_tls:
             client: MailClient = MailClientTLS(self.host, self.port, trace=trace, context=tls)
         else:
             client = MailClient(self.host, self.port, trace=trace)
         # RFC 5321 4.3.1: the greeting starts with the server's name.
         self.server_name = decode(client.last_reply[1]).split(" ", 1)[0] or self.host
-        if show_greeting:
-            print(format_reply(*client.last_reply))
+        if greeted is not None:
+            greeted(client.last_reply)
         with closed_on_failure(client):
             client.ehlo()
             if tls is not None and not self.implicit_tls:
@@ -603,29 +607,21 @@ class Account:
         alternative_names = (certificate or {}).get("subjectAltName", ())
         return [value for kind, value in alternative_names if kind in ("DNS", "IP Address")]
 
-    def log_in(self, user: str | None) -> None:
-        """Ask for credentials until the server accepts them.
+    def log_in(self, name: str, password: str) -> None:
+        """Log in as name on the open connection, or on a new one if the server hung up after a wrong password.
 
-        The server closes the connection after a 535, so every retry opens
-        a new one.  Raise LoginFailedError after MAX_LOGIN_ATTEMPTS.
+        Raise WrongLoginError if the server does not take name and password (it hangs up then),
+        LoginFailedError if it takes no login now (e.g. 454, too many failures).
         """
-        client = self.connect(show_greeting=True)
-        for attempt in range(MAX_LOGIN_ATTEMPTS):
-            if attempt > 0 and client.sock is None:  # hung up after the 535
-                client = self.connect()
-            name = user or ask("Username: ")
-            password = ask_secret("Password: ")
-            if self._try_login(client, name, password):
-                self.user, self.credentials = name, (name, password)
-                print(f"Logged in as {name}.")
-                return
-        raise LoginFailedError(f"Login failed {MAX_LOGIN_ATTEMPTS} times; giving up.")
+        client = self.client if self.client is not None and self.client.sock is not None else self.connect()
+        self._log_in(client, name, password)
+        self.user, self.credentials = name, (name, password)
 
-    def _try_login(self, client: MailClient, name: str, password: str) -> bool:
-        """Return True if the server accepts ``name`` and ``password``; count and say why not."""
+    def _log_in(self, client: MailClient, name: str, password: str) -> None:
+        """Log in on client; count and raise WrongLoginError if the name or password is not taken."""
         try:
             client.login(name, password)
-            return True
+            return
         except UnicodeEncodeError:
             # smtplib encodes AUTH responses as ASCII before sending anything.
             reason = "smtplib can only send ASCII usernames and passwords"
@@ -641,33 +637,23 @@ class Account:
                 raise LoginFailedError(login_refusal(error.smtp_code, error.smtp_error)) from error
             reason = "wrong username or password"
         self.failed_logins += 1
-        print(f"Login failed: {reason}.")
-        return False
-
-    def run(self, operation: Callable[[MailClient], Result]) -> Result:
-        """Carry out operation on the connection. If the server has closed it meanwhile (idle timeout,
-        restart), log in again with this session's credentials and carry it out on the new one."""
-        return reconnecting(operation, self.connection, self.reconnect, (smtplib.SMTPServerDisconnected,))
+        raise WrongLoginError(reason)
 
     def connection(self) -> MailClient:
-        """The open connection; raise SMTPServerDisconnected if there is none."""
+        """The open SMTP connection; raise SMTPServerDisconnected if there is none."""
         if self.client is None or self.client.sock is None:
             raise smtplib.SMTPServerDisconnected("not connected")
         return self.client
 
-    def reconnect(self) -> MailClient:
-        """Open a new connection and log in as before, saying so in one line; raise ReconnectFailedError."""
-        try:
-            if self.credentials is None:
-                raise LoginFailedError("not logged in")
-            client = self.connect()
-            if not self._try_login(client, *self.credentials):
-                raise LoginFailedError("the server no longer accepts this session's password")
-        except (ClientError, smtplib.SMTPException, OSError) as error:
-            raise ReconnectFailedError(
-                f"The server closed the connection, and reconnecting failed: {error_message(error)}"
-            ) from error
-        print(RECONNECTED)
+    def log_in_again(self) -> MailClient:
+        """Open a new SMTP connection and log in with this session's credentials; return it.
+
+        Raise what connect() and log_in() raise (WrongLoginError if the password changed meanwhile).
+        """
+        if self.credentials is None:
+            raise LoginFailedError("not logged in")
+        client = self.connect()
+        self._log_in(client, *self.credentials)
         return client
 
     def open_inbox(self) -> InboxClient:
@@ -695,17 +681,17 @@ class Account:
                 raise InboxUnreachableError(inbox_unreachable(error, self.host, self.pop3_port)) from error
         return inbox
 
-    def close(self) -> None:
-        """Send QUIT if still connected; a server already gone is fine."""
+    def close(self) -> tuple[int, bytes] | None:
+        """Send QUIT if still connected and return the server's goodbye; None if it was gone already."""
         client, self.client = self.client, None
         if client is None or client.sock is None:
-            return
+            return None
         try:
             client.sock.settimeout(QUIT_TIMEOUT)  # after a Ctrl-C the server may be the one not answering
-            code, text = client.quit()
-            print(format_reply(code, text))
+            return client.quit()
         except (smtplib.SMTPException, OSError):
             client.close()
+            return None
 
 
 def names_unchecked(trusted: ssl.SSLContext) -> ssl.SSLContext:
@@ -739,6 +725,72 @@ def login_refusal(code: int, text: bytes) -> str:
     return f"Login refused: {format_reply(code, text)}"
 
 
+def print_reply(reply: tuple[int, bytes]) -> None:
+    print(format_reply(*reply))
+
+
+def log_in(account: Account, user: str | None) -> None:
+    """Connect, showing the greeting, then ask for credentials until the server accepts them.
+
+    The server closes the connection after a 535, so every retry opens
+    a new one.  Raise LoginFailedError after MAX_LOGIN_ATTEMPTS.
+    """
+    account.connect(greeted=print_reply)
+    for _ in range(MAX_LOGIN_ATTEMPTS):
+        name = user or ask("Username: ")
+        password = ask_secret("Password: ")
+        try:
+            account.log_in(name, password)
+        except WrongLoginError as error:
+            print(f"Login failed: {error}.")
+            continue
+        print(f"Logged in as {name}.")
+        return
+    raise LoginFailedError(f"Login failed {MAX_LOGIN_ATTEMPTS} times; giving up.")
+
+
+def logged_in_again(account: Account) -> MailClient:
+    """A new SMTP connection, logged in as before (the server had closed the last); raise ReconnectFailedError."""
+    try:
+        return account.log_in_again()
+    except WrongLoginError as error:
+        print(f"Login failed: {error}.")
+        failure: Exception = LoginFailedError("the server no longer accepts this session's password")
+    except (ClientError, smtplib.SMTPException, OSError) as error:
+        failure = error
+    raise ReconnectFailedError(reconnect_failed(failure)) from failure
+
+
+def reconnecting(
+    operation: Callable[[Connection], Result],
+    connection: Callable[[], Connection],
+    reconnect: Callable[[], Connection],
+    gone: tuple[type[Exception], ...],
+) -> Result:
+    """Run operation on connection(); if it finds the server gone (an error in gone), say so and run it once
+    more on reconnect(). Nothing the user typed is asked again: the operation holds it."""
+    try:
+        return operation(connection())
+    except gone:
+        pass
+    again = reconnect()
+    print(RECONNECTED)
+    return operation(again)
+
+
+def over_smtp(account: Account, operation: Callable[[MailClient], Result]) -> Result:
+    """Carry out operation on the SMTP connection; if the server has closed it meanwhile (idle timeout,
+    restart), log in again with this session's credentials and carry it out on the new one."""
+    return reconnecting(operation, account.connection, lambda: logged_in_again(account), SMTP_GONE)
+
+
+def say_goodbye(account: Account) -> None:
+    """QUIT, and show the server's goodbye if it answered."""
+    goodbye = account.close()
+    if goodbye is not None:
+        print_reply(goodbye)
+
+
 # --- Menu actions: each prompts, calls one MailClient method, prints. -------
 # Each returns True to show the menu again, False to end the session.
 
@@ -754,7 +806,9 @@ def send_mail(account: Account) -> bool:
     # RFC 6152: 8-bit text (UTF-8 written as is) must be declared in MAIL.
     options = ["BODY=8BITMIME"] if message["Content-Transfer-Encoding"] == "8bit" else []
     try:
-        refused = account.run(lambda client: client.send_message(message, sender, recipients, mail_options=options))
+        refused = over_smtp(
+            account, lambda client: client.send_message(message, sender, recipients, mail_options=options)
+        )
     except smtplib.SMTPRecipientsRefused as error:
         print("Not sent: the server refused every recipient.")
         print_refused(error.recipients)
@@ -875,7 +929,7 @@ def keep_unsent(message: EmailMessage) -> None:
 
 def retrieve_mail(account: Account) -> bool:
     """Menu 3: show every message this user sent, decoded."""
-    messages = account.run(MailClient.retr)
+    messages = over_smtp(account, MailClient.retr)
     if not messages:
         print("No messages.")
         return True
@@ -946,7 +1000,6 @@ def read_inbox(account: Account) -> bool:
             """The session ended while the question waited (the server's idle timeout): a new one."""
             again = account.open_inbox()
             sessions.callback(again.close)
-            print(RECONNECTED)
             return again
 
         try:
@@ -1016,20 +1069,20 @@ def unique_ids(inbox: InboxClient) -> dict[bytes, int]:
 
 def delete_mail(account: Account) -> bool:
     """Menu 4: after a yes, delete all the messages this user sent."""
-    count = account.run(MailClient.count)
+    count = over_smtp(account, MailClient.count)
     if count == 0:
         print("No messages.")
         return True
     if ask(f"Delete all {plural(count, 'message')}? [y/N] ").strip().lower() not in ("y", "yes"):
         print("Nothing deleted.")
         return True
-    print(f"Deleted {plural(account.run(MailClient.dele), 'message')}.")
+    print(f"Deleted {plural(over_smtp(account, MailClient.dele), 'message')}.")
     return True
 
 
 def quit_session(account: Account) -> bool:
     """Menu 5 (or q): QUIT and show the server's goodbye."""
-    account.close()
+    say_goodbye(account)
     return False
 
 
@@ -1945,7 +1998,7 @@ def main(argv: list[str] | None = None) -> int:
         args.host, args.port, trace, tls, implicit_tls=args.tls, cafile=args.cafile, pop3_port=args.pop3_port
     )
     try:
-        account.log_in(args.user)
+        log_in(account, args.user)
         run_menu(account)
     except EOFError:  # Ctrl-D, or the end of a script
         print()
@@ -1959,7 +2012,7 @@ def main(argv: list[str] | None = None) -> int:
         print(error_message(error), file=sys.stderr)
         return 1
     finally:
-        account.close()  # QUIT if still connected
+        say_goodbye(account)  # QUIT if still connected
     return 0
 
 
