@@ -551,6 +551,7 @@ class Account:
         self.implicit_tls = implicit_tls
         self.cafile = cafile  # named in the advice when the certificate is not trusted
         self.client: MailClient | None = None
+        self.inbox: InboxClient | None = None
         self.user = ""
         self.credentials: tuple[str, str] | None = None  # (user, password) once logged in
         self.failed_logins = 0
@@ -657,11 +658,12 @@ class Account:
         return client
 
     def open_inbox(self) -> InboxClient:
-        """Connect to the POP3 port and log in as this session's user.
+        """Connect to the POP3 port and log in as this session's user; the inbox session open before is closed.
 
         Raise InboxUnreachableError if no POP3 server answers there (or TLS fails),
         poplib.error_proto if it refuses.
         """
+        self.close_inbox()
         try:
             if self.implicit_tls:
                 inbox = InboxClientTLS(self.host, self.pop3_port, trace=self.trace, context=self.tls)
@@ -679,10 +681,24 @@ class Account:
                 inbox.pass_(password)
             except ssl.SSLError as error:
                 raise InboxUnreachableError(inbox_unreachable(error, self.host, self.pop3_port)) from error
+        self.inbox = inbox
         return inbox
+
+    def inbox_connection(self) -> InboxClient:
+        """The open inbox session; raise poplib.error_proto if there is none."""
+        if self.inbox is None or self.inbox.sock is None:
+            raise poplib.error_proto("-ERR EOF")
+        return self.inbox
+
+    def close_inbox(self) -> None:
+        """Close the inbox session without QUIT: nothing marked is deleted (RFC 1939 6)."""
+        inbox, self.inbox = self.inbox, None
+        if inbox is not None:
+            inbox.close()
 
     def close(self) -> tuple[int, bytes] | None:
         """Send QUIT if still connected and return the server's goodbye; None if it was gone already."""
+        self.close_inbox()
         client, self.client = self.client, None
         if client is None or client.sock is None:
             return None
@@ -782,6 +798,11 @@ def over_smtp(account: Account, operation: Callable[[MailClient], Result]) -> Re
     """Carry out operation on the SMTP connection; if the server has closed it meanwhile (idle timeout,
     restart), log in again with this session's credentials and carry it out on the new one."""
     return reconnecting(operation, account.connection, lambda: logged_in_again(account), SMTP_GONE)
+
+
+def over_pop3(account: Account, operation: Callable[[InboxClient], Result]) -> Result:
+    """Carry out operation on the inbox session; if the server has ended it meanwhile, on a new one."""
+    return reconnecting(operation, account.inbox_connection, account.open_inbox, POP3_GONE)
 
 
 def say_goodbye(account: Account) -> None:
@@ -993,31 +1014,23 @@ def read_inbox(account: Account) -> bool:
     except poplib.error_proto as error:
         print(f"The inbox refused the login: {pop3_error(error)}")
         return True
-    with contextlib.ExitStack() as sessions:
-        sessions.callback(inbox.close)  # without QUIT (Ctrl-D at the question, say) nothing is deleted
-
-        def reopen() -> InboxClient:
-            """The session ended while the question waited (the server's idle timeout): a new one."""
-            again = account.open_inbox()
-            sessions.callback(again.close)
-            return again
-
-        try:
-            shown = show_inbox(inbox)
-            if shown and ask("Delete them from your inbox? [y/N] ").strip().lower() in ("y", "yes"):
-                # As the menu's SMTP actions do after an idle timeout: once more, on a new session.
-                gone = (poplib.error_proto, OSError)
-                deleted = reconnecting(lambda session: delete_from_inbox(session, shown), lambda: inbox, reopen, gone)
-                print(f"Deleted {plural(deleted, 'message')} from your inbox.")
-                return True
-            if shown:
-                print("Nothing deleted.")
-            with contextlib.suppress(poplib.error_proto, OSError):  # nothing to remove: a lost QUIT loses nothing
-                inbox.quit()
-        except InboxUnreachableError as error:  # from reopen()
-            print(error)
-        except (poplib.error_proto, OSError) as error:
-            print(f"The inbox answered: {pop3_error(error)}")
+    try:
+        shown = show_inbox(inbox)
+        if shown and ask("Delete them from your inbox? [y/N] ").strip().lower() in ("y", "yes"):
+            # As the menu's SMTP actions do after an idle timeout: once more, on a new session.
+            deleted = over_pop3(account, lambda session: delete_from_inbox(session, shown))
+            print(f"Deleted {plural(deleted, 'message')} from your inbox.")
+            return True
+        if shown:
+            print("Nothing deleted.")
+        with contextlib.suppress(poplib.error_proto, OSError):  # nothing to remove: a lost QUIT loses nothing
+            inbox.quit()
+    except InboxUnreachableError as error:  # from a new session
+        print(error)
+    except (poplib.error_proto, OSError) as error:
+        print(f"The inbox answered: {pop3_error(error)}")
+    finally:
+        account.close_inbox()  # without QUIT (Ctrl-D at the question, say) nothing is deleted
     return True
 
 

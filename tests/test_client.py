@@ -750,3 +750,23 @@ def test_missing_cafile_is_a_clear_error(smtp_server: RunningServer, tmp_path: P
     result = run_client(smtp_server.port, LOGIN + QUIT, "--tls", "--cafile", str(tmp_path / "nope.pem"))
     assert result.returncode == 2
     assert result.stderr.startswith(f"Cannot use --cafile {tmp_path / 'nope.pem'}:")
+
+
+def test_the_account_talks_to_the_server_and_never_prints(
+    pop3_server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Account returns what the server said or raises; the menu and main() do the printing."""
+    account = client_module.Account(pop3_server.host, pop3_server.port, None, pop3_port=pop3_server.pop3_port)
+    greetings: list[tuple[int, bytes]] = []
+    account.connect(greeted=greetings.append)
+    with pytest.raises(client_module.WrongLoginError, match=r"^wrong username or password$"):
+        account.log_in("alice", "not her password")
+    account.log_in("alice", USERS["alice"])  # on a new connection: the server hung up after the 535
+    account.connection().close()  # as an idle timeout leaves it
+    assert account.log_in_again().noop()[0] == 250
+    assert account.open_inbox().stat() == (0, 0)
+    account.close_inbox()
+    goodbye = account.close()
+    assert goodbye is not None and goodbye[0] == 221
+    assert [code for code, _ in greetings] == [220]
+    assert capsys.readouterr() == ("", "")
