@@ -517,6 +517,11 @@ def inbox_unreachable(error: Exception, host: str, port: int) -> str:
     return f"Cannot reach the inbox at {host}:{port} — {why}"
 
 
+def login_failed(error: WrongLoginError) -> str:
+    """One line for a name and password the server did not take; the user may try again."""
+    return f"Login failed: {error}."
+
+
 def reconnect_failed(error: Exception) -> str:
     """One line for a connection the server closed that could not be made again."""
     return f"The server closed the connection, and reconnecting failed: {error_message(error)}"
@@ -784,6 +789,7 @@ def ask_secret(prompt: str) -> str:
 
 
 def print_reply(reply: tuple[int, bytes]) -> None:
+    """Print a reply (the greeting, the goodbye) as the server wrote it, on one line."""
     print(format_reply(*reply))
 
 
@@ -800,7 +806,7 @@ def log_in(account: Account, user: str | None) -> None:
         try:
             account.log_in(name, password)
         except WrongLoginError as error:
-            print(f"Login failed: {error}.")
+            print(login_failed(error))
             continue
         print(f"Logged in as {name}.")
         return
@@ -812,7 +818,7 @@ def logged_in_again(account: Account) -> MailClient:
     try:
         return account.log_in_again()
     except WrongLoginError as error:
-        print(f"Login failed: {error}.")
+        print(login_failed(error))  # as at the first login; the line that ends the client says what it means
         failure: Exception = LoginFailedError("the server no longer accepts this session's password")
     except (ClientError, smtplib.SMTPException, OSError) as error:
         failure = error
