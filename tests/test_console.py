@@ -33,7 +33,9 @@ from conftest import (
     run_client,
     wait_for,
 )
-from test_client import client_module, deliver, mail_to
+from test_client import deliver, mail_to
+
+import client as client_module
 
 PASSWORD = USERS["alice"]
 CLOSED_NOTE = "   " + client_module.CLOSED_NOTE
