@@ -78,10 +78,10 @@ def test_the_server_needs_only_bcrypt() -> None:
     assert list(pins(ROOT / "requirements.txt")) == ["bcrypt"]
 
 
-def test_dev_requirements_add_the_tests_and_the_linter_to_the_servers() -> None:
+def test_dev_requirements_add_the_tests_the_linter_and_the_peers_to_the_servers() -> None:
     path = ROOT / "requirements-dev.txt"
     assert "-r requirements.txt" in path.read_text().splitlines()
-    assert set(pins(path)) == {"pytest", "pytest-timeout", "hypothesis", "ruff"}
+    assert set(pins(path)) == {"pytest", "pytest-timeout", "hypothesis", "ruff", "aiosmtpd", "selenium"}
 
 
 def test_ruff_pin_is_the_version_pyproject_requires() -> None:
