@@ -83,7 +83,7 @@ except ModuleNotFoundError:
     sys.exit(f"server.py needs the bcrypt package, which {sys.executable} does not have: {how}")
 
 from mailserver.auth_cache import AuthCache
-from mailserver.config import CLASSROOM, ServerConfig, options
+from mailserver.config import CLASSROOM, ConfigError, ServerConfig, options
 from mailserver.listener import MailServer, server_tls_context
 from mailserver.logs import log
 from mailserver.migration import migrate_old_layout
@@ -213,16 +213,10 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
 def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ServerConfig:
     """The settings the command line asks for; a combination that cannot work is a usage error."""
     values = {field.name: getattr(args, field.name) for field in options()}
-    config = ServerConfig(**{name: tuple(v) if isinstance(v, list) else v for name, v in values.items()})
-    if bool(config.tls_cert) != bool(config.tls_key):
-        parser.error("--tls-cert and --tls-key go together")
-    if (config.require_tls or config.tls_port is not None or config.pop3s_port is not None) and not config.tls_cert:
-        parser.error("--require-tls, --tls-port and --pop3s-port need --tls-cert and --tls-key")
-    if config.no_pop3 and config.pop3s_port is not None:
-        parser.error("--no-pop3 and --pop3s-port contradict each other")
-    if config.auth_cache_ttl < 0:
-        parser.error("--auth-cache-ttl must be 0 (off) or more seconds")
-    return config
+    try:
+        return ServerConfig(**{name: tuple(v) if isinstance(v, list) else v for name, v in values.items()})
+    except ConfigError as error:  # ServerConfig checks its combinations itself
+        parser.error(str(error))
 
 
 def main(argv: list[str] | None = None) -> None:

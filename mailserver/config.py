@@ -1,7 +1,13 @@
 """Every setting of the server, with its default and its help text: one source for both.
 
 `ServerConfig` is what the code reads; `server.py` builds its command line from the
-fields that carry an `option(...)`, so a default or a help text is written once.
+fields that carry an `option(...)`, so a default or a help text is written once. It is
+frozen, and checks its own combinations when it is made (`__post_init__`): a test that
+builds one directly gets the same refusals as the command line.
+
+A new limit is an `option(...)` here, with a comment saying why its default is what it is.
+Only a number an RFC fixes is a constant, in the module of its protocol, citing the RFC
+(`MAX_COMMAND_LINE = 512  # RFC 5321 4.5.3.1.4`).
 """
 
 from __future__ import annotations
@@ -26,7 +32,11 @@ def type_of(default: Any) -> type:
     return str if default is None else type(default)
 
 
-@dataclasses.dataclass
+class ConfigError(ValueError):
+    """A combination of settings that cannot work; the message names the options, as the command line spells them."""
+
+
+@dataclasses.dataclass(frozen=True)
 class ServerConfig:
     """The settings of one server process, shared by all its listeners; the command line fills them in."""
 
@@ -71,11 +81,22 @@ class ServerConfig:
     verbose: bool = option(False, "log every line as C:/S: (passwords masked)")
     # Made from tls_cert and tls_key when the server starts; tests hand one in.
     tls_context: ssl.SSLContext | None = None
+    # The domains whose addresses are accounts here, lower case: --hostname, localhost, every --domain.
+    local_domains: frozenset[str] = dataclasses.field(init=False, repr=False)
 
-    @property
-    def local_domains(self) -> frozenset[str]:
-        """The domains whose addresses are accounts here, lower case: --hostname, localhost, every --domain."""
-        return frozenset(name.lower().rstrip(".") for name in (self.hostname, "localhost", *self.domain))
+    def __post_init__(self) -> None:
+        """Refuse a combination that cannot work (ConfigError); work out local_domains, once."""
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        wants_tls = self.require_tls or self.tls_port is not None or self.pop3s_port is not None
+        if wants_tls and not (self.tls_cert or self.tls_context):
+            raise ConfigError("--require-tls, --tls-port and --pop3s-port need --tls-cert and --tls-key")
+        if self.no_pop3 and self.pop3s_port is not None:
+            raise ConfigError("--no-pop3 and --pop3s-port contradict each other")
+        if self.auth_cache_ttl < 0:
+            raise ConfigError("--auth-cache-ttl must be 0 (off) or more seconds")
+        domains = frozenset(name.lower().rstrip(".") for name in (self.hostname, "localhost", *self.domain))
+        object.__setattr__(self, "local_domains", domains)  # frozen: the one way to set a derived field
 
 
 # --classroom: the settings for a class. server.py makes them the defaults, so that an option given on

@@ -86,10 +86,16 @@ class MailServer:
     Methods for the caller: listen() binds a port, serve_forever() serves them all
     until shutdown(), close() stops listening and gives open sessions a moment to
     finish. It is also a context manager.
+
+    Nothing runs until it serves, as with socketserver: the first serve_forever() or
+    serve_in_background() starts its two duties, each in a thread of its own, and close()
+    stops them: the watchdog cuts off sessions past their deadline, the poller reloads
+    users.txt when it changes.
     """
 
     shutdown_grace = 2.0  # seconds close() waits for sessions to finish
     watchdog_interval = 0.25  # seconds between looks for sessions past their deadline
+    users_poll_interval = 0.25  # seconds between looks at users.txt (UserStore stats it at most once a second)
 
     def __init__(self, config: ServerConfig, users: UserStore, mailboxes: MailboxStore) -> None:
         self.config = config
@@ -102,8 +108,8 @@ class MailServer:
         self.listeners: list[Listener] = []
         self._serving: list[Listener] = []  # shutdown() must wait only for listeners that serve
         self._closing = threading.Event()
-        self._watchdog = threading.Thread(target=self._watch_deadlines, name="watchdog", daemon=True)
-        self._watchdog.start()
+        self._duties: list[threading.Thread] = []  # started by the first serve, stopped by close()
+        self._duties_lock = threading.Lock()
 
     def listen(
         self, address: tuple[str, int], handler_class: type[LineHandler], *, implicit_tls: bool = False
@@ -116,6 +122,7 @@ class MailServer:
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Serve every listener (the first in this thread) until shutdown()."""
         first, *others = self.listeners
+        self._start_duties()
         for listener in others:
             self.serve_in_background(listener, poll_interval)
         self._serving.append(first)
@@ -123,6 +130,7 @@ class MailServer:
 
     def serve_in_background(self, listener: Listener, poll_interval: float = 0.5) -> None:
         """Serve listener in a thread of its own until shutdown()."""
+        self._start_duties()
         self._serving.append(listener)
         threading.Thread(target=listener.serve_forever, args=(poll_interval,), daemon=True).start()
 
@@ -139,6 +147,8 @@ class MailServer:
         self._closing.set()
         self.connections.interrupt_all("Service shutting down")
         self.connections.wait_until_idle(self.shutdown_grace)
+        for duty in self._duties:  # each ends within its interval of _closing
+            duty.join(self.shutdown_grace)
 
     def __enter__(self) -> MailServer:
         return self
@@ -146,11 +156,24 @@ class MailServer:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _start_duties(self) -> None:
+        """Start the watchdog and the users.txt poller, once."""
+        with self._duties_lock:
+            if self._duties or self._closing.is_set():
+                return
+            for name, duty in (("watchdog", self._watch_deadlines), ("users poller", self._poll_users)):
+                self._duties.append(threading.Thread(target=duty, name=name, daemon=True))
+                self._duties[-1].start()
+
     def _watch_deadlines(self) -> None:
+        """Until close(): cut off the sessions past their deadline (a byte a second is no way around it)."""
         while not self._closing.wait(self.watchdog_interval):
             self.connections.expire_overdue()
+
+    def _poll_users(self) -> None:
+        """Until close(): an edit of users.txt takes effect, and is logged, within about a second, login or not."""
+        while not self._closing.wait(self.users_poll_interval):
             try:
-                # An edit of users.txt takes effect, and is logged, within about a second, login or not.
                 self.users.refresh()
-            except Exception:  # a bug there must not stop the deadlines above
+            except Exception:  # a bug there must not end the polling
                 log.exception("could not reload %s", self.users.path)
