@@ -10,10 +10,7 @@ Mail to an account here (bob@localhost) lands in its inbox, which POP3 reads
     S: 220 localhost Service ready
     C: EHLO laptop
     S: 250-localhost Hello laptop
-    S: 250-AUTH PLAIN LOGIN
-    S: 250-SIZE 10485760
-    S: 250-8BITMIME
-    S: 250-PIPELINING
+    S: ...            (the extensions; the whole reply is in docs/protocol.md)
     S: 250 HELP
     C: AUTH PLAIN AGFsaWNlAGFsaWNlLXBhc3N3b3Jk
     S: 235 2.7.0 Authentication successful
@@ -38,16 +35,8 @@ Mail to an account here (bob@localhost) lands in its inbox, which POP3 reads
     S: 221 localhost Service closing transmission channel
 
 This file is the front door: the command line and the wiring. The rest lives in the
-package `mailserver/`, a module per concern:
-
-    config.py    every setting, its default and its help text (the options below come from it)
-    users.py     users.txt and the login check          storage.py   what a session may ask of the mail
-    smtp.py      the SMTP session, a method per command  maildir.py   the Maildir format, LF/CRLF, sizes
-    pop3.py      the POP3 session, a method per command  durable.py   fsync, group commit, link or copy
-    session.py   the session base SMTP and POP3 share    migration.py the old layout's move (to remove)
-    listener.py  the server and its ports                data.py      DATA on the wire
-    limits.py    caps and the login throttle             sasl.py      AUTH's answers, both protocols
-    logs.py      what reaches the log                    auth_cache.py  logins that cost bcrypt once
+package `mailserver/`, a module per concern; the map of its modules, and which files
+each ordinary change touches, is CONTRIBUTING.md ("Where things live").
 """
 
 from __future__ import annotations
