@@ -61,13 +61,13 @@ def sized_name(unique: str, size: int, on_wire: int) -> str:
     return f"{unique},S={size},W={on_wire}"
 
 
-def stored_size(entry: os.DirEntry[str]) -> int:
+def stored_size(path: Path) -> int:
     """The octets of a message on disk: from the name's S= field, else its stat(); 0 if it went meanwhile."""
-    field = SIZE_FIELD.search(key_of(entry.name))  # read from the name: no stat() per message
+    field = SIZE_FIELD.search(key_of(path.name))  # read from the name: no stat() per message
     if field is not None:
         return int(field[1])
     try:
-        return entry.stat().st_size
+        return path.stat().st_size
     except FileNotFoundError:  # a POP3 QUIT may remove it meanwhile
         return 0
 
@@ -125,6 +125,10 @@ class Folder:
     def path_of(self, key: str) -> Path:
         """Where message key was when last looked at; raise KeyError if it was not there."""
         return self._index[key]
+
+    def stored_size(self) -> int:
+        """The octets of all the folder's messages on disk (what --max-mailbox-size limits)."""
+        return sum(stored_size(path) for path in self._index.values())
 
     def open(self, key: str) -> BinaryIO:
         """Open message key for reading; raise FileNotFoundError if it is gone, even after a rescan."""

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from .durable import CHUNK, fsync_directory
-from .maildir import MESSAGE_PARTS, Delivery, Folder, file_wire_size, make_maildir, message_entries, stored_size
+from .maildir import MESSAGE_PARTS, Delivery, Folder, file_wire_size, make_maildir
 from .users import USERNAME
 
 __all__ = [
@@ -255,7 +255,7 @@ class MailboxStore:
 
     def inbox_size(self, user: str) -> int:
         """The octets in user's inbox, as on disk (what --max-mailbox-size limits)."""
-        return sum(stored_size(entry) for entry in message_entries(self._user_path(user)))
+        return Folder(self._user_path(user)).stored_size()
 
     # -- the Sent folder (the seed's RETR and DELE) -----------------------------------
 
