@@ -72,18 +72,6 @@ def stored_size(path: Path) -> int:
         return 0
 
 
-def file_wire_size(path: Path) -> int:
-    """The octets of a stored message with CRLF line ends: from the name's W= field, or by counting."""
-    field = WIRE_SIZE_FIELD.search(key_of(path.name))
-    if field is not None:
-        return int(field[1])
-    size = 0
-    with open(path, "rb") as message:
-        while chunk := message.read(CHUNK):
-            size += wire_size(chunk)
-    return size
-
-
 def make_maildir(path: Path, *, parents: bool = False) -> None:
     """Create path/tmp, new and cur (cur last) where missing."""
     path.mkdir(mode=0o700, parents=parents, exist_ok=True)
@@ -122,16 +110,26 @@ class Folder:
         """The keys of the messages, sorted by name: arrival order for the names this server gives."""
         return sorted(self._index)
 
-    def path_of(self, key: str) -> Path:
-        """Where message key was when last looked at; raise KeyError if it was not there."""
-        return self._index[key]
-
     def stored_size(self) -> int:
         """The octets of all the folder's messages on disk (what --max-mailbox-size limits)."""
         return sum(stored_size(path) for path in self._index.values())
 
+    def wire_size(self, key: str) -> int:
+        """The octets of message key with CRLF line ends: from its name's W= field, or by reading it."""
+        field = WIRE_SIZE_FIELD.search(key)
+        if field is not None:
+            return int(field[1])
+        size = 0
+        with self.open(key) as message:
+            while chunk := message.read(CHUNK):
+                size += wire_size(chunk)
+        return size
+
     def open(self, key: str) -> BinaryIO:
-        """Open message key for reading; raise FileNotFoundError if it is gone, even after a rescan."""
+        """Open message key for reading; raise FileNotFoundError if it is gone, even after a rescan.
+
+        The one place a stored message is opened for reading, for the inbox and Sent alike.
+        """
         return self._with_moves(key, lambda path: open(path, "rb"))
 
     def remove(self, key: str) -> bool:

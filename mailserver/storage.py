@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from .durable import CHUNK, fsync_directory
-from .maildir import MESSAGE_PARTS, Delivery, Folder, file_wire_size, make_maildir
+from .maildir import MESSAGE_PARTS, Delivery, Folder, make_maildir
 from .users import USERNAME
 
 __all__ = [
@@ -150,9 +150,7 @@ class Maildrop:
     def __init__(self, folder: Folder, release: Callable[[], None]) -> None:
         self._folder = folder
         keys = folder.arrival_order()  # arrival order, as RETR's
-        self._messages = [
-            InboxMessage(number, key, file_wire_size(folder.path_of(key))) for number, key in enumerate(keys, start=1)
-        ]
+        self._messages = [InboxMessage(number, key, folder.wire_size(key)) for number, key in enumerate(keys, start=1)]
         self._marked: set[int] = set()
         self._release: Callable[[], None] | None = release
 

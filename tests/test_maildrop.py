@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import deliver, store_message
 
-from mailserver import storage
+from mailserver import maildir, storage
 from mailserver.storage import AlreadyDeleted, InboxMessage, MailboxStore, MaildropInUse, MessageGone, NoSuchMessage
 
 FIRST = b"Subject: one\n\nfirst\n"
@@ -189,3 +189,23 @@ def test_a_message_another_program_removed_is_skipped(store: MailboxStore) -> No
         assert drop.commit() == (1, 2)  # the third; the second was gone already (and counts as left, as before)
     with store.open_maildrop("bob") as drop:
         assert drop.count() == 1
+
+
+def test_messages_a_reader_moved_are_found_with_one_rescan(
+    store: MailboxStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The maildrop keeps an index of names: the first message not where it was rescans the folder once,
+    and the index then knows where every moved message went (not a rescan per message)."""
+    scans = []
+    real_entries = maildir.message_entries
+    monkeypatch.setattr(maildir, "message_entries", lambda path: (scans.append(path), real_entries(path))[1])
+    with store.open_maildrop("bob") as drop:
+        assert len(scans) == 1  # the snapshot
+        for path in (store.root / "bob" / "new").iterdir():  # mutt marks all three read
+            path.rename(store.root / "bob" / "cur" / f"{path.name}:2,S")
+        contents = []
+        for number in (1, 2, 3):
+            with drop.open(number) as message:
+                contents.append(message.read())
+        assert contents == [FIRST, SECOND, THIRD]
+        assert len(scans) == 2
