@@ -4,10 +4,12 @@
   call `<prefix><VERB>`, repeat. `SMTPHandler` and `POP3Handler` build on it.
 - `TimeLimit` lets the server's watchdog cut a read short (see `limits.ConnectionTable`).
 - `Hangup`, raised inside a session, ends it.
+- `offered_when()` declares, beside a command, when it is offered (HELP, EHLO, CAPA ask `offers()`).
 
-Methods a protocol overrides: `greet()`, `reply_line_too_long()`, `reply_unknown_command()`,
-`closing()`, `tls_started()`, `refusal()`, `idle_timeout()`, `send_challenge()` and
-`refuse_auth()`.
+Logging in comes from `login.LoginMixIn`; `log_in()` here answers its outcome, and hangs up
+on a wrong password, for both protocols. Methods a protocol overrides: `greet()`,
+`reply_line_too_long()`, `reply_unknown_command()`, `closing()`, `tls_started()`,
+`refusal()`, `idle_timeout()`, `send_challenge()`, `refuse_auth()` and `refuse_login()`.
 """
 
 from __future__ import annotations
