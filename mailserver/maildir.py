@@ -61,13 +61,13 @@ def sized_name(unique: str, size: int, on_wire: int) -> str:
     return f"{unique},S={size},W={on_wire}"
 
 
-def stored_size(path: Path) -> int:
+def stored_size(entry: os.DirEntry[str]) -> int:
     """The octets of a message on disk: from the name's S= field, else its stat(); 0 if it went meanwhile."""
-    field = SIZE_FIELD.search(key_of(path.name))  # read from the name: no stat() per message
+    field = SIZE_FIELD.search(key_of(entry.name))  # read from the name: no stat() per message
     if field is not None:
         return int(field[1])
     try:
-        return path.stat().st_size
+        return entry.stat().st_size
     except FileNotFoundError:  # a POP3 QUIT may remove it meanwhile
         return 0
 
@@ -99,12 +99,12 @@ class Folder:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._index: dict[str, Path] = {}
+        self._index: dict[str, os.DirEntry[str]] = {}  # key -> where it was at the last scan
         self.rescan()
 
     def rescan(self) -> None:
         """Read new/ and cur/ again."""
-        self._index = {key_of(entry.name): Path(entry.path) for entry in message_entries(self.path)}
+        self._index = {key_of(entry.name): entry for entry in message_entries(self.path)}
 
     def arrival_order(self) -> list[str]:
         """The keys of the messages, sorted by name: arrival order for the names this server gives."""
@@ -112,7 +112,7 @@ class Folder:
 
     def stored_size(self) -> int:
         """The octets of all the folder's messages on disk (what --max-mailbox-size limits)."""
-        return sum(stored_size(path) for path in self._index.values())
+        return sum(stored_size(entry) for entry in self._index.values())
 
     def wire_size(self, key: str) -> int:
         """The octets of message key with CRLF line ends: from its name's W= field, or by reading it."""
@@ -141,17 +141,17 @@ class Folder:
         self._index.pop(key, None)
         return True
 
-    def _with_moves(self, key: str, act: Callable[[Path], T]) -> T:
+    def _with_moves(self, key: str, act: Callable[[str], T]) -> T:
         """act on the path of key; if the file is not there, rescan once and act on where it went."""
-        path = self._index.get(key)
-        if path is not None:
+        entry = self._index.get(key)
+        if entry is not None:
             with contextlib.suppress(FileNotFoundError):
-                return act(path)
+                return act(entry.path)
         self.rescan()
-        path = self._index.get(key)
-        if path is None:
+        entry = self._index.get(key)
+        if entry is None:
             raise FileNotFoundError(f"no message {key} in {self.path}")
-        return act(path)
+        return act(entry.path)
 
 
 # ------------------------------------------------------------------ writing a message
