@@ -320,7 +320,7 @@ class POP3Handler(LineHandler):
         if lines is None:
             self.reply_syntax("TOP")
             return
-        self.send_message("TOP", number_text, lambda _: "Top of message follows", lambda m: message_top(m, lines))
+        self.send_message("TOP", number_text, lambda _: "Top of message follows", lambda m: m.head(lines))
 
     @in_state(State.TRANSACTION)
     def pop3_DELE(self, argument: str) -> None:
@@ -429,20 +429,3 @@ def parse_number(text: str) -> int | None:
     if not (text.isascii() and text.isdigit()) or len(text) > 10:
         return None
     return int(text)
-
-
-def message_top(message: StoredMessage, body_lines: int) -> Iterator[bytes]:
-    """The header, the empty line after it and the first body_lines lines of the body (RFC 1939 7: TOP).
-
-    Read a bounded piece at a time, so that one huge line costs no more memory than RETR.
-    """
-    in_header, at_line_start = True, True
-    for piece in message.lines():
-        if not in_header and at_line_start:
-            if not body_lines:
-                return
-            body_lines -= 1
-        yield piece
-        if in_header and at_line_start and piece in (b"\n", b"\r\n"):
-            in_header = False
-        at_line_start = piece.endswith(b"\n")

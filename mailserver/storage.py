@@ -13,7 +13,7 @@ What a session may ask (`pop3.py` and `smtp.py` use nothing else; tests/test_lay
     MailboxStore   start_delivery(), inbox_size(), sent_messages(), delete_sent(), open_maildrop()
     Delivery       write(), commit(), abort(), size          (one message on its way, from start_delivery)
     Maildrop       count(), size(), list(), info(), open(), mark(), unmark(), commit(), close()
-    StoredMessage  chunks(), lines(), read(), size, close()  (an open message, from open() or sent_messages())
+    StoredMessage  chunks(), head(), read(), size, close()  (an open message, from open() or sent_messages())
     errors         MaildropInUse, NoSuchMessage, AlreadyDeleted, MessageGone
 
 At start-up `server.py` also calls clean_temporary_files().
@@ -94,9 +94,22 @@ class StoredMessage:
         """The message, a bounded piece at a time."""
         return iter(functools.partial(self._file.read, CHUNK), b"")
 
-    def lines(self) -> Iterator[bytes]:
-        """The message a line at a time (LF included); a line longer than a chunk comes in pieces."""
-        return iter(functools.partial(self._file.readline, CHUNK), b"")
+    def head(self, body_lines: int) -> Iterator[bytes]:
+        """The header, the empty line after it and the first body_lines lines of the body (POP3's TOP, RFC 1939 7).
+
+        Read a line at a time, a line longer than a chunk in pieces, so that one huge line
+        costs no more memory than chunks() does.
+        """
+        in_header, at_line_start = True, True
+        for piece in iter(functools.partial(self._file.readline, CHUNK), b""):
+            if not in_header and at_line_start:
+                if not body_lines:
+                    return
+                body_lines -= 1
+            yield piece
+            if in_header and at_line_start and piece in (b"\n", b"\r\n"):
+                in_header = False
+            at_line_start = piece.endswith(b"\n")
 
     def read(self) -> bytes:
         """The whole message (for tests and small tools: a session sends chunks())."""
