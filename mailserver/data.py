@@ -66,6 +66,7 @@ class DataReader:
         self.size = 0  # counted with CRLF line ends, as SIZE is
         self.after_crlf = True  # the DATA command's CRLF counts as the one before a first "."
         self.at_line_start = True  # False in the rest of a line that was over the limit
+        self.cut_after_cr = False  # a piece of an over-long line ended in CR: an LF alone next makes a CRLF
 
     def read(self) -> DataState:
         """Read up to the final "." and return the state; raise EOFError if the stream ends first."""
@@ -96,9 +97,10 @@ class DataReader:
                 raise EOFError("the client closed the connection in the middle of the data")
             self.refuse(DataState.LINE_TOO_LONG)
             self.at_line_start = self.after_crlf = False
+            self.cut_after_cr = line.endswith(b"\r")
             return None
         was_line_start, self.at_line_start = self.at_line_start, True
-        self.after_crlf = line.endswith(b"\r\n")
+        self.after_crlf = line.endswith(b"\r\n") or (line == b"\n" and not was_line_start and self.cut_after_cr)
         if not was_line_start:
             return None  # the end of an over-long line
         text = line[: -2 if self.after_crlf else -1]

@@ -22,7 +22,7 @@ from conftest import RawSession, RunningServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailserver.data import DataReader, DataState, MessageTrace, dot_stuffed
+from mailserver.data import MAX_TEXT_LINE, DataReader, DataState, MessageTrace, dot_stuffed
 
 MAX_SIZE = 60_000  # small, so that some examples go over it
 TERMINATOR = b"\r\n.\r\n"
@@ -122,6 +122,15 @@ def test_a_bare_lf_dot_does_not_end_the_data() -> None:
     reader, stored, rest = read_data(b"one\n.\nMAIL FROM:<x@y>\r\n.\r\nNOOP\r\n")
     assert reader.state is DataState.NORMAL
     assert stored == b"one\n.\nMAIL FROM:<x@y>\n"
+    assert rest == b"NOOP\r\n"
+
+
+def test_a_crlf_split_by_the_line_limit_still_ends_the_line() -> None:
+    """A line whose CR is the last octet the reader takes of it (1001 octets, then CRLF): the LF
+    that comes alone next completes a CRLF, so the "." line after it ends the data, and the
+    next command stays unread (hypothesis found it; the data used to run on into the next command)."""
+    reader, stored, rest = read_data(b"a" * (MAX_TEXT_LINE + 1) + b"\r\n.\r\nNOOP\r\n")
+    assert reader.state is DataState.LINE_TOO_LONG
     assert rest == b"NOOP\r\n"
 
 
