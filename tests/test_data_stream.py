@@ -131,6 +131,7 @@ def test_a_crlf_split_by_the_line_limit_still_ends_the_line() -> None:
     next command stays unread (hypothesis found it; the data used to run on into the next command)."""
     reader, stored, rest = read_data(b"a" * (MAX_TEXT_LINE + 1) + b"\r\n.\r\nNOOP\r\n")
     assert reader.state is DataState.LINE_TOO_LONG
+    assert b"NOOP" not in stored
     assert rest == b"NOOP\r\n"
 
 
