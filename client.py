@@ -50,13 +50,17 @@ Contents (each section keeps its own constants and uses only what the sections a
 
 import argparse
 import base64
+import concurrent.futures
 import contextlib
+import csv
 import email
 import email.policy
 import email.utils
+import enum
 import getpass
 import io
 import itertools
+import json
 import os
 import poplib
 import re
@@ -2034,6 +2038,7 @@ def build_parser() -> argparse.ArgumentParser:
     raw.add_argument("--raw", action="store_true", help="type SMTP yourself; each reply is explained")
     raw.add_argument("--pop3", action="store_true", help="with --raw: type POP3 (on --pop3-port) instead")
     raw.add_argument("--no-explain", action="store_true", help="with --raw: no explanation under each reply")
+    add_check_options(parser)
     return parser
 
 
@@ -2043,6 +2048,8 @@ def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error("--pop3 and --no-explain go with --raw")
     if args.raw and (args.user or args.trace):
         parser.error("--raw shows every line and logs in with :auth; drop --user and --trace")
+    if problem := check_option_problem(args):
+        parser.error(problem)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -2066,6 +2073,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.raw:
         assert tls is not None
         return run_raw(args, tls)
+    if args.check or args.check_all:
+        return run_checks(args, tls)
     trace = print if args.trace else None
     account = Account(
         args.host, args.port, trace, tls, implicit_tls=args.tls, cafile=args.cafile, pop3_port=args.pop3_port
