@@ -72,6 +72,7 @@ except ModuleNotFoundError:
     sys.exit(f"server.py needs the bcrypt package, which {sys.executable} does not have: {how}")
 
 from mailserver.auth_cache import AuthCache
+from mailserver.chaos import Chaos
 from mailserver.config import CLASSROOM, ConfigError, ServerConfig, options
 from mailserver.listener import MailServer, server_tls_context
 from mailserver.logs import log
@@ -286,7 +287,10 @@ def start(config: ServerConfig) -> MailServer:
     # A session needs little stack, and 1000 of them add up; where the OS cannot set it, its default.
     with contextlib.suppress(ValueError, RuntimeError):
         threading.stack_size(512 * 1024)
-    server = MailServer(config, users, mailboxes)
+    chaos = Chaos(config.chaos or (), config.chaos_seed)
+    if chaos:
+        log.warning("CHAOS drills on: %s (replies that fail on purpose)", chaos)
+    server = MailServer(config, users, mailboxes, chaos)
     try:
         listen(server, (config.host, config.port), SMTPHandler, "--port")
         if config.tls_port is not None:

@@ -17,6 +17,8 @@ import socket
 import ssl
 from typing import Any
 
+from .chaos import FORM, Rule, parse_rules
+
 
 def option(default: Any, help: str, *, metavar: str | None = None, type: type | None = None) -> Any:
     """A setting that is also a command-line option (`--name-with-dashes`); `help` is its --help text.
@@ -79,6 +81,13 @@ class ServerConfig:
     tls_port: int | None = option(None, "also listen here with implicit TLS (SMTPS)", metavar="PORT", type=int)
     require_tls: bool = option(False, "refuse logins before STARTTLS (POP3: STLS)")
     verbose: bool = option(False, "log every line as C:/S: (passwords masked)")
+    # Failure drills for students' clients (chaos.py); --classroom leaves them off.
+    chaos: tuple[Rule, ...] | None = option(
+        None, f"refuse on purpose: {FORM}; several, comma-separated", metavar="RULES", type=parse_rules
+    )
+    chaos_seed: int | None = option(
+        None, "seed of --chaos's draws: the same seed, the same drills", metavar="N", type=int
+    )
     # Made from tls_cert and tls_key when the server starts; tests hand one in.
     tls_context: ssl.SSLContext | None = None
     # The domains whose addresses are accounts here, lower case: --hostname, localhost, every --domain.

@@ -19,6 +19,7 @@ import ssl
 import threading
 from typing import TYPE_CHECKING
 
+from .chaos import Chaos
 from .config import ServerConfig
 from .limits import ConnectionTable, LoginThrottle
 from .logs import log
@@ -97,10 +98,13 @@ class MailServer:
     watchdog_interval = 0.25  # seconds between looks for sessions past their deadline
     users_poll_interval = 0.25  # seconds between looks at users.txt (UserStore stats it at most once a second)
 
-    def __init__(self, config: ServerConfig, users: UserStore, mailboxes: MailboxStore) -> None:
+    def __init__(
+        self, config: ServerConfig, users: UserStore, mailboxes: MailboxStore, chaos: Chaos | None = None
+    ) -> None:
         self.config = config
         self.users = users
         self.mailboxes = mailboxes
+        self.chaos = chaos if chaos is not None else Chaos()  # --chaos's drills; none by default
         self.connections = ConnectionTable(config.max_connections, config.max_connections_per_ip)
         self.login_throttle = LoginThrottle(
             config.max_login_failures, config.max_login_failures_per_ip, config.login_failure_window
