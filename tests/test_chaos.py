@@ -173,7 +173,7 @@ def test_the_command_line_drill_is_logged_as_chaos(server_process: Callable[...,
         client.mail("alice@example.org")
         assert client.rcpt("bob@example.org") == (451, b"4.3.0 Chaos drill: temporary failure, try again later")
     process.stop()
-    marked = [line.rstrip() for line in process.log_lines if "CHAOS drill" in line]
+    marked = [line.rstrip() for line in process.log_lines if "CHAOS drill at" in line]
     assert len(marked) == 1 and marked[0].endswith("CHAOS drill at rcpt: 451"), marked
 
 
