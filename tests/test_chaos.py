@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 import server as server_module
 from mailserver.chaos import FORM, Chaos, parse_rules
 from mailserver.config import ServerConfig
-from mailserver.listener import MAX_ERRORS
+from mailserver.session import MAX_ERRORS
 
 
 def drills(server: RunningServer, rules: str, seed: int | None = None) -> None:
