@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import socketserver
+import sys
 import threading
 from collections.abc import Callable
 
@@ -23,14 +24,14 @@ class Close(Exception):
 
 
 class SeedServer(socketserver.ThreadingTCPServer):
-    """A seed server on 127.0.0.1, port 0; sent[user] holds each user's messages (CRLF line ends)."""
+    """A seed server on 127.0.0.1 (port 0: any free one); sent[user] holds each user's messages (CRLF line ends)."""
 
     allow_reuse_address = True
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, handler: type[SeedHandler]) -> None:
-        super().__init__(("127.0.0.1", 0), handler)
+    def __init__(self, handler: type[SeedHandler], port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), handler)
         self.sent: dict[str, list[bytes]] = {user: [] for user in USERS}
         self.lock = threading.Lock()
 
@@ -314,3 +315,22 @@ class NeverGreets(SeedHandler):
 
     def handle(self) -> None:
         self.rfile.read()  # until the client goes
+
+
+def main() -> None:
+    """python tests/seed_servers.py NAME [PORT]: serve one of these servers (a broken one for a class to find)."""
+    handlers = {cls.__name__: cls for cls in (SeedHandler, *SeedHandler.__subclasses__())}
+    if len(sys.argv) < 2 or sys.argv[1] not in handlers:
+        sys.exit(f"usage: python tests/seed_servers.py NAME [PORT], NAME one of: {', '.join(handlers)}")
+    server = SeedServer(handlers[sys.argv[1]], int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+    print(f"{sys.argv[1]} on 127.0.0.1:{server.port} (users: {', '.join(f'{u}/{p}' for u, p in USERS.items())})")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()
