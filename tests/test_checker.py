@@ -339,46 +339,85 @@ def peer() -> Iterator[Callable[[list[str]], int]]:
         process.wait(10)
 
 
-# The checks each peer fails, and why (docs/coursework.md traces each to the seed's or the RFC's text).
+# Each peer's FAILs (check: what came back) and SKIPs; docs/coursework.md traces each FAIL to the seed or an RFC.
+NEEDS_USER = {"login", "RETR", "DELE, then RETR"}
 PYTHON_PEER_FAILS = {
     "HELP": "250",  # seed 4.2: HELP's success is 211 or 214
     "HELP <command>": "250",
     "parameter not implemented": "501",  # seed 4.1: 504 Command parameter not implemented
 }
-NEEDS_USER = {"login", "RETR", "DELE, then RETR"}
+PEERS = {
+    "aiosmtpd": (PYTHON_PEER_FAILS, NEEDS_USER | {"wrong password"}),  # no AUTH offered without TLS
+    # smtpd decodes a command as UTF-8 and the error closes the channel (smtpd.py found_terminator).
+    "smtpd": (
+        {**PYTHON_PEER_FAILS, "garbage line": "the server closed the connection"},
+        NEEDS_USER | {"wrong password"},
+    ),
+    "smtp-sink": (
+        {
+            "HELP": "500",  # smtp-sink knows no HELP
+            "HELP <command>": "500",
+            "parameter not implemented": "500",
+            "very long line": "the server closed the connection",  # it hangs up on a command line over its limit
+            "wrong password": "250, 250",  # it takes any AUTH: a sink, not a login system
+        },
+        NEEDS_USER,
+    ),
+}
+
+
+def assert_peer(name: str, port: int) -> None:
+    """The checker's verdicts on a peer are PEERS[name], and its exit status 1."""
+    status, rows = check_json(port, user=None)
+    fails, skips = PEERS[name]
+    assert {check: rows[check]["received"] for check in verdicts(rows, "FAIL")} == fails
+    assert verdicts(rows, "SKIP") == skips
+    assert status == 1
 
 
 def test_aiosmtpd(peer: Callable[[list[str]], int]) -> None:
-    port = peer([sys.executable, "-m", "aiosmtpd", "-n", "-l", "127.0.0.1:{port}"])
-    status, rows = check_json(port, user=None)
-    assert {name: rows[name]["received"] for name in verdicts(rows, "FAIL")} == PYTHON_PEER_FAILS
-    assert verdicts(rows, "SKIP") == NEEDS_USER | {"wrong password"}  # no AUTH offered without TLS
-    assert status == 1
+    assert_peer("aiosmtpd", peer([sys.executable, "-m", "aiosmtpd", "-n", "-l", "127.0.0.1:{port}"]))
 
 
 def test_python_smtpd(peer: Callable[[list[str]], int]) -> None:
     # Python 3.11's own smtpd module, run as its documentation says: python -m smtpd (-W: its DeprecationWarning).
-    port = peer([sys.executable, "-W", "ignore::DeprecationWarning", "-m", "smtpd", "-n", "-c", "DebuggingServer",
-                 "127.0.0.1:{port}"])  # fmt: skip
-    status, rows = check_json(port, user=None)
-    fails = {name: rows[name]["received"] for name in verdicts(rows, "FAIL")}
-    # smtpd decodes a command as UTF-8 and the error closes the channel (smtpd.py found_terminator).
-    assert fails == {**PYTHON_PEER_FAILS, "garbage line": "the server closed the connection"}
-    assert verdicts(rows, "SKIP") == NEEDS_USER | {"wrong password"}
-    assert status == 1
+    command = [sys.executable, "-W", "ignore::DeprecationWarning", "-m", "smtpd", "-n", "-c", "DebuggingServer"]
+    assert_peer("smtpd", peer([*command, "127.0.0.1:{port}"]))
 
 
 def test_postfix_smtp_sink(peer: Callable[[list[str]], int]) -> None:
     sink = require_tool("smtp-sink")
     as_user = ["-u", "nobody"] if os.geteuid() == 0 else []  # smtp-sink refuses to run as root
-    port = peer([sink, *as_user, "-h", "sink.test", "127.0.0.1:{port}", "10"])
-    status, rows = check_json(port, user=None)
-    assert {name: rows[name]["received"] for name in verdicts(rows, "FAIL")} == {
-        "HELP": "500",  # smtp-sink knows no HELP
-        "HELP <command>": "500",
-        "parameter not implemented": "500",
-        "very long line": "the server closed the connection",  # it hangs up on a command line over its limit
-        "wrong password": "250, 250",  # it takes any AUTH: a sink, not a login system
-    }
-    assert verdicts(rows, "SKIP") == NEEDS_USER
-    assert status == 1
+    assert_peer("smtp-sink", peer([sink, *as_user, "-h", "sink.test", "127.0.0.1:{port}", "10"]))
+
+
+# --- docs/coursework.md: its table and its sample are what the checker does ----------------------
+
+COURSEWORK = ROOT / "docs" / "coursework.md"
+
+
+def test_the_docs_table_is_the_checks_and_the_peers_results() -> None:
+    text = COURSEWORK.read_text(encoding="utf-8")
+    header = "| check | source | sent | allowed | aiosmtpd | smtpd | smtp-sink |"
+    rows = [line.split(" | ") for line in text.split(header)[1].split("\n\n")[0].splitlines()[2:]]
+    names = [row[0].removeprefix("| ").removesuffix(" (required: no)") for row in rows]
+    assert names == CHECK_NAMES
+    optional = {row[0].removeprefix("| ").removesuffix(" (required: no)") for row in rows if "required: no" in row[0]}
+    assert optional == {check.name for check in client_module.CHECKS if not check.required}
+    for column, peer_name in enumerate(PEERS, start=4):
+        fails, skips = PEERS[peer_name]
+        cells = {name: row[column].removesuffix(" |") for name, row in zip(names, rows, strict=True)}
+        shown_fails = {name: f"FAIL ({received.replace('the server closed the connection', 'closed')})"
+                       for name, received in fails.items()}  # fmt: skip
+        assert {name: cell for name, cell in cells.items() if cell.startswith("FAIL")} == shown_fails, peer_name
+        assert {name for name, cell in cells.items() if cell == "SKIP"} == skips, peer_name
+        assert {cell for name, cell in cells.items() if name not in fails and name not in skips} == {"PASS"}
+
+
+def test_the_docs_sample_is_a_real_run(seed_server: Callable[..., seed_servers.SeedServer]) -> None:
+    text = COURSEWORK.read_text(encoding="utf-8")
+    command = "$ echo alice-password | python3 client.py --check --port 2526 --user alice\n"
+    sample = text.split(command)[1].split("```")[0]
+    server = seed_server(seed_servers.EndsDataAtBareLF)
+    result = run_checker("--check", "--port", str(server.port), "--user", "alice", stdin=f"{PASSWORD}\n")
+    assert result.stdout.replace(f"127.0.0.1:{server.port}", "127.0.0.1:2526") == sample
