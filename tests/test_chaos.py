@@ -71,10 +71,17 @@ def test_each_stage_can_be_drilled(
     assert logged_in.command(command) == (451, ["4.3.0 Chaos drill: temporary failure, try again later"])
 
 
-def test_a_connect_drill_answers_and_closes(smtp_server: RunningServer) -> None:
-    drills(smtp_server, "connect=421")
+@pytest.mark.parametrize(
+    ("code", "greeting"),
+    [
+        (421, "421 mail.test Chaos drill: service not available, closing transmission channel"),
+        (554, "554 5.3.0 Chaos drill: permanent failure, do not try again"),  # RFC 5321 3.1: no service here
+    ],
+)
+def test_a_connect_drill_answers_and_closes(smtp_server: RunningServer, code: int, greeting: str) -> None:
+    drills(smtp_server, f"connect={code}")
     session = RawSession(smtp_server.host, smtp_server.port)
-    assert session.read_line() == "421 mail.test Chaos drill: service not available, closing transmission channel"
+    assert session.read_line() == greeting
     assert session.closed_by_server()
     session.close()
 
