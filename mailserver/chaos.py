@@ -13,7 +13,11 @@ never counted by the error limit or the login throttle, and a message refused at
 stored nowhere. `--chaos-seed N` makes a run repeatable: one Random, drawn from only when a
 rule's probability is between 0 and 1.
 
-Methods for the caller: `parse_rules()` (argparse's type for --chaos) and `Chaos.drill()`.
+Methods for the caller: `parse_rules()` (argparse's type for --chaos), `Chaos.drill()`, and
+`DrillMixIn.drilled()`, which the session calls at each stage: for the stages that are
+commands (`COMMAND_STAGES`) before the command's method runs (so before its own checks), at
+the greeting, in the login after the AUTH exchange, and after DATA's final "." (smtp.py).
+Only SMTP sessions are drilled.
 """
 
 from __future__ import annotations
@@ -21,11 +25,21 @@ from __future__ import annotations
 import argparse
 import random
 import threading
-from typing import NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, NoReturn, Protocol
+
+from .logs import log
+
+if TYPE_CHECKING:
+    from .config import ServerConfig
+    from .listener import MailServer
 
 STAGES = ("connect", "helo", "auth", "mail", "rcpt", "data", "retr", "dele", "quit")
 FORM = f"STAGE=CODE[:PROBABILITY], STAGE one of {', '.join(STAGES)}, CODE 400-599, PROBABILITY 0-1 (default 1)"
 CLOSING = 421  # RFC 5321 3.8: the server closes the connection after it
+DRILLED_PROTOCOL = "SMTP"  # POP3 sessions meet no drills
+# The stages that are a command: the drill answers in the command's place, before its method runs.
+COMMAND_STAGES = {"HELO": "helo", "EHLO": "helo", "MAIL": "mail", "RCPT": "rcpt", "RETR": "retr", "DELE": "dele",
+                  "QUIT": "quit"}  # fmt: skip
 
 
 class Rule(NamedTuple):
@@ -113,3 +127,42 @@ def drill_text(code: int, hostname: str) -> str:
 def closes(stage: str, code: int) -> bool:
     """True if the session ends after this drill: at connect, after a 421, or a 5xx at AUTH (a failed login)."""
     return stage in ("connect", "quit") or code == CLOSING or (stage == "auth" and code >= 500)
+
+
+class Abortable(Protocol):
+    """A message being received (a Delivery)."""
+
+    def abort(self) -> None: ...
+
+
+class DrillMixIn:
+    """The drills of `session.LineHandler`, which mixes this in (as it mixes in the login).
+
+    It uses the session's mail, config, peer, protocol, send_lines() and hang_up().
+    """
+
+    if TYPE_CHECKING:
+        mail: MailServer
+        config: ServerConfig
+        peer: str
+        protocol: ClassVar[str]
+
+        def send_lines(self, text: str) -> None: ...
+        def hang_up(self) -> NoReturn: ...
+
+    def drilled(self, stage: str | None, *, dropping: Abortable | None = None) -> bool:
+        """True if a drill answered in stage's place (first aborting dropping, a message being received);
+        the session hangs up after a drill that closes. False, and nothing sent, if no drill came."""
+        if stage is None or self.protocol != DRILLED_PROTOCOL:
+            return False
+        drill = self.mail.chaos.drill(stage, self.config.hostname)
+        if drill is None:
+            return False
+        if dropping is not None:
+            dropping.abort()  # refused on purpose: stored nowhere
+        log.info("%s CHAOS drill at %s: %d", self.peer, stage, drill.code)
+        # Not through reply(): a drill is no mistake of the client's, so the error limit does not count it.
+        self.send_lines(f"{drill.code} {drill.text}\r\n")
+        if drill.closes:
+            self.hang_up()
+        return True

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
+from .chaos import COMMAND_STAGES, DrillMixIn
 from .config import ServerConfig
 from .data import MessageTrace, dot_stuffed
 from .login import Login, LoginMixIn, LoginOutcome
@@ -52,7 +53,7 @@ def offered_when(condition: Callable[[Any], bool]) -> Callable[[Command], Comman
     return declare
 
 
-class LineHandler(LoginMixIn, socketserver.StreamRequestHandler):
+class LineHandler(DrillMixIn, LoginMixIn, socketserver.StreamRequestHandler):
     """One session of a line-based protocol: read a command line, call `<prefix><VERB>`, repeat.
 
     A command method gets the text after the verb, replies and returns; raising
@@ -133,7 +134,8 @@ class LineHandler(LoginMixIn, socketserver.StreamRequestHandler):
         try:
             if self.server.implicit_tls:
                 self.start_tls()
-            self.greet()
+            if not self.drilled("connect"):  # a --chaos drill greets instead, and hangs up
+                self.greet()
             while True:
                 self.handle_one_command()
         except Hangup:
@@ -161,7 +163,7 @@ class LineHandler(LoginMixIn, socketserver.StreamRequestHandler):
             method = self.command(verb)
             if method is None:
                 self.reply_unknown_command()
-            else:
+            elif not self.drilled(COMMAND_STAGES.get(verb)):  # a --chaos drill answers in its place
                 method(argument if verb in self.verbatim_arguments else argument.strip())
         if self.errors >= MAX_ERRORS:
             self.closing("Too many errors")
@@ -261,6 +263,8 @@ class LineHandler(LoginMixIn, socketserver.StreamRequestHandler):
         A wrong username or password ends the connection after its reply: the seed's rule,
         for both protocols. A refused login (the throttle, no TLS yet) lets the session go on.
         """
+        if self.drilled("auth"):  # before the throttle: a --chaos drill counts no failed login
+            return False
         login = self.check_login(credentials)
         if login.outcome is LoginOutcome.OK:
             return True

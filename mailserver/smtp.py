@@ -94,8 +94,7 @@ class SMTPHandler(LineHandler):
         self.session = Session()
 
     def greet(self) -> None:
-        if not self.drilled("connect"):
-            self.reply(220, f"{self.config.hostname} Service ready")
+        self.reply(220, f"{self.config.hostname} Service ready")
 
     def reply_line_too_long(self) -> None:
         self.reply(500, "Error: line too long")
@@ -121,18 +120,6 @@ class SMTPHandler(LineHandler):
             self.errors += 1
         self.send_lines("".join(f"{code}{'-' if n < last else ' '}{line}\r\n" for n, line in enumerate(lines)))
 
-    def drilled(self, stage: str) -> bool:
-        """True if a --chaos drill answered in stage's place; raise Hangup if the drill ends the session."""
-        drill = self.mail.chaos.drill(stage, self.config.hostname)
-        if drill is None:
-            return False
-        log.info("%s CHAOS drill at %s: %d", self.peer, stage, drill.code)
-        # Not through reply(): a drill is no mistake of the client's, so the error limit does not count it.
-        self.send_lines(f"{drill.code} {drill.text}\r\n")
-        if drill.closes:
-            raise Hangup
-        return True
-
     # -- the commands of RFC 821 and the seed ----------------------------------------
 
     def smtp_HELO(self, argument: str) -> None:
@@ -152,8 +139,6 @@ class SMTPHandler(LineHandler):
     def hello(self, domain: str, *, extended: bool) -> None:
         if not domain:
             self.reply_syntax("EHLO" if extended else "HELO")
-            return
-        if self.drilled("helo"):
             return
         self.session.greeting, self.session.envelope = domain, None
         hello = f"{self.config.hostname} Hello {printable(domain[:100])}"
@@ -179,8 +164,6 @@ class SMTPHandler(LineHandler):
         if self.session.envelope is not None:
             self.reply(503, "Error: nested MAIL command")
             return
-        if self.drilled("mail"):
-            return
         parsed = parse_path(argument, "FROM:", allow_null=True)
         if parsed is None:
             self.reply_syntax("MAIL")
@@ -205,8 +188,6 @@ class SMTPHandler(LineHandler):
         """
         envelope = self.session.envelope
         assert envelope is not None  # the guard saw to it
-        if self.drilled("rcpt"):
-            return
         parsed = parse_path(argument, "TO:", allow_null=False)
         if parsed is None:
             self.reply_syntax("RCPT")
@@ -264,8 +245,7 @@ class SMTPHandler(LineHandler):
                     state = reader.read()
                 except EOFError:
                     self.hang_up()  # the client went, or the server cut the data off
-            if state is DataState.NORMAL and self.drilled("data"):
-                delivery.abort()  # refused on purpose: stored nowhere
+            if state is DataState.NORMAL and self.drilled("data", dropping=delivery):  # --chaos: stored nowhere
                 return
         except BaseException:
             delivery.abort()
@@ -342,8 +322,7 @@ class SMTPHandler(LineHandler):
 
         End the session; the server answers 221 and closes the connection.
         """
-        if not self.drilled("quit"):
-            self.reply(221, f"{self.config.hostname} Service closing transmission channel")
+        self.reply(221, f"{self.config.hostname} Service closing transmission channel")
         raise Hangup
 
     # -- login (RFC 4954) -----------------------------------------------------------
@@ -368,9 +347,7 @@ class SMTPHandler(LineHandler):
             self.reply_syntax("AUTH")
             return
         credentials = self.authenticate(argument)
-        if credentials is None or self.drilled("auth"):  # a drill comes before the throttle: it counts no failure
-            return
-        if self.log_in(credentials):
+        if credentials is not None and self.log_in(credentials):
             self.session.user = credentials.user
             log.info("%s login %s", self.peer, credentials.user)
             self.reply(235, "2.7.0 Authentication successful")
@@ -432,8 +409,6 @@ class SMTPHandler(LineHandler):
             self.reply(504, "RETR takes no parameter")
             return
         assert self.session.user is not None
-        if self.drilled("retr"):
-            return
         try:
             messages = self.mail.mailboxes.sent_messages(self.session.user)
         except OSError as error:
@@ -466,8 +441,6 @@ class SMTPHandler(LineHandler):
             self.reply(504, "DELE takes no parameter")
             return
         assert self.session.user is not None
-        if self.drilled("dele"):
-            return
         try:
             deleted = self.mail.mailboxes.delete_sent(self.session.user)
         except OSError as error:

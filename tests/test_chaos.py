@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, RawSession, RunningServer, ServerProcess, plain_response
+from conftest import ROOT, POP3Session, RawSession, RunningServer, ServerProcess, plain_response
 
 sys.path.insert(0, str(ROOT))
 import server as server_module
@@ -215,3 +215,10 @@ def test_classroom_leaves_chaos_off() -> None:
     assert not Chaos(config_of("--classroom").chaos or ())
     # An option given still wins over the preset, as every other one does.
     assert config_of("--classroom", "--chaos", "mail=451").chaos == parse_rules("mail=451")
+
+
+def test_pop3_sessions_meet_no_drills(pop3_server: RunningServer, pop3: POP3Session) -> None:
+    drills(pop3_server, "connect=421,auth=535,retr=451,dele=451,quit=451")
+    pop3.login()
+    assert pop3.status("DELE 1").startswith("-ERR")  # an empty inbox's own answer, not a drill
+    assert pop3.status("QUIT").startswith("+OK")
