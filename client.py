@@ -50,7 +50,6 @@ Contents (each section keeps its own constants and uses only what the sections a
 
 import argparse
 import base64
-import concurrent.futures
 import contextlib
 import csv
 import email

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -421,3 +422,18 @@ def test_the_docs_sample_is_a_real_run(seed_server: Callable[..., seed_servers.S
     server = seed_server(seed_servers.EndsDataAtBareLF)
     result = run_checker("--check", "--port", str(server.port), "--user", "alice", stdin=f"{PASSWORD}\n")
     assert result.stdout.replace(f"127.0.0.1:{server.port}", "127.0.0.1:2526") == sample
+
+
+@pytest.mark.parametrize("mode", ["--check", "--check-all"])
+def test_ctrl_c_ends_the_checker_at_once(
+    seed_server: Callable[..., seed_servers.SeedServer], tmp_path: Path, mode: str
+) -> None:
+    server = seed_server(CountedSilence)
+    (tmp_path / "class.txt").write_text(f"127.0.0.1:{server.port}\n")
+    where = ["--port", str(server.port)] if mode == "--check" else [str(tmp_path / "class.txt")]
+    process = subprocess.Popen([sys.executable, str(CLIENT), mode, *where], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+    wait_for(lambda: CountedSilence.open_now > 0)  # the checker is waiting for a greeting
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=10)
+    assert (process.returncode, stdout, stderr) == (130, "", "\n(interrupted: no report)\n")
