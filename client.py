@@ -34,6 +34,10 @@ round: the student types the protocol, and each reply is explained under it
 (``RawConsole`` reads the terminal, ``ConsoleSession`` the connection, and
 ``REPLY_MEANINGS`` holds the explanations; docs/console.md shows a session).
 
+``python client.py --check`` grades any SMTP server against the seed, a table of
+PASS/FAIL/SKIP whose FAIL lines come from those same explanations, and
+``--check-all FILE`` a class's servers (``CHECKS`` is the table of checks; docs/coursework.md).
+
 Contents (each section keeps its own constants and uses only what the sections above it define):
 
     1. Text: the trace's lines, masked secrets, replies as one line
@@ -45,7 +49,9 @@ Contents (each section keeps its own constants and uses only what the sections a
     7. The raw console: what each reply means
     8. The raw console: the two dialects and the connection
     9. The raw console: the terminal
-    10. The command line
+    10. The conformance checker (--check): the seed's rules as a table of checks
+    11. The checker's report: the table, --json, --check-all, and their options
+    12. The command line
 """
 
 import argparse
@@ -2008,7 +2014,744 @@ def run_raw(args: argparse.Namespace, tls: ssl.SSLContext) -> int:
     return console.run(session, starttls=args.starttls)
 
 
-# --- 10. The command line -------------------------------------------------------------------------
+# --- 10. The conformance checker (--check): the seed's rules as a table of checks -----------------
+#
+# Each check is data: its name, where its rule is written, what it sends and which replies pass.
+# One loop (Checker.run_check) runs any of them on a connection of its own, so a server that
+# closes or crashes mid-run meets a fresh connection at the next check.  No reply is waited for
+# longer than CHECK_WAIT: a silent server fails its checks and the run goes on.  The table, the
+# JSON and --check-all's rows are all made from the same results.
+
+CHECK_WAIT = 5  # seconds for any one reply, or for the close after QUIT: then FAIL, never a hang
+SEGMENT_PAUSE = 0.2  # seconds between the TCP segments of a split line, so that they arrive apart
+MAX_REPLY_LINE = 64 * 1024  # a longer "reply line" is garbage, not a reply
+MAX_RETRIEVED = 10 * 1024 * 1024  # octets RETR may send back before the checker stops reading
+CHECK_DOMAIN = "checker.example"  # RFC 2606: a name that is nobody's
+LONG_LINE = 10_000  # octets of the very long command line: far over RFC 5321 4.5.3.1.4's 512
+NO_REPLY = f"no reply in {CHECK_WAIT} s"
+SILENT_CHECKS = 3  # checks in a row without a reply, after which the server is taken for hung
+GATED_VERBS = frozenset({"MAIL", "RCPT", "DATA", "RETR", "DELE"})  # what a server may keep for logged-in users
+
+
+class Stage(enum.IntEnum):
+    """How far a check's connection gets before the check sends anything."""
+
+    CONNECTED = 0  # nothing read: the check reads the greeting itself
+    GREETED = 1  # the 220 read (and TLS started, with --starttls)
+    HELLO = 2  # HELO answered 250; with --user, EHLO and AUTH PLAIN instead
+    MAIL = 3  # then MAIL FROM answered 250
+    RCPT = 4  # then RCPT TO answered 250
+    DATA = 5  # then DATA answered 354: the check sends the message
+
+
+class Step(NamedTuple):
+    """One thing a check sends, and the replies that pass.
+
+    send: a line in pieces; two or more go out SEGMENT_PAUSE apart, as separate TCP segments. Fields
+    in braces are filled in per run: {sender}, {recipient}, {domain}, {login}, {wrong_login}.
+    allowed: the reply codes that pass; none means the server must close the connection instead.
+    """
+
+    send: tuple[str, ...]
+    allowed: tuple[str, ...]
+    verb: str  # what the reply answers, for explain(): a verb, "CONNECT", or "." for a message's end
+    text: str = ""  # a regular expression the reply's text must start with, and what it stands for:
+    text_means: str = ""
+    retrieves: bool = False  # RETR's blocks follow a 250: this run's messages, checked byte for byte
+
+
+class Check(NamedTuple):
+    """One row of the report."""
+
+    name: str
+    source: str  # the seed's section, or "RFC 5321 x.y (seed silent)"
+    stage: Stage
+    sent: str  # what the check sends, as a person reads it
+    steps: tuple[Step, ...]
+    required: bool = True
+    needs: str = ""  # "auth": the server offers AUTH or --user is given; "login": --user is given
+    stored: str = ""  # the message this check has stored, as RETR must give it back
+
+
+def command(line: str, *allowed: str, verb: str = "", **options: str | bool) -> Step:
+    """A step that sends one command line (CRLF added)."""
+    return Step((line + "\r\n",), allowed, verb or line.split(" ", 1)[0].upper(), **options)  # type: ignore[arg-type]
+
+
+STILL_ANSWERS = command("NOOP", "250")
+CLOSES = Step((), (), "QUIT")  # nothing sent: the server must close the connection
+HEADER = "From: <{sender}>\r\nTo: <{recipient}>\r\nSubject: client.py --check: {check}\r\n\r\n"
+
+
+def mail_check(
+    name: str,
+    source: str,
+    sent: str,
+    body: str,
+    *,
+    stored: str | None = None,
+    split: bool = False,
+    then: tuple[Step, ...] = (),
+    required: bool = True,
+    stage: Stage = Stage.DATA,
+) -> Check:
+    """A check that sends one message after the 354 (the final "." split into TCP segments if split);
+    RETR must give back stored (by default body) under the same header. From Stage.RCPT it sends DATA first."""
+    header = HEADER.replace("{check}", name)
+    wire = header + body
+    pieces = (wire[:-1], "\n.", "\r", "\n") if split else (wire + ".\r\n",)
+    end = Step(pieces, ("250",), ".")
+    if stage == Stage.RCPT:
+        then, end = (end, *then), command("DATA", "354")
+    return Check(
+        name, source, stage, sent, (end, *then), required, stored=header + (body if stored is None else stored)
+    )
+
+
+CHECKS: tuple[Check, ...] = (
+    Check("greeting", "seed 4.2", Stage.CONNECTED, "(connect)",
+          (Step((), ("220",), "CONNECT", r"\[?[A-Za-z0-9][A-Za-z0-9.:-]*\]?( |$)", "220 <domain>"),)),
+    Check("HELO", "seed 3, 4.2", Stage.GREETED, "HELO checker.example", (command("HELO {domain}", "250"),)),
+    Check("MAIL", "seed 2, 4.2", Stage.HELLO, "MAIL FROM:<...>", (command("MAIL FROM:<{sender}>", "250"),)),
+    Check("RCPT", "seed 2, 4.2", Stage.MAIL, "RCPT TO:<...>", (command("RCPT TO:<{recipient}>", "250"),)),
+    mail_check("DATA", "seed 4.2, 8", "DATA, a message, .", "Blah blah blah(MAIL CONTENT) ...\r\n",
+               stage=Stage.RCPT),
+    Check("RCPT before MAIL", "seed 2; RFC 5321 4.1.4", Stage.HELLO, "RCPT TO:<...>",
+          (command("RCPT TO:<{recipient}>", "503", "500"),)),
+    Check("DATA before RCPT", "seed 2; RFC 5321 3.3", Stage.MAIL, "DATA", (command("DATA", "503", "554", "500"),)),
+    mail_check("bare LF.LF is not the end", "RFC 5321 4.1.1.4 (seed silent)", "text, LF . LF, text, then NOOP",
+               "A bare LF.LF comes next; it is text, not the end\n.\nXYZZY this line is text too\r\n",
+               then=(STILL_ANSWERS,)),
+    mail_check("a .. line", "RFC 5321 4.5.2 (seed silent)", "..text and a .. line",
+               "..a line that starts with a dot\r\n..\r\nthe line above holds a dot only\r\n",
+               stored=".a line that starts with a dot\r\n.\r\nthe line above holds a dot only\r\n"),
+    mail_check("end of data split", "RFC 5321 2.3.8 (seed silent)", "text\\r | \\n. | \\r | \\n",
+               "The end of the data comes in four TCP segments\r\n", split=True),
+    mail_check("8-bit text", "RFC 6152 (seed silent)", "UTF-8 text",
+               "Grüße aus Köln, 8-bit text: ½ € 日本\r\n", required=False),
+    mail_check("1000-octet line", "RFC 5321 4.5.3.1.6 (seed silent)", "a line of 998 octets + CRLF",
+               "x" * 998 + "\r\n"),
+    Check("HELP", "seed 3, 4.2", Stage.GREETED, "HELP", (command("HELP", "214", "211"),)),
+    Check("HELP <command>", "seed 3, 4.2", Stage.GREETED, "HELP MAIL", (command("HELP MAIL", "214", "211"),)),
+    Check("NOOP", "seed 3, 4.2", Stage.GREETED, "NOOP", (STILL_ANSWERS,)),
+    Check("command split", "RFC 5321 2.3.8 (seed silent)", Stage.GREETED, "NO | OP",
+          (Step(("NO", "OP\r\n"), ("250",), "NOOP"),)),
+    Check("lower-case verb", "RFC 5321 2.4 (seed silent)", Stage.GREETED, "noop", (command("noop", "250"),)),
+    Check("unknown command", "seed 4.1", Stage.GREETED, "XYZZY", (command("XYZZY", "500"),)),
+    Check("parameter not implemented", "seed 4.1, 4.2", Stage.GREETED, "HELP XYZZY", (command("HELP XYZZY", "504"),)),
+    Check("garbage line", "seed 4", Stage.GREETED, "NUL 0xFF 0x80 ..., then NOOP",
+          (command("\x00\udcff\udc80 garbage \x01\x7f", "500", verb="XYZZY"), STILL_ANSWERS)),
+    Check("very long line", "RFC 5321 4.3.2 (seed silent)", Stage.GREETED, f"{LONG_LINE:,} octets, then NOOP",
+          (command("X" * LONG_LINE, "500", verb="XYZZY"), STILL_ANSWERS)),
+    Check("QUIT", "seed 3, 4.2", Stage.GREETED, "QUIT", (command("QUIT", "221"), CLOSES)),
+    Check("wrong password", "seed 7", Stage.GREETED, "EHLO, AUTH PLAIN ******** (wrong)",
+          (command("EHLO {domain}", "250"), command("AUTH PLAIN {wrong_login}", "535"), CLOSES), needs="auth"),
+    Check("login", "seed 7 (AUTH PLAIN: RFC 4954)", Stage.GREETED, "EHLO, AUTH PLAIN ********",
+          (command("EHLO {domain}", "250"), command("AUTH PLAIN {login}", "235")), needs="login"),
+    Check("RETR", "seed 5", Stage.HELLO, "RETR",
+          (command("RETR", "250", text=r"\d+\b", text_means="250 <count>", retrieves=True),), needs="login"),
+    Check("DELE, then RETR", "seed 6", Stage.HELLO, "DELE, RETR",
+          (command("DELE", "250"), command("RETR", "250", text=r"0\b", text_means="250 0 (none left)")),
+          needs="login"),
+)  # fmt: skip
+
+
+class CheckResult(NamedTuple):
+    """How one check went: PASS, FAIL or SKIP, what came back, and what a FAIL means (a SKIP: why)."""
+
+    check: Check
+    verdict: str
+    received: str
+    meaning: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        """The result as --json prints it."""
+        check = self.check
+        allowed = ", then ".join("/".join(step.allowed) or "close" for step in check.steps)
+        return {
+            "check": check.name,
+            "source": check.source,
+            "sent": check.sent,
+            "allowed": allowed,
+            "received": self.received,
+            "result": self.verdict,
+            "required": check.required,
+            "meaning": self.meaning,
+        }
+
+
+class CheckFailed(Exception):
+    """A check cannot go on: its message is what was received, meaning what that means."""
+
+    def __init__(self, received: str, meaning: str = "", *, skip: bool = False) -> None:
+        super().__init__(received)
+        self.received = received
+        self.meaning = meaning or received
+        self.skip = skip
+
+
+class Reply(NamedTuple):
+    """One reply as the checker read it."""
+
+    code: str
+    text: str  # of its last line
+    crlf: bool  # every line ended in CRLF (RFC 5321 4.2)
+
+
+class Target(NamedTuple):
+    """One server to check, and how: --host, --port, --user, TLS."""
+
+    host: str
+    port: int
+    user: str | None = None
+    tls: ssl.SSLContext | None = None  # None: plain text; else STARTTLS, or TLS at once if implicit_tls
+    implicit_tls: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class Probe:
+    """One raw connection of the checker: bytes as a check wants them, every read bounded by CHECK_WAIT."""
+
+    def __init__(self, target: Target) -> None:
+        try:
+            sock = socket.create_connection((target.host, target.port), timeout=CHECK_WAIT)
+        except TimeoutError:
+            raise CheckFailed(f"no connection in {CHECK_WAIT} s") from None
+        except OSError as error:
+            raise CheckFailed(f"cannot connect: {error.strerror or error}") from None
+        # Each send is its own segment: the split checks depend on it (and replies come no later).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock: socket.socket = sock
+        self.target = target
+        self.pending = b""  # received, not yet read
+        if target.tls is not None and target.implicit_tls:
+            self.start_tls()
+
+    def start_tls(self) -> None:
+        assert self.target.tls is not None
+        try:
+            self.sock = self.target.tls.wrap_socket(self.sock, server_hostname=self.target.host)
+        except (OSError, ValueError) as error:
+            raise CheckFailed(
+                f"TLS failed: {tls_failure(error) if isinstance(error, ssl.SSLError) else error}"
+            ) from None
+
+    def send(self, pieces: tuple[bytes, ...]) -> None:
+        """Send each piece; between two, pause so that they go as separate TCP segments."""
+        try:
+            self.sock.settimeout(CHECK_WAIT)  # a server that stops reading must not stop the checker either
+            for number, piece in enumerate(pieces):
+                if number:
+                    time.sleep(SEGMENT_PAUSE)
+                self.sock.sendall(piece)
+        except TimeoutError:
+            raise CheckFailed(f"the server took nothing in {CHECK_WAIT} s") from None
+        except OSError as error:
+            raise CheckFailed(f"the server closed the connection ({error.strerror or error})") from None
+
+    def read_line(self, deadline: float) -> bytes:
+        """One line, its line end included; raise CheckFailed on silence past deadline, a close, or garbage."""
+        while b"\n" not in self.pending:
+            if len(self.pending) > MAX_REPLY_LINE:
+                raise CheckFailed(f"a line of over {MAX_REPLY_LINE} octets", "not an SMTP reply")
+            self.pending += self.receive(deadline)
+        end = self.pending.index(b"\n") + 1
+        found, self.pending = self.pending[:end], self.pending[end:]
+        return found
+
+    def receive(self, deadline: float) -> bytes:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise CheckFailed(NO_REPLY)
+        try:
+            self.sock.settimeout(remaining)
+            received = self.sock.recv(65536)
+        except TimeoutError:
+            raise CheckFailed(NO_REPLY) from None
+        except OSError as error:
+            raise CheckFailed(f"the connection broke ({error.strerror or error})") from None
+        if not received:
+            raise CheckFailed("the server closed the connection")
+        return received
+
+    def reply(self) -> Reply:
+        """Read one reply, all its lines within CHECK_WAIT."""
+        deadline, crlf = time.monotonic() + CHECK_WAIT, True
+        while True:
+            raw = self.read_line(deadline)
+            crlf = crlf and raw.endswith(b"\r\n")
+            text = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+            parsed = SMTPDialect.parse(text)
+            if parsed is None:
+                raise CheckFailed(f"not a reply: {text[:60]!r}", "RFC 5321 4.2: a reply is a 3-digit code and text")
+            if parsed.final:
+                return Reply(parsed.status, parsed.text, crlf)
+
+    def closes(self) -> bool:
+        """True if the server closes the connection within CHECK_WAIT (whatever it sends first)."""
+        deadline = time.monotonic() + CHECK_WAIT
+        try:
+            while True:
+                self.receive(deadline)
+        except CheckFailed as outcome:
+            return outcome.received.startswith(("the server closed", "the connection broke"))
+
+    def block(self, deadline: float, budget: int) -> bytes:
+        """One dot-terminated block (RETR's), dot-unstuffed (RFC 5321 4.5.2), of at most budget octets."""
+        lines = []
+        while (raw := self.read_line(deadline)) != b".\r\n":
+            budget -= len(raw)
+            if budget < 0:
+                raise CheckFailed(f"RETR sent over {MAX_RETRIEVED:,} octets", "more than this run sent")
+            lines.append(raw[1:] if raw.startswith(b".") else raw)
+        return b"".join(lines)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class Checker:
+    """One run of CHECKS against one server.
+
+    Methods for the caller: run() returns a CheckResult per check, in CHECKS' order.
+    """
+
+    def __init__(self, target: Target, password: str | None = None) -> None:
+        self.target = target
+        self.fields = {  # what a step's {braces} stand for
+            "domain": CHECK_DOMAIN,
+            "sender": f"{target.user or 'checker'}@{CHECK_DOMAIN}",
+            "recipient": "postmaster@example.org",  # RFC 5321 4.5.1; the server's own domain, once greeted
+            "login": plain_credentials(target.user or "", password or ""),
+            # Random, and nothing like the password: a server may log what a failed login sent.
+            "wrong_login": plain_credentials(target.user or "checker", f"wrong-{os.urandom(6).hex()}"),
+        }
+        self.offers: set[str] | None = None  # EHLO's keywords, once discover() has asked
+        self.silent: str | None = None  # why the server is taken for dead: later checks fail at once
+        self.unanswered = 0  # checks in a row that got no reply in time
+        self.stored: list[tuple[str, bytes]] = []  # (check, message) that this run had stored, oldest first
+        self.altered: dict[str, str] = {}  # check -> how RETR gave its message back altered
+
+    def run(self) -> list[CheckResult]:
+        results = []
+        for check in CHECKS:
+            if check.stage >= Stage.GREETED and self.offers is None:
+                self.offers = self.discover()
+            results.append(self.run_check(check))
+        return [self.blamed(result) for result in results]
+
+    def discover(self) -> set[str]:
+        """Return what the server offers (EHLO's keywords); with --user, empty the user's sent messages
+        (DELE), so that RETR's check knows what must come back."""
+        offers: set[str] = set()
+        if self.silent:
+            return offers
+        with contextlib.suppress(CheckFailed):
+            probe = self.open(Stage.GREETED)
+            try:
+                offers = self.extensions(probe)
+                if self.target.user:
+                    self.step(probe, command("AUTH PLAIN {login}", "235"))
+                    self.step(probe, command("DELE", "250"))
+            finally:
+                probe.close()
+        return offers
+
+    def extensions(self, probe: Probe) -> set[str]:
+        """Send EHLO; return the keywords it lists, and each AUTH mechanism as "AUTH PLAIN"."""
+        self.send(probe, command("EHLO {domain}", "250"))
+        deadline, offers = time.monotonic() + CHECK_WAIT, set()
+        while True:
+            parsed = SMTPDialect.parse(probe.read_line(deadline).rstrip(b"\r\n").decode("utf-8", "replace"))
+            if parsed is None or parsed.status != "250":
+                return offers
+            keyword, *parameters = parsed.text.upper().split() or [""]
+            offers.add(keyword)
+            if keyword == "AUTH":
+                offers.update(f"AUTH {mechanism}" for mechanism in parameters)
+            if parsed.final:
+                return offers
+
+    def skipped(self, check: Check) -> str | None:
+        """Why check cannot run against this server, or None."""
+        offers = self.offers or set()
+        if check.needs == "auth" and "AUTH" not in offers and not self.target.user:
+            return "the server offers no AUTH (EHLO), and no --user was given"
+        if check.needs == "login" and not self.target.user:
+            return "needs --user NAME" + (" (the server offers AUTH)" if "AUTH" in offers else "")
+        if check.needs and "AUTH" in offers and "AUTH PLAIN" not in offers:
+            return "the server's AUTH has no PLAIN, the one mechanism the checker uses"
+        return None
+
+    def run_check(self, check: Check) -> CheckResult:
+        """Run one check on a connection of its own: PASS, FAIL with what came back, or SKIP with why."""
+        if reason := self.skipped(check):
+            return CheckResult(check, "SKIP", "", reason)
+        if self.silent:
+            return CheckResult(check, "FAIL", "not checked", self.silent)
+        received: list[str] = []
+        probe = None
+        try:
+            probe = self.open(check.stage)
+            for step in check.steps:
+                received.append(self.step(probe, step))
+                if step.verb == "." and check.stored:  # the server said it has the message
+                    self.stored.append((check.name, self.filled(check.stored)))
+        except CheckFailed as failure:
+            self.note_silence(failure)
+            verdict = "SKIP" if failure.skip else "FAIL"
+            return CheckResult(check, verdict, ", ".join([*received, failure.received]), failure.meaning)
+        finally:
+            if probe is not None:
+                probe.close()
+        self.unanswered = 0
+        return CheckResult(check, "PASS", ", ".join(received))
+
+    def note_silence(self, failure: CheckFailed) -> None:
+        """After SILENT_CHECKS checks in a row without a reply, take the server for dead (the run stays short)."""
+        self.unanswered = self.unanswered + 1 if failure.received.endswith(NO_REPLY) else 0
+        if self.unanswered >= SILENT_CHECKS:
+            self.silent = f"no reply to {SILENT_CHECKS} checks in a row: the server seems to hang"
+
+    def open(self, stage: Stage) -> Probe:
+        """A new connection, brought to stage; a step on the way that fails makes the check fail."""
+        probe = Probe(self.target)
+        try:
+            if stage >= Stage.GREETED:
+                self.greeted(probe)
+            preparation = {
+                Stage.HELLO: self.hello_steps(),
+                Stage.MAIL: [command("MAIL FROM:<{sender}>", "250")],
+                Stage.RCPT: [command("RCPT TO:<{recipient}>", "250")],
+                Stage.DATA: [command("DATA", "354")],
+            }
+            steps = [step for reached, steps in preparation.items() if reached <= stage for step in steps]
+            for step in steps:
+                try:
+                    self.step(probe, step)
+                except CheckFailed as failure:
+                    failure.received = f"before it, {step.verb} got {failure.received}"
+                    raise
+        except BaseException:
+            probe.close()
+            raise
+        return probe
+
+    def hello_steps(self) -> list[Step]:
+        """HELO; with --user, EHLO and AUTH PLAIN instead (RFC 4954: AUTH follows EHLO)."""
+        if self.target.user:
+            return [command("EHLO {domain}", "250"), command("AUTH PLAIN {login}", "235")]
+        return [command("HELO {domain}", "250")]
+
+    def greeted(self, probe: Probe) -> None:
+        """Read the greeting, then with --starttls start TLS."""
+        # Any 2xx will do here: a wrong greeting code is the greeting check's to report, not every check's.
+        self.step(probe, Step((), tuple(str(code) for code in range(200, 300)), "CONNECT"))
+        if self.target.tls is not None and not self.target.implicit_tls:
+            self.extensions(probe)
+            self.step(probe, command("STARTTLS", "220"))
+            probe.start_tls()
+
+    def filled(self, template: str) -> bytes:
+        """template with this run's fields, as bytes on the wire (lone surrogates: the raw octets)."""
+        return template.format_map(self.fields).encode("utf-8", "surrogateescape")
+
+    def send(self, probe: Probe, step: Step) -> None:
+        probe.send(tuple(self.filled(piece) for piece in step.send))
+
+    def step(self, probe: Probe, step: Step) -> str:
+        """Send step, read its reply and judge it; return the reply as the table shows it, or raise CheckFailed."""
+        self.send(probe, step)
+        if not step.allowed:
+            if probe.closes():
+                return "closed"
+            raise CheckFailed(f"still open after {CHECK_WAIT} s", explain("221", "", "QUIT"))
+        try:
+            reply = probe.reply()
+        except CheckFailed as failure:
+            if step.verb == "CONNECT" and failure.received.endswith(NO_REPLY):
+                self.silent = f"no greeting in {CHECK_WAIT} s"
+            raise
+        self.judge(step, reply)
+        if step.verb == "CONNECT" and (domain := reply.text.split(" ", 1)[0]):
+            self.fields["recipient"] = f"postmaster@{domain}"  # RFC 5321 4.5.1: always accepted
+        if step.retrieves:
+            return self.retrieved(probe, reply.code, int(reply.text.split()[0]))
+        return reply.code
+
+    def judge(self, step: Step, reply: Reply) -> None:
+        """Raise CheckFailed unless reply is one step allows, in the form RFC 5321 4.2 gives replies."""
+        if reply.code not in step.allowed:
+            # RFC 4954 6: 530, authentication required; the server offers AUTH, and we were given no login.
+            if (
+                step.verb in GATED_VERBS
+                and reply.code == "530"
+                and "AUTH" in (self.offers or ())
+                and not self.target.user
+            ):
+                raise CheckFailed(reply.code, "the server wants a login first: give --user NAME", skip=True)
+            others = f" (or {'/'.join(step.allowed[1:])})" if len(step.allowed) > 1 else ""
+            wanted = f"wanted {explain(step.allowed[0], '', step.verb)}{others}"
+            raise CheckFailed(reply.code, f"{explain(reply.code, reply.text, step.verb)}; {wanted}")
+        if not reply.crlf:
+            raise CheckFailed(f"{reply.code} ended by LF", "RFC 5321 4.2: every reply line ends in CRLF, not LF alone")
+        if step.text and not re.match(step.text, reply.text):
+            raise CheckFailed(f"{reply.code} {reply.text[:40]}", f"the seed's reply here is {step.text_means}")
+
+    def retrieved(self, probe: Probe, code: str, count: int) -> str:
+        """Read RETR's count blocks: they must be this run's messages, byte for byte after dot-unstuffing."""
+        received = f"{code} {plural(count, 'message')}"
+        if count != len(self.stored):
+            raise CheckFailed(received, f"RETR gave {count} back; this run stored {len(self.stored)}")
+        deadline = time.monotonic() + CHECK_WAIT
+        for name, stored in self.stored:
+            got = probe.block(deadline, MAX_RETRIEVED)
+            if got not in (stored, re.sub(rb"(?<!\r)\n", b"\r\n", stored)):  # a bare LF may become CRLF (2.3.8)
+                self.altered[name] = difference(stored, got)
+        if self.altered:
+            raise CheckFailed(received, f"not as they were sent: {', '.join(self.altered)} (see each one's row)")
+        return f"{received}, as sent"
+
+    def blamed(self, result: CheckResult) -> CheckResult:
+        """result, failed if RETR gave its check's message back altered (its row says how)."""
+        how = self.altered.get(result.check.name)
+        if how is None:
+            return result
+        altered = f"the message was not stored as sent: RETR gave {how}"
+        if result.verdict == "FAIL":
+            return result._replace(meaning=f"{result.meaning}; and {altered}")
+        return result._replace(verdict="FAIL", received=f"{result.received}, then RETR: altered", meaning=altered)
+
+
+def difference(stored: bytes, got: bytes) -> str:
+    """Where got first differs from stored: the line, and a few octets either side."""
+    same = next((at for at, (one, other) in enumerate(zip(stored, got, strict=False)) if one != other), None)
+    if same is None:
+        same = min(len(stored), len(got))
+    start = max(0, same - 12)
+    line = stored[:same].count(b"\r\n") + 1
+    return f"line {line} back as {got[start : same + 24]!r}, sent as {stored[start : same + 24]!r}"
+
+
+# --- 11. The checker's report: the table, --json, --check-all, and their options ------------------
+
+
+def tally(results: list[CheckResult]) -> tuple[int, int, int]:
+    """(required checks passed, required checks run, checks skipped)."""
+    required = [result for result in results if result.check.required and result.verdict != "SKIP"]
+    passed = sum(result.verdict == "PASS" for result in required)
+    return passed, len(required), sum(result.verdict == "SKIP" for result in results)
+
+
+def passed_all(results: list[CheckResult]) -> bool:
+    """True if every required check that ran passed: the exit status is 0."""
+    passed, required, _ = tally(results)
+    return passed == required
+
+
+def summary_line(results: list[CheckResult]) -> str:
+    passed, required, skipped = tally(results)
+    return f"{passed} of {required} required checks passed" + (f" ({skipped} skipped)" if skipped else "")
+
+
+def first_failure(results: list[CheckResult]) -> str:
+    """The first required check that failed, and what came back, or ""."""
+    failed = [result for result in results if result.verdict == "FAIL" and result.check.required]
+    return f"{failed[0].check.name}: {failed[0].received}" if failed else ""
+
+
+REPORT_COLUMNS = ("check", "source", "sent", "allowed", "received", "result")
+MAX_PARALLEL = 8  # servers --check-all checks at once
+COLUMN_WIDTH = 34  # a longer cell is cut: the whole of it is in --json
+
+
+def print_report(target: Target, results: list[CheckResult]) -> None:
+    """The table: one row per check, and under a FAIL or SKIP what it means."""
+    rows = [[str(row[column]) for column in REPORT_COLUMNS] for row in (result.as_dict() for result in results)]
+    rows = [[cell if len(cell) <= COLUMN_WIDTH else cell[: COLUMN_WIDTH - 1] + "…" for cell in row] for row in rows]
+    widths = [max(len(cell) for cell in column) for column in zip(REPORT_COLUMNS, *rows, strict=True)]
+    print(f"client.py --check {target.address}" + (f" as {target.user}" if target.user else ""))
+    for row, result in zip([list(REPORT_COLUMNS), *rows], [None, *results], strict=True):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        if result is not None and result.verdict != "PASS" and result.meaning:
+            print(f"    {'means' if result.verdict == 'FAIL' else 'why'}: {result.meaning}")
+    print(summary_line(results))
+
+
+def json_report(target: Target, results: list[CheckResult]) -> dict[str, object]:
+    """The report as --json prints it."""
+    passed, required, skipped = tally(results)
+    return {
+        "server": target.address,
+        "user": target.user,
+        "checks": [result.as_dict() for result in results],
+        "required_passed": passed,
+        "required_run": required,
+        "skipped": skipped,
+        "passed": passed == required,
+    }
+
+
+def read_password(prompt: str) -> str | None:
+    """The password: asked without echo at a terminal, else the next line of stdin (None at its end).
+
+    Nothing is printed on stdout, where --json goes.
+    """
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    answer = sys.stdin.readline()
+    return answer.rstrip("\r\n") if answer else None
+
+
+def run_check(args: argparse.Namespace, tls: ssl.SSLContext | None) -> int:
+    """--check: check one server, print the table (or JSON); return 0 only if every required check passed."""
+    password = None
+    if args.user and (password := read_password(f"Password for {args.user}: ")) is None:
+        print("--user needs a password: type it, or give it as the first line of stdin.", file=sys.stderr)
+        return 2
+    target = Target(args.host, args.port, args.user, tls, args.tls)
+    results = Checker(target, password).run()
+    if args.json:
+        print(json.dumps(json_report(target, results), indent=2, ensure_ascii=False))
+    else:
+        print_report(target, results)
+    return 0 if passed_all(results) else 1
+
+
+# A line of --check-all's file: host:port and an optional user; [::1]:2525 for IPv6.
+CLASS_LINE = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})(?:\s+(?P<user>\S+))?")
+
+
+def read_class_file(path: str) -> tuple[list[tuple[int, str, int, str | None]], list[str]]:
+    """The servers of a --check-all file as (line number, host, port, user), and an error per bad line."""
+    servers, errors = [], []
+    for number, text in enumerate(Path(path).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        entry = text.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        match = CLASS_LINE.fullmatch(entry)
+        if match is None or not 0 < int(match["port"]) < 65536:
+            errors.append(
+                f"{path}:{number}: cannot read {text.strip()!r}: write host:port [user], e.g. 10.0.0.7:2525 alice"
+            )
+            continue
+        servers.append((number, match["host"].strip("[]"), int(match["port"]), match["user"]))
+    return servers, errors
+
+
+def run_check_all(args: argparse.Namespace, tls: ssl.SSLContext | None) -> int:
+    """--check-all FILE: check a class's servers, MAX_PARALLEL at once; one row per server, CSV with --csv."""
+    try:
+        servers, errors = read_class_file(args.check_all)
+    except OSError as error:
+        print(f"Cannot read {args.check_all}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    for error in errors:
+        print(error, file=sys.stderr)
+    password = None
+    if any(user for *_, user in servers) and (password := read_password("Password of the users in the file: ")) is None:
+        print("The file names users: type their password, or give it as the first line of stdin.", file=sys.stderr)
+        return 2
+    targets = [Target(host, port, user, tls, args.tls) for _, host, port, user in servers]
+    graded = list(zip(targets, check_in_parallel(targets, password), strict=True))
+    if args.json:
+        print(json.dumps([json_report(target, results) for target, results in graded], indent=2, ensure_ascii=False))
+    else:
+        print_class(graded)
+    if args.csv:
+        write_csv(args.csv, graded)
+    return 0 if not errors and all(passed_all(results) for _, results in graded) else 1
+
+
+def check_in_parallel(targets: list[Target], password: str | None) -> list[list[CheckResult]]:
+    """Check every target, MAX_PARALLEL at once; the results in the targets' order.
+
+    The threads are daemons: after Ctrl-C the client ends at once, not when the checks under way do.
+    """
+    results: list[list[CheckResult]] = [[] for _ in targets]
+    queue = iter(enumerate(targets))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                item = next(queue, None)
+            if item is None:
+                return
+            number, target = item
+            results[number] = Checker(target, password).run()
+
+    workers = [threading.Thread(target=work, daemon=True) for _ in range(min(MAX_PARALLEL, len(targets)))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return results
+
+
+def print_class(graded: list[tuple[Target, list[CheckResult]]]) -> None:
+    """One row per server: passes, fails, the first failure."""
+    width = max([len("server"), *(len(target.address) for target, _ in graded)])
+    print(f"{'server'.ljust(width)}  {'user':<10}  passed   failed  first failure")
+    for target, results in graded:
+        passed, required, _ = tally(results)
+        failed = sum(result.verdict == "FAIL" for result in results)
+        row = f"{target.address.ljust(width)}  {(target.user or '-'):<10}  {f'{passed}/{required}':<7}  {failed:<6}"
+        print(f"{row}  {first_failure(results)}".rstrip())
+    print(f"{sum(passed_all(results) for _, results in graded)} of {len(graded)} servers passed every required check")
+
+
+def write_csv(path: str, graded: list[tuple[Target, list[CheckResult]]]) -> None:
+    """A row per server: the counts, the first failure, then each check's PASS/FAIL/SKIP."""
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["server", "user", "required_passed", "required_run", "skipped", "first_failure",
+                         *(check.name for check in CHECKS)])  # fmt: skip
+        for target, results in graded:
+            writer.writerow([target.address, target.user or "", *tally(results)[:2], tally(results)[2],
+                             first_failure(results), *(result.verdict for result in results)])  # fmt: skip
+
+
+def add_check_options(parser: argparse.ArgumentParser) -> None:
+    """The checker's options (the connection's are the client's own: --host, --port, --user, TLS)."""
+    group = parser.add_argument_group("the conformance checker")
+    group.add_argument("--check", action="store_true", help="check the server against the seed: a table of PASS/FAIL")
+    group.add_argument("--check-all", metavar="FILE", help="check a class's servers: one host:port [user] a line")
+    group.add_argument("--json", action="store_true", help="with --check or --check-all: the report as JSON")
+    group.add_argument("--csv", metavar="FILE", help="with --check-all: also write a row per server to FILE")
+
+
+def check_option_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the checker's options, or None."""
+    checking = args.check or args.check_all
+    if args.check and args.check_all:
+        return "--check checks --host and --port; --check-all the servers in its file: choose one"
+    if (args.json and not checking) or (args.csv and not args.check_all):
+        return "--json goes with --check or --check-all, --csv with --check-all"
+    if checking and (args.raw or args.trace):
+        return "--check and --check-all print their own report: drop --raw and --trace"
+    if args.check_all and args.user:
+        return "with --check-all the users are in the file (host:port user)"
+    return None
+
+
+def run_checks(args: argparse.Namespace, tls: ssl.SSLContext | None) -> int:
+    """--check or --check-all; return the exit status."""
+    try:
+        return run_check_all(args, tls) if args.check_all else run_check(args, tls)
+    except KeyboardInterrupt:  # Ctrl-C
+        print("\n(interrupted: no report)", file=sys.stderr)
+        return 130
+    except OSError as error:  # --csv's file, say
+        print(f"client.py: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+
+
+# --- 12. The command line -------------------------------------------------------------------------
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 2525

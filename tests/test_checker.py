@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 import seed_servers
-from conftest import ROOT, USERS, Certificate, RunningServer, require_tool, wait_for
-from test_client import ENV, Result, client_module, closed_port_fixture  # noqa: F401  (the fixture closed_port)
+from conftest import ENV, ROOT, USERS, Certificate, Result, RunningServer, require_tool, wait_for
+
+sys.path.insert(0, str(ROOT))
+import client as client_module
 
 CLIENT = ROOT / "client.py"
 RUN_TIMEOUT = 120  # seconds one checker run may take before the test fails (its own bound is far lower)
