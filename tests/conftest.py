@@ -636,8 +636,8 @@ class Result:
     stderr: str
 
 
-def run_client(port: int, script: str, *args: str) -> Result:
-    """Run client.py with script as its piped stdin; return how it ended."""
+def run_client(port: int, script: str, *args: str, timeout: float = TIMEOUT) -> Result:
+    """Run client.py with script as its piped stdin; return how it ended (fail after timeout seconds)."""
     completed = subprocess.run(
         [sys.executable, str(CLIENT), "--port", str(port), *args],
         input=script,
@@ -645,7 +645,7 @@ def run_client(port: int, script: str, *args: str) -> Result:
         text=True,
         encoding="utf-8",
         env=ENV,
-        timeout=TIMEOUT,
+        timeout=timeout,
         # No controlling terminal: getpass, if wrongly used on a pipe, would warn on stderr.
         start_new_session=True,
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import seed_servers
-from conftest import ENV, ROOT, USERS, Certificate, Result, RunningServer, require_tool, wait_for
+from conftest import ENV, ROOT, USERS, Certificate, Result, RunningServer, require_tool, run_client, wait_for
 
 sys.path.insert(0, str(ROOT))
 import client as client_module
@@ -34,19 +34,12 @@ EVERY_CHECK = frozenset(CHECK_NAMES)
 
 
 def run_checker(*args: str, stdin: str = "") -> Result:
-    """Run client.py with args (a --check or --check-all), stdin piped; return how it ended."""
-    completed = subprocess.run(
-        [sys.executable, str(CLIENT), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        env=ENV,
-        timeout=RUN_TIMEOUT,
-        start_new_session=True,
-    )
-    assert "Traceback" not in completed.stderr, completed.stderr
-    return Result(completed.returncode, completed.stdout, completed.stderr)
+    """Run client.py with args (a --check and its --port, or a --check-all), stdin piped; never a traceback."""
+    result = run_client(
+        client_module.DEFAULT_PORT, stdin, *args, timeout=RUN_TIMEOUT
+    )  # args' --port comes last, and wins
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
 
 
 def check_json(port: int, *args: str, user: str | None = "alice") -> tuple[int, dict[str, dict[str, object]]]:
