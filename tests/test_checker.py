@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import seed_servers
-from conftest import ENV, ROOT, USERS, Certificate, Result, RunningServer, require_tool, run_client, wait_for
+from conftest import ENV, ROOT, USERS, Certificate, Result, RunningServer, Terminal, require_tool, run_client, wait_for
 
 sys.path.insert(0, str(ROOT))
 import client as client_module
@@ -432,3 +432,17 @@ def test_ctrl_c_ends_the_checker_at_once(
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=10)
     assert (process.returncode, stdout, stderr) == (130, "", "\n(interrupted: no report)\n")
+
+
+def test_at_a_terminal_the_password_is_asked_without_echo(
+    smtp_server: RunningServer, terminal: Callable[..., Terminal]
+) -> None:
+    """As a student runs it: the table comes to the terminal, the password typed is never shown."""
+    term = terminal("--check", "--port", str(smtp_server.port), "--user", "alice")
+    term.expect("Password for alice: ")
+    term.type(PASSWORD + "\n")
+    required = sum(check.required for check in client_module.CHECKS)
+    term.expect(f"{required} of {required} required checks passed")
+    assert term.wait() == 0
+    assert PASSWORD not in term.output
+    assert "RETR" in term.output and "FAIL" not in term.output
