@@ -10,9 +10,8 @@ out). The reply is a real one whose text says it is a drill:
 At `connect` the drill is the greeting and the server closes, as it does after a drill at
 `quit`; a 421 always closes (RFC 5321 3.8); a 5xx at `auth` is a failed login, so it closes
 too (the seed, section 7). A drill is never counted by the error limit or the login
-throttle, and a message refused at `data` is
-stored nowhere. `--chaos-seed N` makes a run repeatable: one Random, drawn from only when a
-rule's probability is between 0 and 1.
+throttle, and a message refused at `data` is stored nowhere. `--chaos-seed N` makes a run
+repeatable: one Random, drawn from only when a rule's probability is between 0 and 1.
 
 Methods for the caller: `parse_rules()` (argparse's type for --chaos), `Chaos.drill()`, and
 `DrillMixIn.drilled()`, which the session calls at each stage: for the stages that are
