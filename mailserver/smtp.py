@@ -15,11 +15,12 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
+import re
 from collections.abc import Callable
 from typing import ClassVar
 
 from .data import DataReader, DataState
-from .envelope import MAX_RECIPIENTS, Envelope, mail_parameters, parse_path, route, trace_fields
+from .envelope import MAX_LOCAL_PART, MAX_RECIPIENTS, Envelope, mail_parameters, parse_path, route, trace_fields
 from .login import Login
 from .logs import log, plural, printable
 from .sasl import MAX_AUTH_LINE, AuthProblem, Credentials, username_text
@@ -33,6 +34,7 @@ from .smtp_replies import (
     RCPT_REFUSALS,
     Reply,
     data_refusal,
+    sent_only,
     storage_refusal,
 )
 from .storage import MessageGone, StoredMessage
@@ -190,7 +192,7 @@ class SMTPHandler(LineHandler):
         assert envelope is not None  # the guard saw to it
         parsed = parse_path(argument, "TO:", allow_null=False)
         if parsed is None:
-            self.reply_syntax("RCPT")
+            self.reply_rcpt_syntax(argument)
             return
         address, parameters = parsed
         if parameters:
@@ -209,9 +211,21 @@ class SMTPHandler(LineHandler):
             self.reply(code, text.format(address=address))
             return
         envelope.recipients.append(address)
-        if account is not None and account not in envelope.accounts:
+        if account is None:  # kept in the sender's Sent folder only: the 250 says so, all a student's screen shows
+            self.reply(*sent_only(address, self.config.local_domains))
+            return
+        if account not in envelope.accounts:
             envelope.accounts.append(account)
         self.reply(*OK)
+
+    def reply_rcpt_syntax(self, argument: str) -> None:
+        """The 501 for a RCPT that does not parse; for a bare name, the address it needs (RFC 5321 4.1.2)."""
+        bare = re.fullmatch(r"TO:\s*<([^<>@\s]+)>", argument, re.IGNORECASE)
+        if bare is None:
+            self.reply_syntax("RCPT")
+            return
+        name = printable(bare[1][:MAX_LOCAL_PART])
+        self.reply(501, f"5.1.3 <{name}> has no domain: a user of this server is <{name}@{self.config.hostname}>")
 
     @requires_transaction
     def smtp_DATA(self, argument: str) -> None:

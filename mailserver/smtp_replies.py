@@ -39,6 +39,11 @@ RCPT_REFUSALS = {  # the reply to a recipient envelope.route() refuses
     Refusal.NO_SUCH_USER: Reply(550, "5.1.1 <{address}>: no such user here"),
     Refusal.MAILBOX_FULL: Reply(452, "4.2.2 <{address}>: mailbox full"),
 }
+# The 250 to a recipient only the sender's Sent folder keeps (RFC 3463 2.1.5: the destination is valid).
+SENT_ONLY_ELSEWHERE = Reply(
+    250, "2.1.5 <{address}>: not a domain of this server, kept in your Sent folder only (no relay)"
+)
+SENT_ONLY_NO_POSTMASTER = Reply(250, "2.1.5 <{address}>: no postmaster account here, kept in your Sent folder only")
 NEED_AUTH = Reply(530, "Authentication required")
 NEED_MAIL = Reply(503, "Error: need MAIL command")
 
@@ -55,3 +60,11 @@ def storage_refusal(error: OSError) -> Reply:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return Reply(452, "Insufficient system storage")
     return Reply(451, "Requested action aborted: local error in processing")
+
+
+def sent_only(address: str, local_domains: frozenset[str]) -> Reply:
+    """The 250 for a recipient whose mail stays in the sender's Sent folder: another domain, or a postmaster
+    of this server without an account (envelope.route() found no account for it)."""
+    _, at, domain = address.rpartition("@")  # <postmaster> alone has no domain: it is this server's
+    reply = SENT_ONLY_ELSEWHERE if at and domain.lower() not in local_domains else SENT_ONLY_NO_POSTMASTER
+    return Reply(reply.code, reply.text.format(address=address))

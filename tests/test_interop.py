@@ -193,7 +193,7 @@ def test_plain_socket_session(smtp_server: RunningServer) -> None:
             C: MAIL FROM:<alice@example.org>
             S: 250 OK
             C: RCPT TO:<bob@example.org>
-            S: 250 OK
+            S: 250 2.1.5 <bob@example.org>: not a domain of this server, kept in your Sent folder only (no relay)
             C: DATA
             S: 354 Start mail input; end with <CRLF>.<CRLF>
             C: Subject: by hand

@@ -101,6 +101,31 @@ def test_other_domains_are_kept_only_in_the_senders_sent(logged_in: RawSession, 
     assert smtp_server.inbox("alice") == []
 
 
+def test_rcpt_to_another_domain_says_the_mail_stays_in_sent(logged_in: RawSession) -> None:
+    """Issue 21, item 1: the 250 is all a student's screen shows, so it says the mail goes nowhere else."""
+    logged_in.expect("""
+        C: MAIL FROM:<alice@mail.test>
+        S: 250 OK
+        C: RCPT TO:<ben@example.org>
+        S: 250 2.1.5 <ben@example.org>: not a domain of this server, kept in your Sent folder only (no relay)
+        C: RCPT TO:<bob@localhost>
+        S: 250 OK
+    """)
+
+
+@pytest.mark.parametrize("typed", ["dora", "Bob", "x.y"])
+def test_rcpt_of_a_bare_name_says_which_address_to_type(logged_in: RawSession, typed: str) -> None:
+    """Issue 21, item 11: a bare name gets a 501 that shows the address it needs, not the syntax line."""
+    logged_in.expect(f"""
+        C: MAIL FROM:<alice@mail.test>
+        S: 250 OK
+        C: RCPT TO:<{typed}>
+        S: 501 5.1.3 <{typed}> has no domain: a user of this server is <{typed}@mail.test>
+        C: RCPT TO:dora@mail.test
+        S: 501 Syntax: RCPT TO:<address>
+    """)
+
+
 def test_help_rcpt_says_the_server_does_not_relay(session: RawSession) -> None:
     code, lines = session.command("HELP RCPT")
     assert code == 214
@@ -134,7 +159,13 @@ def users_with_postmaster(tmp_path: Path) -> Path:
 def test_postmaster_is_accepted_without_such_an_account(
     logged_in: RawSession, smtp_server: RunningServer, address: str
 ) -> None:
-    """RFC 5321 4.5.1: accepted always; with no postmaster account, only the sender's Sent keeps it."""
+    """RFC 5321 4.5.1: accepted always; with no postmaster account, only the sender's Sent keeps it; the 250 says so."""
+    assert logged_in.command(f"MAIL FROM:<{SENDER}>")[0] == 250
+    assert rcpt(logged_in, address) == (
+        250,
+        [f"2.1.5 <{address}>: no postmaster account here, kept in your Sent folder only"],
+    )
+    assert logged_in.command("RSET")[0] == 250
     assert logged_in.send_message(BODY, SENDER, [address])[0] == 250
     assert smtp_server.stored("alice") == [STORED]
     assert sorted(path.name for path in smtp_server.mailboxes_path.iterdir()) == ["alice"]

@@ -87,7 +87,7 @@ def test_starttls_then_the_whole_session_runs_encrypted(
         C: MAIL FROM:<alice@example.org>
         S: 250 OK
         C: RCPT TO:<bob@example.org>
-        S: 250 OK
+        S: 250 2.1.5 <bob@example.org>: not a domain of this server, kept in your Sent folder only (no relay)
         C: DATA
         S: 354 *
         C: Subject: sealed
