@@ -66,6 +66,34 @@ def test_no_command_a_stock_debian_lacks(index: int) -> None:
     assert "python" not in words and "pip" not in words
 
 
+# A command that starts with the bare word python or pip, wherever it stands on its line.
+BARE_PYTHON_OR_PIP = re.compile(r"(?<![\w/\\.-])(python|pip)(?=\s)")
+DOCUMENTS = [README, ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "users.txt"]
+
+
+def command_texts(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of what a reader may paste: fenced code lines and inline code of a
+    Markdown file, every comment line of users.txt."""
+    found, fenced = [], False
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if path.suffix != ".md":
+            found += [(number, line)] if line.startswith("#") else []
+        elif line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif fenced:
+            found.append((number, line))
+        else:
+            found += [(number, span) for span in re.findall(r"`([^`]+)`", line)]
+    return found
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda path: path.name)
+def test_no_command_in_the_docs_starts_with_bare_python_or_pip(path: Path) -> None:
+    """Issue 21, item 7: stock Debian has python3 and no python; pip belongs in .venv (PEP 668)."""
+    stale = [f"{path.name}:{number}: {text}" for number, text in command_texts(path) if BARE_PYTHON_OR_PIP.search(text)]
+    assert not stale, "write python3 (a student), or .venv/bin/python and .venv/bin/pip:\n" + "\n".join(stale)
+
+
 def test_ci_runs_the_readmes_second_line() -> None:
     result = subprocess.run(
         ["bash", str(ROOT / ".ci" / "run"), "--print-test-line"], capture_output=True, text=True, timeout=30
@@ -93,9 +121,66 @@ def test_what_the_recipes_create_is_ignored_by_git() -> None:
     git = shutil.which("git")
     if git is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    created = [".venv/bin/python", "cert.pem", "key.pem", "msmtprc", "message.txt", "unsent-1.eml", "class.txt"]
+    created = [".venv/bin/python", "cert.pem", "key.pem", "localhost-cert.pem", "localhost-key.pem", "msmtprc"]
+    created += ["mpoprc", "fetchmailrc", "muttrc", "message.txt", "unsent-1.eml", "first.eml", "class.txt"]
+    created += ["inbox-copy/new/1.x", "dovecot.conf", "dovecot.log", "dovecot-run/login", "dovecot-state/x"]
     result = subprocess.run([git, "check-ignore", "--no-index", *created], cwd=ROOT, capture_output=True, text=True)
     assert result.stdout.split() == created
+
+
+def files_the_recipes_write(path: Path) -> set[str]:
+    """The files and folders a recipe of the Markdown file path makes in the project folder: what
+    it says to write as a file, openssl's -keyout and -out, a redirection, mkdir -p, Dovecot's paths."""
+    text = path.read_text(encoding="utf-8")
+    names = set(re.findall(r"[Ww]rite (?:this|it|this one)(?: file)? as `([^`/]+)`", text))
+    names |= set(re.findall(r"-(?:keyout|out) (\S+\.pem)", text))
+    names |= set(re.findall(r"> ([\w.-]+\.(?:txt|eml))\b", text))
+    folders = re.findall(r"mkdir -p ([\w.-]+)/new", text)
+    folders += re.findall(r"(?:base_dir|state_dir) = /home/teacher/classroom/([\w.-]+)", text)
+    names |= set(re.findall(r"log_path = /home/teacher/classroom/([\w.-]+)", text))
+    return names | {folder + "/a-file-inside" for folder in folders}  # git tells a folder by a path inside it
+
+
+@pytest.mark.parametrize(
+    "path", [README, ROOT / "docs" / "clients.md", ROOT / "docs" / "classroom.md"], ids=lambda path: path.name
+)
+def test_what_each_recipe_writes_is_ignored_by_git(path: Path) -> None:
+    """Issue 21, item 10: a recipe tried in the project folder leaves nothing for git status to show."""
+    git = shutil.which("git")
+    if git is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    written = sorted(files_the_recipes_write(path))
+    assert written, f"{path.name}: no recipe found (has the wording changed?)"
+    result = subprocess.run([git, "check-ignore", "--no-index", *written], cwd=ROOT, capture_output=True, text=True)
+    assert result.stdout.split() == written
+
+
+def test_clients_md_and_classroom_md_write_different_certificate_files() -> None:
+    """Issue 21, item 10: trying clients.md's localhost certificate must not overwrite the class's."""
+    clients = {name for name in files_the_recipes_write(ROOT / "docs" / "clients.md") if name.endswith(".pem")}
+    classroom = {name for name in files_the_recipes_write(ROOT / "docs" / "classroom.md") if name.endswith(".pem")}
+    assert len(clients) == len(classroom) == 2
+    assert not clients & classroom
+
+
+# Where a recipe of the docs names a recipient: swaks, curl, msmtp, smtplib, the menu's To:, a typed RCPT.
+RECIPIENT_IN_A_RECIPE = re.compile(
+    r"--to (\S+)|--mail-rcpt (\S+)|msmtprc (\S+) <|\.sendmail\([^,]+, \[\"([^\"]+)\""
+    r"|To \(comma-separated\): (\S+)|RCPT TO:<([^>]+)>"
+)
+
+
+@pytest.mark.parametrize("name", ["clients.md", "classroom.md"])
+def test_the_docs_send_to_addresses_that_arrive(name: str) -> None:
+    """Issue 21, item 1: an example's mail reaches an inbox here (a bare name, localhost or vm, the docs' server).
+
+    console.md and the README type the seed's own example, whose addresses are elsewhere on purpose.
+    """
+    text = (ROOT / "docs" / name).read_text(encoding="utf-8")
+    recipients = ["".join(match) for match in RECIPIENT_IN_A_RECIPE.findall(text)]
+    assert recipients
+    elsewhere = [address for address in recipients if address.partition("@")[2] not in ("", "localhost", "vm")]
+    assert not elsewhere, f"{name}: mail to {elsewhere} would stay in the sender's Sent folder only"
 
 
 def python_without_site_packages(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
