@@ -75,12 +75,12 @@ from mailserver.auth_cache import AuthCache
 from mailserver.chaos import Chaos
 from mailserver.config import CLASSROOM, ConfigError, ServerConfig, options
 from mailserver.listener import MailServer, server_tls_context
-from mailserver.logs import log
+from mailserver.logs import log, plural
 from mailserver.migration import migrate_old_layout
 from mailserver.pop3 import POP3Handler
 from mailserver.session import LineHandler
 from mailserver.smtp import SMTPHandler
-from mailserver.storage import MailboxStore
+from mailserver.storage import MailboxStore, MaildropInUse
 from mailserver.users import (
     BCRYPT_MAX_PASSWORD,
     DEFAULT_ROUNDS,
@@ -114,11 +114,16 @@ def read_new_password(name: str) -> str:
     return password
 
 
-def manage_users(args: argparse.Namespace) -> None:
-    """adduser, passwd and deluser: edit users.txt; a running server notices by itself."""
-    name, path = args.name, Path(args.users)
+def valid_name(name: str) -> str:
+    """name, if it can be an account (and a folder); else UsersFileError saying what a name may hold."""
     if not USERNAME.fullmatch(name):
         raise UsersFileError(f"bad username {name!r}: 1-64 of A-Z a-z 0-9 . _ -, not starting with . or -")
+    return name
+
+
+def manage_users(args: argparse.Namespace) -> None:
+    """adduser, passwd and deluser: edit users.txt; a running server notices by itself."""
+    name, path = valid_name(args.name), Path(args.users)
     # Parsing first also refuses to edit a file the server would not load.
     existing = parse_users(path) if args.command != "adduser" or path.exists() else {}
     clash = find_account(existing, name)
@@ -135,6 +140,21 @@ def manage_users(args: argparse.Namespace) -> None:
         return
     rewrite_users_file(path, name, hash_password(read_new_password(name), args.rounds))
     print(f"{'added' if args.command == 'adduser' else 'changed the password of'} {name} in {path}")
+
+
+def clear_mailbox(args: argparse.Namespace) -> None:
+    """clear: empty a user's inbox and/or Sent folder and say how many messages went; the server may be running."""
+    name, mailboxes = valid_name(args.name), Path(args.mailboxes)
+    try:
+        from_inbox, from_sent = MailboxStore(mailboxes).clear(name, inbox=not args.sent, sent=not args.inbox)
+    except FileNotFoundError:
+        raise UsersFileError(f"{name} has no mailbox in {mailboxes}") from None
+    except MaildropInUse:
+        in_use = f"{name}'s inbox is open in a POP3 session now: try again when it ends"
+        raise UsersFileError(f"{in_use} (--sent empties the Sent folder alone)") from None
+    done = [f"{plural(from_inbox, 'message')} from the inbox"] if not args.sent else []
+    done += [f"{plural(from_sent, 'message')} from the Sent folder"] if not args.inbox else []
+    print(f"cleared {name} in {mailboxes}: {' and '.join(done)}")
 
 
 # ------------------------------------------------------------------- command line
@@ -160,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help=help_text)  # fmt: skip
     preset = " ".join(flag_for(name, value) for name, value in CLASSROOM.items())
     parser.add_argument("--classroom", action="store_true", help=f"a class's settings: {preset} (options given win)")
-    commands = parser.add_subparsers(dest="command", metavar="{adduser,passwd,deluser}")
+    commands = parser.add_subparsers(dest="command", metavar="{adduser,passwd,deluser,clear}")
     for command, help_text in (
         ("adduser", "add an account"),
         ("passwd", "change a password"),
@@ -170,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("name")
         if command != "deluser":
             sub.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="bcrypt cost (default 12)")
+    clear = commands.add_parser("clear", help="empty a user's inbox and Sent folder (not while POP3 has the inbox)")
+    clear.add_argument("name")
+    which = clear.add_mutually_exclusive_group()
+    which.add_argument("--inbox", action="store_true", help="only the inbox")
+    which.add_argument("--sent", action="store_true", help="only the Sent folder")
     return parser
 
 
@@ -218,7 +243,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
     logging._srcfile = None  # no walk up the stack to find the caller of each log call
     try:
-        if args.command:
+        if args.command == "clear":
+            clear_mailbox(args)
+        elif args.command:
             manage_users(args)
         else:
             serve(config_from(args, parser))

@@ -124,8 +124,12 @@ class WireLog:
         self.write("S:", mask_plain_responses(line))
 
     def message(self, direction: str, line: str) -> None:
-        """Log a line of a message (DATA, RETR): no command, but it may hold a PLAIN response."""
-        self.write(direction, mask_plain_responses(line))
+        """Log a line of a message (DATA, RETR): no command, but it may hold a PLAIN response.
+
+        Tabs show as spaces: a folded header's next line (RFC 5322 2.2.3), such as the
+        Received field's `\tby host`, then reads as an indented line rather than `\\t`.
+        """
+        self.write(direction, mask_plain_responses(line).expandtabs(4))
 
     def names_no_account(self, line: str) -> bool:
         """True for a USER line whose name is no account."""

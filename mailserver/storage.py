@@ -16,7 +16,8 @@ What a session may ask (`pop3.py` and `smtp.py` use nothing else; tests/test_lay
     StoredMessage  chunks(), head(), read(), size, close()  (an open message, from open() or sent_messages())
     errors         MaildropInUse, NoSuchMessage, AlreadyDeleted, MessageGone
 
-At start-up `server.py` also calls clean_temporary_files().
+At start-up `server.py` also calls clean_temporary_files(); `server.py clear NAME` calls clear(), which
+refuses an inbox a POP3 session holds, whatever process that session is in (inbox_lock.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from .durable import CHUNK, fsync_directory
+from .inbox_lock import HeldInbox, hold_inbox
 from .maildir import MESSAGE_PARTS, Delivery, Folder, make_maildir
 from .users import USERNAME
 
@@ -297,13 +299,24 @@ class MailboxStore:
         """Delete the messages user sent; return how many this call deleted."""
         with self._lock_of(user):
             folder = self._existing_sent(user)
-            if folder is None:
-                return 0
-            deleted = sum(folder.remove(key) for key in folder.arrival_order())
-            if deleted:
-                for part in MESSAGE_PARTS:
-                    fsync_directory(folder.path / part)
-            return deleted
+            return 0 if folder is None else empty(folder)
+
+    def clear(self, user: str, *, inbox: bool, sent: bool) -> tuple[int, int]:
+        """Empty user's inbox and/or Sent folder (server.py clear); return how many messages each lost.
+
+        Raise FileNotFoundError if user has no mailbox, MaildropInUse if the inbox is to be
+        emptied while a POP3 session, of this process or another, has it open.
+        """
+        path = self._user_path(user)
+        if not (path / "cur").is_dir():
+            raise FileNotFoundError(path)
+        held = hold_inbox(path) if inbox else HeldInbox(None)
+        if held is None:
+            raise MaildropInUse(user)
+        try:
+            return (empty(Folder(path)) if inbox else 0), (self.delete_sent(user) if sent else 0)
+        finally:
+            held.release()
 
     # -- the inbox (POP3) ---------------------------------------------------------------
 
@@ -317,13 +330,20 @@ class MailboxStore:
             if user in self._maildrops_in_use:
                 raise MaildropInUse(user)
             self._maildrops_in_use.add(user)
+        held = None
         try:
-            return Maildrop(Folder(inbox), functools.partial(self._release_maildrop, user))
+            # RFC 1939 8: the maildrop is locked, for other processes too (server.py clear).
+            held = hold_inbox(inbox)
+            if held is None:
+                raise MaildropInUse(user)
+            return Maildrop(Folder(inbox), functools.partial(self._release_maildrop, user, held))
         except BaseException:
-            self._release_maildrop(user)
+            self._release_maildrop(user, held)
             raise
 
-    def _release_maildrop(self, user: str) -> None:
+    def _release_maildrop(self, user: str, held: HeldInbox | None) -> None:
+        if held is not None:
+            held.release()
         with self._user_locks_lock:
             self._maildrops_in_use.discard(user)
 
@@ -380,3 +400,12 @@ class MailboxStore:
         seconds, microseconds = divmod(now // 1000, 1_000_000)
         sequence = next(self._sequence)
         return f"{seconds:010d}.M{microseconds:06d}P{self._pid}Q{sequence:09d}.{self._hostname}"
+
+
+def empty(folder: Folder) -> int:
+    """Remove every message of folder durably (its directories fsynced); return how many went."""
+    removed = sum(folder.remove(key) for key in folder.arrival_order())
+    if removed:
+        for part in MESSAGE_PARTS:
+            fsync_directory(folder.path / part)
+    return removed

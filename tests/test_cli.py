@@ -21,9 +21,23 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, USERS, Certificate, RawSession, ServerProcess, store_message, wait_for, write_users_file
+from conftest import (
+    ROOT,
+    USERS,
+    Certificate,
+    POP3Session,
+    RawSession,
+    RunningServer,
+    ServerProcess,
+    deliver,
+    inbox_of,
+    store_message,
+    wait_for,
+    write_users_file,
+)
 
 import server as server_module
+from mailserver.inbox_lock import hold_inbox
 from mailserver.config import CLASSROOM, ServerConfig, options
 from mailserver.storage import MailboxStore
 from mailserver.users import UserStore
@@ -446,6 +460,92 @@ def test_deluser_does_not_ask(tmp_path: Path) -> None:
     result = manage(users, "deluser", "alice", stdin="")  # nothing to answer with
     assert result.returncode == 0
     assert "alice" not in UserStore(users)
+
+
+# ------------------------------------------------------------- clear (issue 21, item 9)
+
+
+def clear(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run("--mailboxes", str(tmp_path / "mailboxes"), "clear", *args)
+
+
+def mail_for_bob(tmp_path: Path) -> MailboxStore:
+    """Two messages in bob's inbox and one in his Sent folder; mail of alice's too."""
+    store = MailboxStore(tmp_path / "mailboxes")
+    for text in (b"one\n", b"two\n"):
+        deliver(store, "bob", text, sender="alice")
+    store_message(store, "bob", b"bob's own\n")
+    return store
+
+
+@pytest.mark.parametrize(
+    ("option", "inbox_left", "sent_left", "said"),
+    [
+        ((), 0, 0, "2 messages from the inbox and 1 message from the Sent folder"),
+        (("--inbox",), 0, 1, "2 messages from the inbox"),
+        (("--sent",), 2, 0, "1 message from the Sent folder"),
+    ],
+)
+def test_clear_empties_the_folders_asked_and_counts_them(
+    tmp_path: Path, option: tuple[str, ...], inbox_left: int, sent_left: int, said: str
+) -> None:
+    store = mail_for_bob(tmp_path)
+    result = clear(tmp_path, "bob", *option)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"cleared bob in {tmp_path / 'mailboxes'}: {said}\n"
+    assert len(inbox_of(tmp_path / "mailboxes" / "bob")) == inbox_left
+    assert len(store.sent_messages("bob")) == sent_left
+    assert len(store.sent_messages("alice")) == 2  # nobody else's mail
+
+
+def test_clear_refuses_while_pop3_has_the_inbox_open(
+    tmp_path: Path, server_process: Callable[..., ServerProcess]
+) -> None:
+    mail_for_bob(tmp_path)
+    server = server_process()
+    session = POP3Session("127.0.0.1", server.pop3_port)
+    try:
+        assert session.read_line().startswith("+OK")
+        session.login("bob")
+        result = clear(tmp_path, "bob")
+        assert result.returncode == 2
+        assert result.stderr.endswith(
+            "error: bob's inbox is open in a POP3 session now: try again when it ends "
+            "(--sent empties the Sent folder alone)\n"
+        )
+        assert len(inbox_of(tmp_path / "mailboxes" / "bob")) == 2  # nothing removed, the Sent folder neither
+        assert len(MailboxStore(tmp_path / "mailboxes").sent_messages("bob")) == 1
+        assert clear(tmp_path, "bob", "--sent").returncode == 0  # the Sent folder is no POP3 session's
+        assert session.status("STAT") == "+OK 2 10"  # the session goes on with its messages
+        assert session.status("QUIT").startswith("+OK")
+    finally:
+        session.close()
+    result = clear(tmp_path, "bob", "--inbox")
+    assert result.stdout.endswith(": 2 messages from the inbox\n"), result.stderr
+
+
+def test_a_pop3_login_waits_out_a_clear_in_progress(tmp_path: Path, pop3_server: RunningServer) -> None:
+    """The lock works both ways: while clear holds the inbox (here: a process holding it), POP3 says [IN-USE]."""
+    deliver(MailboxStore(pop3_server.mailboxes_path), "alice", b"waiting\n")
+    held = hold_inbox(pop3_server.mailboxes_path / "alice")
+    assert held is not None
+    session = POP3Session("127.0.0.1", pop3_server.pop3_port)
+    try:
+        assert session.read_line().startswith("+OK")
+        assert session.status("USER alice").startswith("+OK")
+        assert session.status(f"PASS {USERS['alice']}").startswith("-ERR [IN-USE]")
+    finally:
+        session.close()
+        held.release()
+
+
+@pytest.mark.parametrize(("name", "error"), [("zed", "zed has no mailbox in"), ("../bob", "bad username '../bob'")])
+def test_clear_of_no_mailbox_says_so(tmp_path: Path, name: str, error: str) -> None:
+    mail_for_bob(tmp_path)
+    result = clear(tmp_path, name)
+    assert result.returncode == 2
+    assert error in result.stderr and "Traceback" not in result.stderr
+    assert len(inbox_of(tmp_path / "mailboxes" / "bob")) == 2
 
 
 def test_deluser_of_an_unknown_user_fails(tmp_path: Path) -> None:

@@ -658,3 +658,27 @@ def test_no_password_reaches_the_verbose_log(
     assert "S: +OK alice has 0 messages" in caplog.text  # the dialogue is logged ...
     assert password not in caplog.text and token not in caplog.text  # ... but not the secret
     assert "********" in caplog.text
+
+
+def test_the_verbose_log_shows_a_folded_header_line_indented(
+    start_server: Callable[..., RunningServer],
+    connect: Callable[..., RawSession],
+    pop3_connect: Callable[..., POP3Session],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 21, item 11: the projector shows the Received field's second line as `    by ...`, not `\\tby ...`."""
+    server = start_server(pop3=True, verbose=True)
+    sender = connect(server)
+    sender.login()
+    assert (
+        sender.send_message(b"Subject: folded\r\n\tand continued\r\n\r\nhi\r\n", recipients=["bob@mail.test"])[0] == 250
+    )
+    session = pop3_connect(server)
+    with caplog.at_level(logging.INFO, logger="mailserver"):
+        session.login("bob")
+        assert session.retr(1).startswith(b"Return-Path:")
+    logged = [record.getMessage().split(" ", 1)[1] for record in caplog.records if " S: " in record.getMessage()]
+    received = logged.index("S: Received: from client.test ([127.0.0.1])")
+    assert logged[received + 1].startswith("S:     by mail.test with ESMTPA; ")
+    assert "S:     and continued" in logged
+    assert not [line for line in logged if "\\t" in line]
