@@ -88,6 +88,8 @@ class ServerConfig:
     chaos_seed: int | None = option(
         None, "seed of --chaos's draws: the same seed, the same drills", metavar="N", type=int
     )
+    # A line a teacher can find in a fast log: who is here now. 0 turns it off.
+    who_interval: float = option(0.0, "log who is logged in, per protocol, every SECONDS (0: never)", metavar="SECONDS")
     # Made from tls_cert and tls_key when the server starts; tests hand one in.
     tls_context: ssl.SSLContext | None = None
     # The domains whose addresses are accounts here, lower case: --hostname, localhost, every --domain.
@@ -112,9 +114,11 @@ class ServerConfig:
 # the command line still wins (--classroom --timeout 600).
 CLASSROOM: dict[str, Any] = {
     "timeout": 1800.0,  # a student listens to the teacher for a while between two menu choices
+    "pop3_timeout": 1800.0,  # and so between two looks at the inbox: both protocols wait alike
     "max_login_failures": 5,  # one student's typos make that name wait, not the class
     "max_login_failures_per_ip": 30,  # and guessing across many names from one address stops
     "verbose": True,  # the whole dialogue, for the projector
+    "who_interval": 300.0,  # and every five minutes who is logged in
 }
 
 

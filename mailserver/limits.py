@@ -24,8 +24,13 @@ class Interruptible(Protocol):
     """A session the table can cut short: the watchdog and the shutdown do."""
 
     deadline: float | None
+    protocol: str  # "SMTP", "POP3"
 
     def interrupt(self, reason: str) -> None: ...
+
+    def logged_in_as(self) -> str | None:
+        """The user the session has logged in, or None."""
+        ...
 
 
 class ConnectionTable:
@@ -71,6 +76,17 @@ class ConnectionTable:
     def unregister(self, session: Interruptible) -> None:
         with self._lock:
             self._sessions.discard(session)
+
+    def who_is_here(self) -> tuple[int, dict[str, list[str]]]:
+        """The sessions open now, and the users logged in, sorted, by protocol (a user may be there twice)."""
+        with self._lock:
+            sessions = list(self._sessions)
+        users: dict[str, list[str]] = {}
+        for session in sessions:
+            user = session.logged_in_as()
+            if user is not None:
+                users.setdefault(session.protocol, []).append(user)
+        return len(sessions), {protocol: sorted(names) for protocol, names in sorted(users.items(), reverse=True)}
 
     def expire_overdue(self) -> None:
         """Cut off sessions past their deadline: a client sending a byte a second is no exception."""

@@ -17,12 +17,13 @@ import socket
 import socketserver
 import ssl
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from .chaos import Chaos
 from .config import ServerConfig
 from .limits import ConnectionTable, LoginThrottle
-from .logs import log
+from .logs import log, plural
 from .session import LineHandler
 
 if TYPE_CHECKING:
@@ -169,9 +170,20 @@ class MailServer:
                 self._duties.append(threading.Thread(target=duty, name=name, daemon=True))
                 self._duties[-1].start()
 
+    def log_who_is_here(self) -> None:
+        """Log one line: who is logged in now, per protocol, and the sessions open (--who-interval)."""
+        sessions, users = self.connections.who_is_here()
+        here = ", ".join(f"{protocol} {len(names)} ({', '.join(names)})" for protocol, names in users.items())
+        log.info("logged in now: %s; %s open", here or "nobody", plural(sessions, "session"))
+
     def _watch_deadlines(self) -> None:
-        """Until close(): cut off the sessions past their deadline (a byte a second is no way around it)."""
+        """Until close(): cut off the sessions past their deadline (a byte a second is no way around it), and
+        log who is logged in every --who-interval seconds."""
+        next_summary = time.monotonic() + self.config.who_interval
         while not self._closing.wait(self.watchdog_interval):
+            if self.config.who_interval and time.monotonic() >= next_summary:
+                next_summary += self.config.who_interval
+                self.log_who_is_here()
             self.connections.expire_overdue()
 
     def _poll_users(self) -> None:

@@ -118,6 +118,9 @@ class POP3Handler(LineHandler):
             self.maildrop.close()
         super().finish()
 
+    def logged_in_as(self) -> str | None:
+        return self.user
+
     def idle_timeout(self) -> float:
         return self.config.pop3_timeout  # RFC 1939 3: at least 10 minutes; SMTP's --timeout is shorter
 

@@ -92,6 +92,10 @@ class LineHandler(DrillMixIn, LoginMixIn, socketserver.StreamRequestHandler):
         """Seconds a session may sit idle, and the most one command line may take."""
         return self.config.timeout
 
+    def logged_in_as(self) -> str | None:
+        """The user this session has logged in, or None (--who-interval's summary counts them)."""
+        raise NotImplementedError
+
     def send_challenge(self, challenge: bytes) -> None:
         """Ask for the next answer of an AUTH exchange (SMTP `334`, POP3 `+`)."""
         raise NotImplementedError

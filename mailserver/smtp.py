@@ -95,6 +95,9 @@ class SMTPHandler(LineHandler):
         super().setup()
         self.session = Session()
 
+    def logged_in_as(self) -> str | None:
+        return self.session.user
+
     def greet(self) -> None:
         self.reply(220, f"{self.config.hostname} Service ready")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import logging
 import os
 import poplib
 import re
@@ -37,8 +38,8 @@ from conftest import (
 )
 
 import server as server_module
-from mailserver.inbox_lock import hold_inbox
 from mailserver.config import CLASSROOM, ServerConfig, options
+from mailserver.inbox_lock import hold_inbox
 from mailserver.storage import MailboxStore
 from mailserver.users import UserStore
 
@@ -754,6 +755,8 @@ def config_of(*argv: str) -> ServerConfig:
 def test_classroom_preset() -> None:
     config = config_of("--classroom")
     assert config.timeout == 30 * 60  # a student may listen to the teacher for half an hour
+    assert config.pop3_timeout == config.timeout  # issue 21, item 11: between two looks at the inbox too
+    assert config.who_interval == 5 * 60
     assert config.max_login_failures == 5 and config.max_login_failures_per_ip == 30
     assert config.verbose
 
@@ -777,7 +780,8 @@ def test_every_classroom_setting_is_an_option() -> None:
 
 def test_classroom_help_lists_the_settings() -> None:
     [classroom] = [action for action in server_module.build_parser()._actions if "--classroom" in action.option_strings]
-    assert "--timeout 1800 --max-login-failures 5 --max-login-failures-per-ip 30 --verbose" in classroom.help
+    assert "--timeout 1800 --pop3-timeout 1800 --max-login-failures 5" in classroom.help
+    assert "--max-login-failures-per-ip 30 --verbose --who-interval 300" in classroom.help
 
 
 def test_the_classroom_guide_spells_the_preset_out() -> None:
@@ -794,6 +798,27 @@ def test_classroom_reaches_the_running_server(server_process: Callable[..., Serv
     finally:
         session.close()
     wait_for(lambda: re.search(r"127\.0\.0\.1:\d+ C: NOOP", process.log))  # --verbose came with it
+
+
+def test_who_interval_logs_who_is_logged_in_per_protocol(
+    start_server: Callable[..., RunningServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 21, item 9: one line a teacher can find in the projected log, every --who-interval seconds."""
+    server = start_server(pop3=True, who_interval=0.1)
+    with caplog.at_level(logging.INFO, logger="mailserver"):
+        wait_for(lambda: "logged in now: nobody; 0 sessions open" in caplog.text)
+        smtp, pop3, idle = RawSession("127.0.0.1", server.port), POP3Session("127.0.0.1", server.pop3_port), None
+        try:
+            smtp.read_reply()
+            smtp.login("alice")
+            assert pop3.read_line().startswith("+OK")
+            pop3.login("bob")
+            idle = RawSession("127.0.0.1", server.port)  # connected, not logged in: counted as open only
+            wait_for(lambda: "logged in now: SMTP 1 (alice), POP3 1 (bob); 3 sessions open" in caplog.text)
+        finally:
+            for session in (smtp, pop3, idle):
+                if session is not None:
+                    session.close()
 
 
 def test_a_port_in_use_is_named(tmp_path: Path, shared_users_file: Path) -> None:
