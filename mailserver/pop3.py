@@ -131,7 +131,7 @@ class POP3Handler(LineHandler):
         self.reply(ERR, f"Line too long (at most {MAX_COMMAND_LINE} octets)")
 
     def reply_unknown_command(self) -> None:
-        self.reply(ERR, "Unknown command; the commands are " + " ".join(self.commands()))
+        self.reply(ERR, "Unknown command; the commands are " + " ".join(self.offered_commands()))
 
     def closing(self, reason: str) -> None:
         self.reply(ERR, f"[SYS/TEMP] {self.config.hostname} {reason}, closing connection")

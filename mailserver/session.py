@@ -185,6 +185,10 @@ class LineHandler(DrillMixIn, LoginMixIn, socketserver.StreamRequestHandler):
         prefix = cls.command_prefix
         return sorted(name.removeprefix(prefix) for name in dir(cls) if name.startswith(prefix))
 
+    def offered_commands(self) -> list[str]:
+        """The verbs this session offers now, sorted (HELP, POP3's unknown-command reply)."""
+        return [verb for verb in self.commands() if self.offers(verb)]
+
     def offers(self, verb: str) -> bool:
         """True if verb is a command this session offers now: known, and its offered_when() holds."""
         method = self.command(verb)

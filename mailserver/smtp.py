@@ -326,8 +326,7 @@ class SMTPHandler(LineHandler):
         List the commands, or explain one.
         """
         if not argument:
-            offered = [verb for verb in self.commands() if self.offers(verb)]
-            self.reply(214, "Commands: " + " ".join(offered), "HELP <command> explains one")
+            self.reply(214, "Commands: " + " ".join(self.offered_commands()), "HELP <command> explains one")
             return
         if self.command(argument) is None:
             self.reply(504, f"HELP topic not recognized: {printable(argument[:40])}")

@@ -322,9 +322,21 @@ def test_a_bad_argument_gets_a_readable_err(alice: POP3Session, command: str, re
 
 @pytest.mark.parametrize("line", ["HELO x", "EHLO x", "MAIL FROM:<a@b>", "APOP alice 0123", "", "X" * 20])
 def test_an_unknown_command_gets_err_with_the_list(pop3: POP3Session, line: str) -> None:
+    """Issue 21, item 8: without TLS configured, the list does not offer STLS."""
     assert pop3.status(line) == (
-        "-ERR Unknown command; the commands are AUTH CAPA DELE LIST NOOP PASS QUIT RETR RSET STAT STLS TOP UIDL USER"
+        "-ERR Unknown command; the commands are AUTH CAPA DELE LIST NOOP PASS QUIT RETR RSET STAT TOP UIDL USER"
     )
+
+
+def test_the_list_of_commands_offers_stls_while_it_can_work(
+    tls_pop3: RunningServer, pop3_connect: Callable[..., POP3Session], certificate: Certificate
+) -> None:
+    session = pop3_connect(tls_pop3)
+    listed = "-ERR Unknown command; the commands are AUTH CAPA DELE LIST NOOP PASS QUIT RETR RSET STAT{} TOP UIDL USER"
+    assert session.status("HELO x") == listed.format(" STLS")
+    assert session.status("STLS") == "+OK Begin TLS negotiation"
+    start_tls(session, certificate.client_context())
+    assert session.status("HELO x") == listed.format("")  # TLS is on: STLS would be refused
 
 
 def test_commands_are_case_insensitive(alice: POP3Session) -> None:
