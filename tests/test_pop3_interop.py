@@ -1,4 +1,5 @@
-"""Real software reads the inbox: poplib, curl and mpop over POP3; Dovecot serves the same Maildirs over IMAP.
+"""Real software reads the inbox: poplib, curl, mpop, fetchmail and mutt over POP3; Dovecot serves the
+same Maildirs over IMAP.
 
 Issue 11, section 5. Each program is Debian's (`.ci/run` installs it); a test skips when
 one is missing, except in CI, where it fails. The commands are those of docs/clients.md,
@@ -15,6 +16,7 @@ import pwd
 import shlex
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -30,12 +32,17 @@ MESSAGE = "".join(line + "\r\n" for line in MESSAGE_LINES).encode()
 BOB = "bob"
 
 
-def send_to_bob(server: RunningServer | ServerProcess, *messages: bytes) -> None:
-    """alice sends each message to bob@localhost over SMTP."""
+def send_to_bob(server: RunningServer | ServerProcess, *messages: bytes, tls: ssl.SSLContext | None = None) -> None:
+    """alice sends each message to bob@localhost over SMTP; with tls, over STARTTLS or the server's SMTPS port."""
     import smtplib
 
-    host = "127.0.0.1"
-    with smtplib.SMTP(host, server.port, timeout=10) as client:
+    if tls is not None and isinstance(server, RunningServer) and server.listener.implicit_tls:
+        connection = smtplib.SMTP_SSL("localhost", server.port, timeout=10, context=tls)
+    else:
+        connection = smtplib.SMTP("localhost" if tls else "127.0.0.1", server.port, timeout=10)
+        if tls is not None:
+            connection.starttls(context=tls)
+    with connection as client:
         client.login("alice", USERS["alice"])
         for message in messages:
             client.sendmail("alice@mail.test", ["bob@localhost"], message)
@@ -179,6 +186,92 @@ def test_mpop_fetches_the_inbox_into_a_maildir(
     assert b"\nReturn-Path: <alice@mail.test>\nReceived: from " in first
     assert first.endswith(b"\n" + MESSAGE.replace(b"\r\n", b"\n"))
     assert server.inbox(BOB) == []  # keep off: deleted on the server, at QUIT
+
+
+# ---------------------------------------------------- fetchmail and mutt (issue 21, item 8)
+
+
+@pytest.fixture(params=["plain", "stls", "pop3s"])
+def any_pop3(
+    request: pytest.FixtureRequest, start_server: Callable[..., RunningServer], certificate: Certificate
+) -> tuple[str, RunningServer]:
+    """(kind, server): POP3 in clear text, with STLS required before a login, or POP3S (TLS from the first byte)."""
+    kind = request.param
+    if kind == "plain":
+        return kind, start_server(pop3=True)
+    tls = {"tls_context": certificate.server_context(), "require_tls": kind == "stls"}  # no login before STLS
+    return kind, start_server(pop3=True, implicit_tls=kind == "pop3s", **tls)
+
+
+def fetchmailrc(path: Path, kind: str, port: int, certificate: Certificate, fetched: Path) -> Path:
+    """docs/clients.md's fetchmailrc for kind, with the test's port and certificate, delivering into fetched/."""
+    tls = {
+        "plain": "sslproto ''",  # Debian's fetchmail asks for TLS unless told not to
+        "stls": f"sslproto 'tls1.2+' sslcertck sslcertfile {certificate.cert}",
+        "pop3s": f"ssl sslproto 'tls1.2+' sslcertck sslcertfile {certificate.cert}",
+    }[kind]
+    path.write_text(
+        f"poll localhost protocol pop3 port {port}\n"
+        f"  user {BOB} password {USERS[BOB]}\n"
+        f"  {tls}\n"
+        "  keep\n"
+        f"  mda \"sh -c 'cat > {fetched}/fetched-$$.eml'\"\n"
+    )
+    path.chmod(0o600)  # fetchmail refuses a file holding a password that others may read
+    return path
+
+
+def test_fetchmail_fetches_the_inbox(
+    any_pop3: tuple[str, RunningServer], certificate: Certificate, tmp_path: Path
+) -> None:
+    fetchmail = require_tool("fetchmail")
+    kind, server = any_pop3
+    tls = None if kind == "plain" else certificate.client_context()
+    send_to_bob(server, MESSAGE, b"Subject: second\r\n\r\nsecond\r\n", tls=tls)
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    config = fetchmailrc(tmp_path / "fetchmailrc", kind, server.pop3_port, certificate, fetched)
+    # HOME: fetchmail keeps the ids of the messages it has seen (keep) in ~/.fetchids.
+    result = subprocess.run(
+        [fetchmail, "-f", str(config), "--nosyslog"],
+        capture_output=True,
+        timeout=TOOL_TIMEOUT,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)},
+    )
+    output = (result.stdout + result.stderr).decode("utf-8", "replace")
+    assert result.returncode == 0, output
+    assert "2 messages for bob at localhost" in output
+    copies = sorted(path.read_bytes() for path in fetched.iterdir())
+    # fetchmail writes the Return-Path and a Received line of its own on top; then come ours and the message.
+    first = next(copy for copy in copies if b"for Bob" in copy)
+    assert first.startswith(b"Return-Path: <alice@mail.test>\nReceived: from localhost [127.0.0.1]\n")
+    assert b"\n\tby mail.test with ESMTP" in first
+    assert first.endswith(b"\n" + MESSAGE.replace(b"\r\n", b"\n"))
+    assert len(copies) == 2 and len(server.inbox(BOB)) == 2  # keep: still on the server
+
+
+def test_mutt_reads_the_inbox_over_pop3(
+    any_pop3: tuple[str, RunningServer], certificate: Certificate, tmp_path: Path
+) -> None:
+    """docs/clients.md's muttrc: Debian's mutt wants ssl_force_tls=no for a plain pop:// (it refuses otherwise)."""
+    from test_interop import run_in_terminal
+
+    mutt = require_tool("mutt")
+    kind, server = any_pop3
+    send_to_bob(server, MESSAGE, tls=None if kind == "plain" else certificate.client_context())
+    tls = "ssl_force_tls=no" if kind == "plain" else f"ssl_force_tls=yes ssl_ca_certificates_file={certificate.cert}"
+    muttrc = tmp_path / "muttrc"
+    muttrc.write_text(f"set pop_user={BOB} pop_pass={USERS[BOB]}\nset {tls}\n")
+    url = f"{'pops' if kind == 'pop3s' else 'pop'}://localhost:{server.pop3_port}/"
+    piped = tmp_path / "piped.eml"
+    settings = f"set folder={shlex.quote(str(tmp_path))} quit=yes move=no wait_key=no pipe_decode=no"
+    keys = f"<pipe-message>cat > {shlex.quote(str(piped))}<enter><quit>"
+    run_in_terminal(
+        [mutt, "-n", "-F", str(muttrc), "-f", url, "-e", settings, "-e", f'push "{keys}"'],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "TERM": "vt100"},
+    )
+    assert piped.read_bytes() == server.inbox(BOB)[0]  # with its trace fields, LF ends as mutt writes them
+    assert piped.read_bytes().endswith(b"\n" + MESSAGE.replace(b"\r\n", b"\n"))
 
 
 # ------------------------------------------------------------------------- Dovecot
