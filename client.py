@@ -1,18 +1,17 @@
 """A menu-driven terminal client for the teaching SMTP server.
 
-Run it next to ``python server.py``; with ``--trace`` every line on the
-wire is printed, so a class can watch what each menu choice means in SMTP::
+Run it next to ``server.py``; with ``--trace`` every line on the wire is
+printed as it was sent, so a class can watch what each menu choice means in SMTP::
 
-    $ python client.py --trace
+    $ python3 client.py --trace
     S: 220 localhost Service ready
-    220 localhost Service ready
-    Username: alice
-    Password:
-    C: EHLO laptop
+    C: ehlo laptop
     S: 250-localhost Hello laptop
     S: 250-AUTH PLAIN LOGIN
     ...
     S: 250 HELP
+    Username: alice
+    Password:
     C: AUTH PLAIN ********
     S: 235 2.7.0 Authentication successful
     Logged in as alice.
@@ -27,9 +26,9 @@ it never speaks the protocol itself.
 Piped input works too: when stdin is not a terminal every answer, the
 password included, is read line by line::
 
-    printf 'alice\\nwonderland\\n5\\n' | python client.py
+    printf 'alice\\nwonderland\\n5\\n' | python3 client.py
 
-``python client.py --raw`` (``--raw --pop3`` for POP3) is the other way
+``python3 client.py --raw`` (``--raw --pop3`` for POP3) is the other way
 round: the student types the protocol, and each reply is explained under it
 (``RawConsole`` reads the terminal, ``ConsoleSession`` the connection, and
 ``REPLY_MEANINGS`` holds the explanations; docs/console.md shows a session).
@@ -78,7 +77,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from email.message import EmailMessage
 from pathlib import Path
 from types import MappingProxyType
@@ -114,16 +113,6 @@ def format_reply(code: int, text: bytes) -> str:
 
 def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-def command_for_trace(command: str) -> str:
-    """Return ``command`` with its verb in capitals and any AUTH payload masked.
-
-    smtplib sends verbs in lower case (``mail FROM:<...>``); the seed and
-    RFC 5321 write them in capitals, and SMTP verbs are case-insensitive.
-    """
-    verb, space, argument = masked(command).partition(" ")
-    return f"{verb.upper()}{space}{argument}"
 
 
 def masked(command: str) -> str:
@@ -171,12 +160,14 @@ GREETING_TIMEOUT = 10
 # smtplib allows replies of 8192, and so do we for RETR lines.
 MAX_LINE = 8192
 CLOSED_NOTE = "(the server closed the connection)"  # in the trace, where the server hung up
+CRLF = "\r\n"
 
 # Reply codes the protocol classes branch on (RFC 5321 4.2.3, RFC 4954 6).
 OK = 250
 START_MAIL_INPUT = 354
 AUTH_CHALLENGE = 334
 SERVICE_NOT_AVAILABLE = 421
+MECHANISM_UNKNOWN = 504  # RFC 4954 4: "Unrecognized authentication type"
 
 Trace = Callable[[str], None]
 
@@ -204,6 +195,7 @@ class MailClient(smtplib.SMTP):
         # Set before connecting: smtplib reads the greeting through getreply.
         self.trace = trace
         self.last_reply: tuple[int, bytes] = (0, b"")
+        self.rcpt_replies: list[tuple[str, int, bytes]] = []  # (address, code, text) of the last message's RCPTs
         # socket.getfqdn(), smtplib's default EHLO name, can stall on DNS.
         super().__init__(host, port, local_hostname=socket.gethostname(), timeout=timeout, **options)
 
@@ -253,6 +245,37 @@ class MailClient(smtplib.SMTP):
             self.close()
             raise smtplib.SMTPServerDisconnected(format_reply(code, text))
         return code, text
+
+    def login(self, user: str, password: str, *, initial_response_ok: bool = True) -> tuple[int, bytes]:
+        """Log in as smtplib does, PLAIN first, but stop at a refusal that is not about the mechanism.
+
+        smtplib tries the next mechanism after any refusal, so a 454 (too many failed logins)
+        would come twice, and the server would count and log a second login.
+        """
+        self.ehlo_or_helo_if_needed()
+        if not self.has_extn("auth"):
+            raise smtplib.SMTPNotSupportedError("SMTP AUTH extension not supported by server.")
+        offered = self.esmtp_features["auth"].upper().split()
+        self.user, self.password = user, password  # smtplib's auth_plain and auth_login read them here
+        for mechanism in (name for name in ("PLAIN", "LOGIN") if name in offered):
+            authobject = getattr(self, f"auth_{mechanism.lower()}")
+            try:
+                return self.auth(mechanism, authobject, initial_response_ok=initial_response_ok)
+            except smtplib.SMTPAuthenticationError as error:
+                if error.smtp_code != MECHANISM_UNKNOWN:
+                    raise
+        raise smtplib.SMTPException("No suitable authentication method found.")
+
+    def mail(self, sender: str, options: Sequence[str] = ()) -> tuple[int, bytes]:
+        """MAIL, which starts a new message: the RCPT replies kept are the new message's."""
+        self.rcpt_replies = []
+        return super().mail(sender, options)
+
+    def rcpt(self, recip: str, options: Sequence[str] = ()) -> tuple[int, bytes]:
+        """RCPT, its reply kept: a 250 may say the mail goes no further than the Sent folder."""
+        reply = super().rcpt(recip, options)
+        self.rcpt_replies.append((recip, *reply))
+        return reply
 
     def retr(self) -> list[bytes]:
         """Return every message the logged-in user sent, oldest first.
@@ -326,8 +349,8 @@ class MailClient(smtplib.SMTP):
             return shorten("C:", decode(wire).removesuffix("\r\n").split("\r\n"))
         if code == AUTH_CHALLENGE:
             return [f"C: {TRACE_MASK}"]  # the answer to a 334 is a credential
-        command = decode(wire).removesuffix("\r\n")
-        return [f"C: {command_for_trace(command)}"]
+        # As sent: smtplib writes its verbs in lower case (mail FROM:<...>), which RFC 5321 2.4 allows.
+        return [f"C: {masked(decode(wire).removesuffix(CRLF))}"]
 
     def _gone(self, reason: str) -> smtplib.SMTPServerDisconnected:
         """Close our end, as smtplib's getreply does; return what to raise."""
@@ -531,6 +554,14 @@ def login_failed(error: WrongLoginError) -> str:
     return f"Login failed: {error}."
 
 
+def inbox_without_tls(host: str, port: int) -> str:
+    """One line for --tls when the POP3 port speaks neither TLS from the first byte nor STLS."""
+    return (
+        f"Cannot reach the inbox at {host}:{port} — it offers no TLS (neither POP3S nor STLS): "
+        "give the server's --pop3s-port as --pop3-port, or leave out --tls."
+    )
+
+
 def reconnect_failed(error: Exception) -> str:
     """One line for a connection the server closed that could not be made again."""
     return f"The server closed the connection, and reconnecting failed: {error_message(error)}"
@@ -577,10 +608,12 @@ class Account:
         implicit_tls: bool = False,
         cafile: str | None = None,
         pop3_port: int = DEFAULT_POP3_PORT,
+        pop3s: bool = False,
     ) -> None:
         self.host = host
         self.port = port
         self.pop3_port = pop3_port
+        self.pop3s = pop3s  # the POP3 port was named with --tls: it may be the POP3S port (TLS from the first byte)
         self.trace = trace
         self.tls = tls  # None: plain text; else STARTTLS, or TLS from the start with implicit_tls
         self.implicit_tls = implicit_tls
@@ -671,6 +704,7 @@ class Account:
         except smtplib.SMTPResponseException as error:
             if error.smtp_code != AUTH_FAILED:  # e.g. 454, too many failures
                 raise LoginFailedError(login_refusal(error.smtp_code, error.smtp_error)) from error
+            client.close()  # the seed: the server hangs up after a wrong login, so the next try connects anew
             reason = "wrong username or password"
         self.failed_logins += 1
         raise WrongLoginError(reason)
@@ -700,16 +734,13 @@ class Account:
         """
         self.close_inbox()
         try:
-            if self.implicit_tls:
-                inbox = InboxClientTLS(self.host, self.pop3_port, trace=self.trace, context=self.tls)
-            else:
-                inbox = InboxClient(self.host, self.pop3_port, trace=self.trace)
+            inbox, needs_stls = self._reach_inbox()
         except (OSError, poplib.error_proto) as error:
             raise InboxUnreachableError(inbox_unreachable(error, self.host, self.pop3_port)) from error
         with closed_on_failure(inbox):
             try:
-                if self.tls is not None and not self.implicit_tls:
-                    inbox.stls(context=self.tls)  # RFC 2595; raises error_proto if not offered
+                if needs_stls:
+                    self._stls(inbox)
                 assert self.credentials is not None  # the menu comes after the login
                 user, password = self.credentials
                 inbox.user(user)
@@ -718,6 +749,31 @@ class Account:
                 raise InboxUnreachableError(inbox_unreachable(error, self.host, self.pop3_port)) from error
         self.inbox = inbox
         return inbox
+
+    def _reach_inbox(self) -> tuple[InboxClient, bool]:
+        """Connect to the POP3 port; return the session and whether it still needs STLS for the TLS asked.
+
+        --tls (the server's SMTPS port) with the usual POP3 port: STLS there (RFC 2595), the same
+        protection without a second port option. With --pop3-port too, that port is taken for the
+        server's POP3S port (TLS from the first byte); if it answers in plain text, STLS there.
+        """
+        if not self.pop3s:
+            return InboxClient(self.host, self.pop3_port, trace=self.trace), self.tls is not None
+        try:
+            return InboxClientTLS(self.host, self.pop3_port, trace=self.trace, context=self.tls), False
+        except ssl.SSLError as error:
+            if error.reason not in NOT_TLS:
+                raise
+        return InboxClient(self.host, self.pop3_port, trace=self.trace), True
+
+    def _stls(self, inbox: InboxClient) -> None:
+        """STLS (RFC 2595); raise InboxUnreachableError naming the options if the port offers no TLS."""
+        try:
+            inbox.stls(context=self.tls)
+        except poplib.error_proto as error:
+            if not self.implicit_tls:
+                raise
+            raise InboxUnreachableError(inbox_without_tls(self.host, self.pop3_port)) from error
 
     def inbox_connection(self) -> InboxClient:
         """The open inbox session; raise poplib.error_proto if there is none."""
@@ -808,7 +864,7 @@ def log_in(account: Account, user: str | None) -> None:
     The server closes the connection after a 535, so every retry opens
     a new one.  Raise LoginFailedError after MAX_LOGIN_ATTEMPTS.
     """
-    account.connect(greeted=print_reply)
+    account.connect(greeted=None if account.trace else print_reply)  # the trace shows it already, as S:
     for _ in range(MAX_LOGIN_ATTEMPTS):
         name = user or ask("Username: ")
         password = ask_secret("Password: ")
@@ -880,6 +936,11 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*")
 MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
 MAX_PATH = 256  # RFC 5321 4.5.3.1.3, the angle brackets included
+NONE_SENT = "You have sent no messages (your Sent folder is empty)."
+SHOWN_HEADERS = ("Date", "From", "To", "Subject")
+NOT_IN_MESSAGE = "(not in the message)"
+# What this server's 250 to RCPT says when the mail will be in the sender's Sent folder only (another domain).
+SENT_ONLY = "kept in your Sent folder only"
 
 
 def is_address(address: str) -> bool:
@@ -889,13 +950,17 @@ def is_address(address: str) -> bool:
 
 
 def send_mail(account: Account) -> bool:
-    """Menu 1: build a message from the answers and send it; Ctrl-C while writing it gives it up."""
+    """Menu 1: build a message from the answers and send it. Ctrl-C while writing it gives it up,
+    and keeps what was typed of the text in unsent-<date-time>.eml."""
     try:
-        sender, recipients, message = compose(account)
+        composed = compose(account)
     except KeyboardInterrupt:
         print()
         print("Message not sent.")
         return True
+    if composed is None:
+        return True
+    sender, recipients, message = composed
     # RFC 6152: 8-bit text (UTF-8 written as is) must be declared in MAIL.
     options = ["BODY=8BITMIME"] if message["Content-Transfer-Encoding"] == "8bit" else []
     try:
@@ -913,20 +978,33 @@ def send_mail(account: Account) -> bool:
         keep_unsent(message)  # what the student typed must not be lost with the connection (or a Ctrl-C)
         raise
     print(f"Sent: {format_reply(*account.connection().last_reply)}")
+    for address, code, text in account.connection().rcpt_replies:
+        if code == OK and SENT_ONLY in decode(text):  # taken, but not for any inbox here: say so
+            print(f"Not delivered to {address}: not a user of this server (kept in your Sent folder).")
     if refused:
         print("These recipients were refused:")
         print_refused(refused)
     return True
 
 
-def compose(account: Account) -> tuple[str, list[str], EmailMessage]:
-    """Ask for sender, recipients, subject and text; return them with the message built from them."""
+def compose(account: Account) -> tuple[str, list[str], EmailMessage] | None:
+    """Ask for sender, recipients, subject and text; return them with the message built from them.
+
+    Ctrl-C while the text is typed: save the message as it stands (saying where) and return None.
+    """
     default = default_sender(account.user, account.server_name)
     sender = ask_address(f"From [{default}]: " if default else "From: ", default)
     recipients = ask_recipients(account.server_name)
     subject = ask("Subject: ")
     print(f"Type the message; end it with a line holding only '.' (or {end_of_input_key()}).")
-    return sender, recipients, build_message(sender, recipients, subject, read_body())
+    lines: list[str] = []
+    try:
+        read_body(lines)
+    except KeyboardInterrupt:
+        print()
+        keep_unsent(build_message(sender, recipients, subject, body_text(lines)))
+        return None
+    return sender, recipients, build_message(sender, recipients, subject, body_text(lines))
 
 
 def default_sender(user: str, server_name: str) -> str:
@@ -969,18 +1047,21 @@ def not_an_address(answers: list[str]) -> str:
     return f"Not an email address: {', '.join(map(repr, answers))}. Write it as name@domain, e.g. bob@example.org."
 
 
-def read_body() -> str:
-    """Read body lines up to a lone "." or the end of input (Ctrl-D)."""
-    lines: list[str] = []
+def read_body(lines: list[str]) -> None:
+    """Read body lines into lines, up to a lone "." or the end of input (Ctrl-D); on Ctrl-C, lines holds
+    what was typed so far."""
     while True:
         try:
             line = ask("")
         except EOFError:
             print()
-            break
+            return
         if line == ".":
-            break
+            return
         lines.append(line)
+
+
+def body_text(lines: list[str]) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
@@ -1024,22 +1105,25 @@ def retrieve_mail(account: Account) -> bool:
     """Menu 3: show every message this user sent, decoded."""
     messages = over_smtp(account, MailClient.retr)
     if not messages:
-        print("No messages.")
+        print(NONE_SENT)
         return True
-    print(f"You have {plural(len(messages), 'message')}.")
+    print(f"You sent {plural(len(messages), 'message')}.")
+    # RETR gives the messages as sent, without the envelope: a message typed without From: is still yours.
+    otherwise = {"From": f"{account.user} (you sent it)"}
     for number, raw in enumerate(messages, start=1):
         print()
         print(f"--- Message {number} ---")
-        print(describe_message(raw))
+        print(describe_message(raw, otherwise))
     return True
 
 
-def describe_message(raw: bytes) -> str:
-    """Return the headers a reader wants and the decoded text body."""
+def describe_message(raw: bytes, otherwise: Mapping[str, str]) -> str:
+    """Return the headers a reader wants and the decoded text body; otherwise: what to show for a header
+    that neither the message nor its trace fields hold."""
     # RETR sends CRLF lines; the parser would keep the CR in the body text.
     unix_text = raw.replace(b"\r\n", b"\n")
     try:
-        shown = describe_parsed(email.message_from_bytes(unix_text, policy=email.policy.default))
+        shown = describe_parsed(email.message_from_bytes(unix_text, policy=email.policy.default), otherwise)
     except Exception:
         # The email package can trip over an odd message in many ways; a
         # message shown raw is better than a session ended by a traceback.
@@ -1047,9 +1131,21 @@ def describe_message(raw: bytes) -> str:
     return printable(shown)
 
 
-def describe_parsed(message: EmailMessage) -> str:
+def header_or_envelope(message: EmailMessage, name: str, otherwise: Mapping[str, str]) -> str:
+    """The header name as the message gives it; if it has none, what the trace fields that the server put on
+    top of an inbox copy tell (RFC 5321 4.4), marked as such; else otherwise's text, or NOT_IN_MESSAGE."""
+    if message.get(name):
+        return str(message[name])
+    if name == "From" and message.get("Return-Path", "").strip("<> "):
+        return f"{message['Return-Path'].strip('<> ')} (envelope)"
+    if name == "Date" and ";" in message.get("Received", ""):
+        return f"{' '.join(message['Received'].rpartition(';')[2].split())} (received)"
+    return otherwise.get(name, NOT_IN_MESSAGE)
+
+
+def describe_parsed(message: EmailMessage, otherwise: Mapping[str, str]) -> str:
     """Return the Date, From, To and Subject, the text, and the other parts' names."""
-    headers = [f"{name + ':':<9}{message.get(name, '')}" for name in ("Date", "From", "To", "Subject")]
+    headers = [f"{name + ':':<9}{header_or_envelope(message, name, otherwise)}" for name in SHOWN_HEADERS]
     body_part = message.get_body(preferencelist=("plain",))
     body = text_of(body_part) if body_part is not None else "(no text part)\n"
     others = [describe_part(part) for part in message.walk() if is_other_part(part, body_part)]
@@ -1087,8 +1183,8 @@ def read_inbox(account: Account) -> bool:
         print(f"The inbox refused the login: {pop3_error(error)}")
         return True
     try:
-        shown = show_inbox(inbox)
-        if shown and ask("Delete them from your inbox? [y/N] ").strip().lower() in ("y", "yes"):
+        shown = show_inbox(inbox, account.user)
+        if shown and ask_yes(f"Delete {'it' if len(shown) == 1 else 'them'} from your inbox? [y/N] "):
             # As the menu's SMTP actions do after an idle timeout: once more, on a new session.
             deleted = over_pop3(account, lambda session: delete_from_inbox(session, shown))
             print(f"Deleted {plural(deleted, 'message')} from your inbox.")
@@ -1106,8 +1202,8 @@ def read_inbox(account: Account) -> bool:
     return True
 
 
-def show_inbox(inbox: InboxClient) -> list[bytes]:
-    """Print every message of the inbox; return their unique ids (none for an empty inbox)."""
+def show_inbox(inbox: InboxClient, user: str) -> list[bytes]:
+    """Print every message of user's inbox; return their unique ids (none for an empty inbox)."""
     listing = unique_ids(inbox)
     if not listing:
         print("Your inbox is empty.")
@@ -1117,7 +1213,7 @@ def show_inbox(inbox: InboxClient) -> list[bytes]:
         _, lines, _ = inbox.retr(number)
         print()
         print(f"--- Message {number} ---")
-        print(describe_message(b"\n".join(lines) + b"\n"))
+        print(describe_message(b"\n".join(lines) + b"\n", {"To": f"{user} (your inbox)"}))
     print()
     return list(listing)
 
@@ -1147,13 +1243,24 @@ def delete_mail(account: Account) -> bool:
     """Menu 4: after a yes, delete all the messages this user sent."""
     count = over_smtp(account, MailClient.count)
     if count == 0:
-        print("No messages.")
+        print(NONE_SENT)
         return True
-    if ask(f"Delete all {plural(count, 'message')}? [y/N] ").strip().lower() not in ("y", "yes"):
+    them = "the message" if count == 1 else f"all {plural(count, 'message')}"
+    if not ask_yes(f"Delete {them} you sent? [y/N] "):
         print("Nothing deleted.")
         return True
-    print(f"Deleted {plural(over_smtp(account, MailClient.dele), 'message')}.")
+    deleted = over_smtp(account, MailClient.dele)
+    print(f"Deleted {'the message' if deleted == 1 else plural(deleted, 'message')} you sent.")
     return True
+
+
+def ask_yes(question: str) -> bool:
+    """Ask a y/N question; True for y or yes. Ctrl-C answers no (the menu goes on); Ctrl-D still ends input."""
+    try:
+        return ask(question).strip().lower() in ("y", "yes")
+    except KeyboardInterrupt:
+        print()
+        return False
 
 
 def quit_session(account: Account) -> bool:
@@ -1805,6 +1912,7 @@ class RawConsole:
         self.transcript: list[str] = []  # what was shown, credentials masked, for :save
         self.print_lock = threading.Lock()
         self.prompt: str | None = None  # on the screen, waiting for input
+        self.prompt_gone = False  # the connection closed while the prompt waited, and it was not drawn again
         self.left = False  # the student left (Ctrl-D, :quit): not the server's doing
         self.session: ConsoleSession | None = None
         self.line_editor = None
@@ -1841,13 +1949,18 @@ class RawConsole:
             sys.stdout.flush()
 
     def print_above_prompt(self, line: str, *, dim: bool) -> None:
-        """Print line; if the prompt is on the screen, print above it and show it again with what was typed."""
-        prompt = self.prompt if self.interactive else None
+        """Print line; if the prompt is on the screen, print above it and show it again with what was typed,
+        unless the connection has closed: then no prompt is left waiting for a line nobody will read."""
+        prompt = self.prompt if self.interactive and not self.prompt_gone else None
         if prompt is not None:
             sys.stdout.write(ERASE_LINE if self.ansi else "\n")
         sys.stdout.write(f"{DIM}{line}{NORMAL}\n" if dim and self.colour else f"{line}\n")
-        if prompt is not None:
-            typed = self.line_editor.get_line_buffer() if self.line_editor else ""
+        typed = self.line_editor.get_line_buffer() if prompt is not None and self.line_editor else ""
+        if prompt is not None and self.session is not None and self.session.closed:
+            self.prompt_gone = True
+            if typed:
+                sys.stdout.write(f"   (not sent: {printable(typed)})\n")
+        elif prompt is not None:
             sys.stdout.write(prompt + typed)
         sys.stdout.flush()
 
@@ -1898,7 +2011,7 @@ class RawConsole:
                 session.wait(REPLY_WAIT if self.interactive else SOCKET_TIMEOUT)
             except KeyboardInterrupt:  # Ctrl-C, or the reader saying the connection is gone
                 if session.closed:
-                    if self.interactive:
+                    if self.interactive and not self.prompt_gone:
                         sys.stdout.write("\n")  # below the prompt, and whatever was typed but not sent
                     break
                 if not self.interactive:
@@ -2770,11 +2883,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--starttls", action="store_true", help="switch to TLS before logging in (STARTTLS; STLS for the inbox)"
     )
     tls.add_argument(
-        "--tls", action="store_true", help="TLS from the start (the --tls-port; give the --pop3s-port as --pop3-port)"
+        "--tls",
+        action="store_true",
+        help="TLS from the start (the --tls-port); the inbox with STLS, or from the start on --pop3-port",
     )
     parser.add_argument("--cafile", help="trust this certificate (PEM), e.g. the server's self-signed one")
     parser.add_argument(
-        "--pop3-port", type=int, default=DEFAULT_POP3_PORT, help=f"the server's POP3 port (default {DEFAULT_POP3_PORT})"
+        "--pop3-port",
+        type=int,
+        help=f"the server's POP3 port (default {DEFAULT_POP3_PORT}); with --tls, its POP3S port",
     )
     raw = parser.add_argument_group("the raw console")
     raw.add_argument("--raw", action="store_true", help="type SMTP yourself; each reply is explained")
@@ -2799,6 +2916,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_options(parser, args)
+    pop3_port_given = args.pop3_port is not None
+    args.pop3_port = args.pop3_port if pop3_port_given else DEFAULT_POP3_PORT
     # A terminal that cannot show a character, or input that is not UTF-8,
     # must not end the session in a traceback.
     for stream in (sys.stdin, sys.stdout, sys.stderr):
@@ -2819,7 +2938,14 @@ def main(argv: list[str] | None = None) -> int:
         return run_checks(args, tls)
     trace = print if args.trace else None
     account = Account(
-        args.host, args.port, trace, tls, implicit_tls=args.tls, cafile=args.cafile, pop3_port=args.pop3_port
+        args.host,
+        args.port,
+        trace,
+        tls,
+        implicit_tls=args.tls,
+        cafile=args.cafile,
+        pop3_port=args.pop3_port,
+        pop3s=args.tls and pop3_port_given,
     )
     try:
         log_in(account, args.user)

@@ -239,7 +239,7 @@ def test_delete_with_trace_counts_without_printing_the_messages(smtp_server: Run
     assert result.returncode == 0, result.stderr
     assert "secret text" not in result.stdout and "private" not in result.stdout
     assert "   (2 messages counted, not shown)" in result.stdout
-    assert "Delete all 2 messages? [y/N] " in result.stdout
+    assert "Delete all 2 messages you sent? [y/N] " in result.stdout
     lines = trace_lines(result.stdout)
     assert lines[lines.index("C: RETR") + 1] == "S: 250 2 messages follow"
     assert "S: 250 2 messages deleted" in lines
