@@ -919,9 +919,9 @@ def over_pop3(account: Account, operation: Callable[[InboxClient], Result]) -> R
 
 
 def say_goodbye(account: Account) -> None:
-    """QUIT, and show the server's goodbye if it answered."""
+    """QUIT, and show the server's goodbye if it answered (with --trace, its S: line shows it already)."""
     goodbye = account.close()
-    if goodbye is not None:
+    if goodbye is not None and account.trace is None:
         print_reply(goodbye)
 
 

@@ -201,6 +201,7 @@ def test_trace_shows_each_line_as_sent_and_the_greeting_once(smtp_server: Runnin
     assert "C: rcpt TO:<bob@mail.test>" in sent and "C: data" in sent
     assert not [line for line in sent if line[3:7] in ("EHLO", "MAIL", "RCPT", "DATA")]
     assert result.stdout.count("220 mail.test Service ready") == 1  # the S: line, not again under it
+    assert result.stdout.count("221 mail.test Service closing transmission channel") == 1  # the goodbye too
 
 
 # --- item 5: choices 3 and 4 speak of the mail you sent ------------------------------------------
