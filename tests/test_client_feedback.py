@@ -139,17 +139,22 @@ def test_a_tls_student_is_told_which_option_to_add_when_the_inbox_has_no_tls(
 # --- item 3: a message without headers ---------------------------------------------------------
 
 
+def send_without_headers(server: RunningServer, recipient: str) -> None:
+    """alice sends a message of one text line and no header at all, as one types it in --raw."""
+    session = RawSession(server.host, server.port)
+    try:
+        session.read_reply()
+        session.login("alice")
+        assert session.send_message(b"typed by hand\r\n", "alice@mail.test", [recipient])[0] == 250
+    finally:
+        session.close()
+
+
 def test_a_message_without_headers_shows_the_envelope_sender_and_the_date_received(
     pop3_server: RunningServer, terminal: Callable[..., Terminal]
 ) -> None:
     """As `--raw` or `curl -T` send it: no From:, Date: or To:; the inbox copy's trace fields tell."""
-    session = RawSession(pop3_server.host, pop3_server.port)
-    try:
-        session.read_reply()
-        session.login("alice")
-        assert session.send_message(b"typed by hand\r\n", "alice@mail.test", ["bob@mail.test"])[0] == 250
-    finally:
-        session.close()
+    send_without_headers(pop3_server, "bob@mail.test")
     received = pop3_server.inbox("bob")[0].split(b"\n")[2].split(b"; ", 1)[1].decode()  # the Received field's date
     term = terminal("--port", str(pop3_server.port), "--pop3-port", str(pop3_server.pop3_port))
     log_in_as(term, "bob")
@@ -169,13 +174,7 @@ def test_a_message_without_headers_shows_the_envelope_sender_and_the_date_receiv
 def test_a_sent_message_without_headers_says_it_is_yours(
     smtp_server: RunningServer, terminal: Callable[..., Terminal]
 ) -> None:
-    session = RawSession(smtp_server.host, smtp_server.port)
-    try:
-        session.read_reply()
-        session.login("alice")
-        assert session.send_message(b"typed by hand\r\n", "alice@mail.test", ["bob@example.org"])[0] == 250
-    finally:
-        session.close()
+    send_without_headers(smtp_server, "bob@example.org")
     term = terminal("--port", str(smtp_server.port))
     log_in_at_terminal(term)
     term.type(RETRIEVE)
