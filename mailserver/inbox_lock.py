@@ -13,6 +13,7 @@ dot-folders: the file is no message and no folder to them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import BinaryIO
 
@@ -43,9 +44,11 @@ def hold_inbox(inbox: Path) -> HeldInbox | None:
     An inbox that does not exist yet holds nothing to lock: it is held without a file.
     """
     try:
-        lock_file = open(inbox / LOCK_FILE, "a+b")  # noqa: SIM115  (held open until release)
+        # O_NOFOLLOW: a symbolic link planted in a mailbox must not make the server create or lock another file.
+        descriptor = os.open(inbox / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
     except FileNotFoundError:
         return HeldInbox(None)
+    lock_file = os.fdopen(descriptor, "r+b")
     try:
         if fcntl is not None:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -118,9 +118,14 @@ def test_with_tls_and_the_usual_pop3_port_the_inbox_uses_stls_at_once(
 
 
 def test_a_tls_student_is_told_which_option_to_add_when_the_inbox_has_no_tls(
-    start_server: Callable[..., RunningServer], certificate: Certificate, terminal: Callable[..., Terminal]
+    start_server: Callable[..., RunningServer],
+    certificate: Certificate,
+    terminal: Callable[..., Terminal],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """An SMTPS port, and a POP3 port with neither POP3S nor STLS: the one line names --pop3-port and --tls."""
+    """An SMTPS port, and a POP3 port with neither POP3S nor STLS: the one line names --pop3-port and --tls,
+    and the password never crosses in clear text (no downgrade: STLS or nothing)."""
+    caplog.set_level(logging.INFO, logger="mailserver")
     smtps = start_server(implicit_tls=True, tls_context=certificate.server_context())
     plain_pop3 = start_server(pop3=True, mailboxes_path=smtps.mailboxes_path)  # no TLS at all
     options = ["--host", "localhost", "--port", str(smtps.port), "--tls", "--cafile", str(certificate.cert)]
@@ -134,6 +139,8 @@ def test_a_tls_student_is_told_which_option_to_add_when_the_inbox_has_no_tls(
     term.expect(MENU_PROMPT)
     term.type(QUIT)
     assert term.wait() == 0
+    assert " login alice" in caplog.text  # the log is there to read (the SMTP login)
+    assert "POP3 login" not in caplog.text  # and no USER/PASS reached the POP3 port
 
 
 # --- item 3: a message without headers ---------------------------------------------------------
