@@ -52,12 +52,15 @@ def files_of(maildir: Path) -> dict[str, bytes]:
 
 
 def test_python_mailbox_reads_the_inbox_and_the_sent_folder(logged_in: RawSession, smtp_server: RunningServer) -> None:
-    for recipient in ("bob@localhost", "bob@example.org"):
+    for recipient, accepted in [
+        ("bob@localhost", "250 OK"),
+        ("bob@example.org", "250 2.1.5 <bob@example.org>: not a domain of this server, kept in your Sent folder only*"),
+    ]:
         logged_in.expect(f"""
             C: MAIL FROM:<alice@mail.test>
             S: 250 OK
             C: RCPT TO:<{recipient}>
-            S: 250 OK
+            S: {accepted}
             C: DATA
             S: 354 *
             C: Subject: to {recipient}
