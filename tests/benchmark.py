@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -78,6 +79,7 @@ import bcrypt
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_SCRIPT = ROOT / "server.py"
 BASELINE_SCRIPT = Path(__file__).resolve().with_name("aiosmtpd_baseline.py")
+PROBE_SCRIPT = Path(__file__).resolve().with_name("memory_probe.py")
 OURS = "server.py"
 AIOSMTPD = "aiosmtpd"
 
@@ -103,6 +105,7 @@ class Scenario:
     comparable: bool = False  # run against aiosmtpd too with --compare
     accounts: int | None = None  # None: one account per connection
     one_after_another: bool = False  # an account's connections run in turn, as a sending script's do
+    long: bool = False  # minutes long: run only when named, never in "all"
 
 
 SCENARIOS = [
@@ -116,6 +119,7 @@ SCENARIOS = [
     Scenario(
         8, "oneshot", "a message per connection", 200, 1, 2 * KIB, comparable=True, accounts=10, one_after_another=True
     ),
+    Scenario(9, "soak", "a long day: SMTP, POP3 and account edits, idle RSS at intervals", 20, 50, 2 * KIB, long=True),
 ]
 
 
@@ -214,17 +218,22 @@ class ServerProcess:
 
     start_timeout = 30.0  # seconds: imports, plus one bcrypt hash at the accounts' cost
 
-    def __init__(self, name: str, command: list[str], log_path: Path, *, pop3: bool = False) -> None:
+    def __init__(
+        self, name: str, command: list[str], log_path: Path, *, pop3: bool = False, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.command = command
         self.log_path = log_path
         self.pop3 = pop3  # server.py serves POP3 too: wait for its port as well
+        self.env = {**os.environ, **(env or {})}
         self.port = 0
         self.pop3_port = 0
 
     def __enter__(self) -> ServerProcess:
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=ROOT)
+            self.process = subprocess.Popen(
+                self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=ROOT, env=self.env
+            )
         self.monitor = ProcessMonitor(self.process.pid)
         try:
             self.port = self._wait_for_port(r"(?<!POP3 )serving on (\S+):(\d+)")
@@ -274,6 +283,8 @@ class Target:
     password: str
     monitor: ProcessMonitor | None
     pop3_port: int = 0
+    users_path: Path | None = None  # the users file it reads (the soak edits it)
+    memory_report: Path | None = None  # where tests/memory_probe.py reports, on SIGUSR1
 
 
 _hash_cache: dict[int, str] = {}
@@ -337,9 +348,16 @@ def started_target(kind: str, load: Load, args: argparse.Namespace, work: Path) 
         # --pop3-port 0, never 1100: it may be taken. Only the pop3 scenario waits for that port.
         script = args.server if kind == OURS else args.peer_script
         command = [args.python, str(script), *common, "--pop3-port", "0", *extra]
-    pop3 = load.scenario.name == "pop3"
-    with ServerProcess(kind, command, work / "server.log", pop3=pop3) as server:
-        yield Target(kind, "127.0.0.1", server.port, accounts, PASSWORD, server.monitor, server.pop3_port)
+    report = work / "memory.jsonl" if load.scenario.long else None
+    if report:  # the soak: server.py under the probe, which reports its memory on SIGUSR1
+        command[1:1] = [str(PROBE_SCRIPT), "--report", str(report), "--tracemalloc", str(args.tracemalloc)]
+    # Only server.py gets the cap, so that `--compare server.py` measures what the cap costs.
+    env = {"MALLOC_ARENA_MAX": str(args.malloc_arena_max)} if kind == OURS and args.malloc_arena_max else None
+    pop3 = load.scenario.name in ("pop3", "soak")
+    with ServerProcess(kind, command, work / "server.log", pop3=pop3, env=env) as server:
+        yield Target(
+            kind, "127.0.0.1", server.port, accounts, PASSWORD, server.monitor, server.pop3_port, users_path, report
+        )
 
 
 # ----------------------------------------------------------------------- the clients
@@ -977,6 +995,107 @@ def run_pop3(load: Load, target: Target, args: argparse.Namespace) -> Result:
     return make_result(load, target, usage, [outcome], **figures)
 
 
+# ------------------------------------------------------------------------- the long day (soak)
+
+
+def drain_inbox(target: Target, user: str, timeout: float) -> int:
+    """One POP3 session: RETR and DELE every message of user's inbox, then QUIT; return how many."""
+    with POP3Client(target.host, target.pop3_port, timeout) as client:
+        client.login(user, target.password)
+        count = int(client.ok(b"STAT\r\n").split()[1])
+        for number in range(1, count + 1):
+            client.ok(f"RETR {number}\r\n".encode())
+            client.block()
+            client.ok(f"DELE {number}\r\n".encode())
+        client.ok(b"QUIT\r\n")
+    return count
+
+
+def edit_accounts(target: Target, cycle: int, rounds: int) -> None:
+    """What `server.py passwd` and `adduser`/`deluser` do to users.txt: one new hash, one visitor in, one out."""
+    assert target.users_path is not None
+    changed = target.users[cycle % len(target.users)]
+    rehashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds)).decode()  # same password, new salt
+    lines = [f"{name}:{rehashed if name == changed else password_hash(rounds)}" for name in target.users]
+    lines.append(f"visitor{cycle:05d}:{password_hash(rounds)}")  # the last cycle's visitor is gone
+    temporary = target.users_path.with_suffix(".tmp")
+    temporary.write_text("".join(line + "\n" for line in lines))
+    os.replace(temporary, target.users_path)  # atomic, as the server's own edits are
+
+
+def idle_report(target: Target, threads_idle: int, timeout: float) -> dict[str, Any]:
+    """Once the sessions' threads have gone, ask the probe for a memory report (SIGUSR1) and return it."""
+    assert target.monitor is not None and target.memory_report is not None
+    deadline = time.monotonic() + timeout
+    while target.monitor.status("Threads") > threads_idle and time.monotonic() < deadline:
+        time.sleep(0.05)  # a session's thread ends just after its QUIT reply
+    done = len(target.memory_report.read_text().splitlines()) if target.memory_report.exists() else 0
+    os.kill(target.monitor.pid, signal.SIGUSR1)
+    while time.monotonic() < deadline:
+        if target.memory_report.exists() and len(lines := target.memory_report.read_text().splitlines()) > done:
+            return json.loads(lines[-1])
+        time.sleep(0.05)
+    raise BenchmarkError("the server's memory probe did not report")
+
+
+def run_soak(load: Load, target: Target, args: argparse.Namespace) -> Result:
+    """Scenario 9: cycles of SMTP (to self), POP3 RETR and DELE of it all, account edits; idle figures each interval.
+
+    The first report comes after one cycle (warm-up); tracemalloc's growth is counted from it.
+    """
+    if target.monitor is None:
+        raise BenchmarkError("the soak needs a server it starts itself (its memory is read from inside)")
+    usage = Usage(target.monitor)
+    usage.start()
+    threads_idle, fresh_rss = target.monitor.status("Threads"), target.monitor.rss_mib()
+    started = time.monotonic()
+    reports: list[dict[str, Any]] = []
+    outcomes: list[dict[str, Any]] = []
+    sent = drained = cycle = 0
+    while cycle == 0 or time.monotonic() - started < args.minutes * 60:
+        cycle_started = time.monotonic()
+        _, outcome = drive_senders(target, scripts_of(load, target.users), load.size, args, to_self=True)
+        outcomes += outcome
+        sent += sum(len(o["latencies"]) for o in outcome)
+        with concurrent.futures.ThreadPoolExecutor(len(target.users)) as pool:
+            drained += sum(pool.map(lambda user: drain_inbox(target, user, args.timeout), target.users))
+        edit_accounts(target, cycle, load.rounds)
+        cycle += 1
+        report = idle_report(target, threads_idle, args.timeout)
+        report.update(minute=round((time.monotonic() - started) / 60, 2), cycle=cycle, messages=sent)
+        reports.append(report)
+        log(f"  soak {soak_line(report)}")
+        time.sleep(max(0.0, cycle_started + args.interval - time.monotonic()))
+    seconds = time.monotonic() - started
+    if drained != sent:
+        outcomes.append({"errors": [f"sent {sent} messages, POP3 retrieved and deleted {drained}"], "latencies": []})
+    first, last = reports[0], reports[-1]
+    notes: dict[str, Any] = {"fresh_rss_mib": fresh_rss, "reports": reports, "retrieved": drained}
+    notes["malloc_arena_max"] = args.malloc_arena_max
+    summary = (
+        f"{cycle} cycles in {seconds / 60:.1f} min; idle RSS {fresh_rss:.1f} fresh, {first['rss_mib']} after warm-up, "
+        f"{last['rss_mib']} at the end ({last['rss_mib'] - first['rss_mib']:+.1f} MiB); "
+        f"threads {first['threads']} -> {last['threads']}, files {first['open_files']} -> {last['open_files']}"
+    )
+    figures = {"messages": sent, "octets": sent * load.size, "seconds": seconds, "notes": notes, "summary": summary}
+    return make_result(load, target, usage, outcomes, **figures)
+
+
+def soak_line(report: dict[str, Any]) -> str:
+    """One interval of the soak in words: where the idle RSS stands, and what holds it."""
+    parts = [f"minute {report['minute']:6.2f}", f"{report['messages']:7d} msgs", f"RSS {report['rss_mib']:6.2f} MiB"]
+    parts += [f"threads {report['threads']}", f"files {report['open_files']}"]
+    if "malloc_in_use_mib" in report:
+        parts.append(
+            f"malloc in use {report['malloc_in_use_mib']:.2f}, free kept {report['malloc_free_kept_mib']:.2f}, "
+            f"{report['malloc_arenas']} arenas"
+        )
+    if "python_traced_mib" in report:
+        traced, own = report["python_traced_mib"], report["tracemalloc_overhead_mib"]
+        parts.append(f"Python traced {traced:.2f} (tracemalloc's own {own:.2f})")
+    return "; ".join(parts)
+
+
 RUNNERS: dict[str, Callable[[Load, Target, argparse.Namespace], Result]] = {
     "small": run_send,
     "large": run_send,
@@ -986,6 +1105,7 @@ RUNNERS: dict[str, Callable[[Load, Target, argparse.Namespace], Result]] = {
     "retr": run_retr,
     "pop3": run_pop3,
     "oneshot": run_send,
+    "soak": run_soak,
 }
 
 
@@ -1215,6 +1335,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hold", type=float, default=2.0, help="seconds the burst's connections stay idle")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds a client waits for one reply")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="the most one measurement may take")
+    soak = parser.add_argument_group("the soak (scenario 9) and the allocator")
+    soak.add_argument("--minutes", type=float, default=30.0, help="how long the soak runs (default 30)")
+    soak.add_argument("--interval", type=float, default=60.0, help="seconds between the soak's reports (default 60)")
+    soak.add_argument(
+        "--tracemalloc", type=int, default=1, metavar="FRAMES", help="the soak traces Python allocations (0: off)"
+    )
+    soak.add_argument(
+        "--malloc-arena-max",
+        type=int,
+        metavar="N",
+        help="run server.py (not the peer) with MALLOC_ARENA_MAX=N: glibc keeps at most N malloc arenas",
+    )
     parser.add_argument("--workdir", help="where temporary users files and mailboxes go (default: the temp dir)")
     parser.add_argument(
         "--server",
@@ -1259,7 +1391,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def selected_scenarios(choice: str) -> list[Scenario]:
-    return [s for s in SCENARIOS if choice in ("all", s.name, str(s.number))]
+    return [s for s in SCENARIOS if choice in (s.name, str(s.number)) or (choice == "all" and not s.long)]
 
 
 def run_all(args: argparse.Namespace, peer: str | None) -> tuple[list[Result], list[tuple[str, Exception]]]:
