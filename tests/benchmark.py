@@ -60,6 +60,7 @@ import queue
 import re
 import resource
 import selectors
+import shlex
 import shutil
 import signal
 import socket
@@ -106,18 +107,28 @@ class Scenario:
     accounts: int | None = None  # None: one account per connection
     one_after_another: bool = False  # an account's connections run in turn, as a sending script's do
     long: bool = False  # minutes long: run only when named, never in "all"
+    sustained: bool = False  # runs for --min-seconds at least, whatever its message count
 
 
 SCENARIOS = [
-    Scenario(1, "small", "many small messages", 20, 50, 2 * KIB, comparable=True),
-    Scenario(2, "large", "100 KiB messages", 20, 50, 100 * KIB, comparable=True),
+    Scenario(1, "small", "many small messages", 20, 50, 2 * KIB, comparable=True, sustained=True),
+    Scenario(2, "large", "100 KiB messages", 20, 50, 100 * KIB, comparable=True, sustained=True),
     Scenario(3, "login", "login storm", 50, 1, 2 * KIB),
     Scenario(4, "burst", "connection burst, held idle, then NOOP", 1000, 0, 0),
     Scenario(5, "huge", "one huge message", 1, 1, 100 * MIB),
     Scenario(6, "retr", "RETR of a big mailbox", 1, 1000, 2 * KIB),
     Scenario(7, "pop3", "POP3 LIST and RETR of a big inbox", 1, 1000, 2 * KIB),
     Scenario(
-        8, "oneshot", "a message per connection", 200, 1, 2 * KIB, comparable=True, accounts=10, one_after_another=True
+        8,
+        "oneshot",
+        "a message per connection",
+        200,
+        1,
+        2 * KIB,
+        comparable=True,
+        accounts=10,
+        one_after_another=True,
+        sustained=True,
     ),
     Scenario(9, "soak", "a long day: SMTP, POP3 and account edits, idle RSS at intervals", 20, 50, 2 * KIB, long=True),
 ]
@@ -155,6 +166,10 @@ class Result:
     cpu_ms_per_message: float | None  # the server's user + kernel CPU, bcrypt included, per message
     peak_rss_mib: float | None
     client_cpu_seconds: float
+    load_before: float  # the 1-minute load average when the run started, and when it ended
+    load_after: float
+    other_cores: float | None  # cores' worth of CPU the rest of the machine used during the run (steal included)
+    noisy: bool  # other_cores, or the load average before the benchmark began, above NOISY_LOAD
     errors: int
     error_samples: list[str]
     notes: dict[str, Any]
@@ -544,6 +559,8 @@ class SendJob:
     scripts: list[Script]  # run side by side, a thread each
     size: int
     to_self: bool = False  # each user sends to its own inbox (user@localhost), else to a remote address
+    min_seconds: float = 0.0  # go on until the run has lasted this long (sending, or connecting again)
+    reconnect: bool = False  # go on with new connections (one_after_another), else on the open ones
 
 
 def send_worker(job: SendJob, channel: Channel) -> None:
@@ -552,13 +569,14 @@ def send_worker(job: SendJob, channel: Channel) -> None:
     outcome: dict[str, Any] = {"latencies": [], "logins": [], "connections": [], "errors": []}
     channel.report("ready")
     channel.wait(channel.go)
+    stop_at = time.monotonic() + job.min_seconds
     threads = [
-        threading.Thread(target=_run_script, args=(job, script, payload, outcome), daemon=True)
+        threading.Thread(target=_run_script, args=(job, script, payload, outcome, stop_at), daemon=True)
         for script in job.scripts
     ]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + channel.timeout
+    deadline = stop_at + channel.timeout
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     if any(thread.is_alive() for thread in threads):
@@ -567,12 +585,16 @@ def send_worker(job: SendJob, channel: Channel) -> None:
     channel.report("done", outcome)
 
 
-def _run_script(job: SendJob, script: Script, payload: bytes, outcome: dict[str, Any]) -> None:
-    for user, count in script:
-        _send_session(job, user, count, payload, outcome)
+def _run_script(job: SendJob, script: Script, payload: bytes, outcome: dict[str, Any], stop_at: float) -> None:
+    """The script's connections in turn; with reconnect, again from the first until stop_at."""
+    while True:
+        for user, count in script:
+            _send_session(job, user, count, payload, outcome, stop_at)
+        if not job.reconnect or time.monotonic() >= stop_at:
+            return
 
 
-def _send_session(job: SendJob, user: str, count: int, payload: bytes, outcome: dict[str, Any]) -> None:
+def _send_session(job: SendJob, user: str, count: int, payload: bytes, outcome: dict[str, Any], stop_at: float) -> None:
     """One connection; outcome["connections"] gets when it started, logged in (None if not) and ended."""
     connection = {"user": user, "started": time.monotonic(), "logged_in": None, "latencies": []}
     try:
@@ -581,6 +603,8 @@ def _send_session(job: SendJob, user: str, count: int, payload: bytes, outcome: 
             connection["logged_in"] = time.monotonic()
             recipient = f"RCPT TO:<{user}@localhost>\r\n".encode() if job.to_self else RECIPIENT
             for _ in range(count):
+                connection["latencies"].append(client.send(payload, recipient))
+            while not job.reconnect and time.monotonic() < stop_at:  # a sustained run: more on this connection
                 connection["latencies"].append(client.send(payload, recipient))
             client.expect(b"QUIT\r\n", 221)
     except (OSError, ProtocolError) as error:
@@ -679,19 +703,48 @@ def milliseconds(values: list[float], points: tuple[int, ...]) -> dict[str, floa
     return {f"p{point}": round(percentile(values, point / 100) * 1000, 1) for point in points}
 
 
+NOISY_LOAD = 0.5  # other work on the machine above this many cores: the run's figures are marked noisy
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have been busy since boot, hypervisor's steal included (/proc/stat)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclasses.dataclass
 class Usage:
-    """The server's CPU and memory around one measurement."""
+    """The server's CPU and memory around one measurement, and what else the machine did meanwhile."""
 
     monitor: ProcessMonitor | None
     cpu_before: tuple[float, float] = (0.0, 0.0)
     rss_before: float = 0.0
+    load_before: float = 0.0
+    machine_before: float = 0.0  # machine_busy_seconds()
+    own_before: float = 0.0  # this process's CPU
+    started: float = 0.0
 
     def start(self) -> None:
         if self.monitor:
             self.monitor.reset_peak()
             self.cpu_before = self.monitor.cpu_times()
             self.rss_before = self.monitor.rss_mib()
+        self.load_before = os.getloadavg()[0]
+        self.machine_before, self.own_before = machine_busy_seconds(), _own_cpu_seconds()
+        self.started = time.monotonic()
+
+    def other_cores(self, server_cpu: float | None, client_cpu: float) -> float | None:
+        """Cores' worth of CPU that neither the server, the client processes nor the benchmark used since start().
+
+        The 1-minute load average cannot tell: the benchmark's own processes raise it
+        within seconds. This can, and is the noise that reaches the figures.
+        """
+        elapsed = time.monotonic() - self.started
+        if server_cpu is None or elapsed <= 0:
+            return None
+        ours = server_cpu + client_cpu + _own_cpu_seconds() - self.own_before
+        return round(max(0.0, machine_busy_seconds() - self.machine_before - ours) / elapsed, 2)
 
     def cpu(self) -> tuple[float, float] | None:
         """(user, system) seconds since start()."""
@@ -720,6 +773,8 @@ def make_result(
     errors = [error for outcome in outcomes for error in outcome["errors"]]
     user_system = usage.cpu()
     cpu = round(sum(user_system), 2) if user_system else None
+    client_cpu = round(sum(outcome.get("cpu", 0.0) for outcome in outcomes), 2)
+    other = usage.other_cores(cpu, client_cpu)
     return Result(
         scenario=load.scenario.name,
         server=target.name,
@@ -736,7 +791,11 @@ def make_result(
         server_cpu_user_system=user_system,
         cpu_ms_per_message=round(cpu / messages * 1000, 3) if cpu is not None and messages else None,
         peak_rss_mib=usage.peak(),
-        client_cpu_seconds=round(sum(outcome.get("cpu", 0.0) for outcome in outcomes), 2),
+        client_cpu_seconds=client_cpu,
+        load_before=round(usage.load_before, 2),
+        load_after=round(os.getloadavg()[0], 2),
+        other_cores=other,
+        noisy=other is None or other > NOISY_LOAD,  # run_all adds the load before the benchmark began
         errors=len(errors),
         error_samples=errors[:5],
         notes=notes,
@@ -748,11 +807,18 @@ def make_result(
 
 
 def drive_senders(
-    target: Target, scripts: list[Script], size: int, args: argparse.Namespace, *, to_self: bool = False
+    target: Target,
+    scripts: list[Script],
+    size: int,
+    args: argparse.Namespace,
+    *,
+    to_self: bool = False,
+    min_seconds: float = 0.0,
+    reconnect: bool = False,
 ) -> tuple[float, list[dict[str, Any]]]:
-    """Run the scripts from --processes client processes; return (start time, outcomes)."""
+    """Run the scripts from --processes client processes, for min_seconds at least; return (start time, outcomes)."""
     jobs = [
-        SendJob(target.host, target.port, target.password, args.timeout, hand, size, to_self)
+        SendJob(target.host, target.port, target.password, args.timeout, hand, size, to_self, min_seconds, reconnect)
         for hand in split(scripts, args.processes)
     ]
     with Fleet(send_worker, jobs, args.max_seconds) as fleet:
@@ -772,7 +838,10 @@ def run_send(load: Load, target: Target, args: argparse.Namespace) -> Result:
     """Scenarios 1, 2, 3, 5 and 7: every connection logs in and sends its messages."""
     usage = Usage(target.monitor)
     usage.start()
-    started, outcomes = drive_senders(target, scripts_of(load, target.users), load.size, args)
+    scripts = scripts_of(load, target.users)
+    minimum = args.min_seconds if load.scenario.sustained else 0.0
+    reconnect = load.scenario.one_after_another
+    started, outcomes = drive_senders(target, scripts, load.size, args, min_seconds=minimum, reconnect=reconnect)
     connections = [connection for outcome in outcomes for connection in outcome["connections"]]
     seconds = max(connection["ended"] for connection in connections) - started
     messages = sum(len(outcome["latencies"]) for outcome in outcomes)
@@ -1163,6 +1232,9 @@ COLUMNS = [
     ("login p50", lambda r: (r.login_ms or {}).get("p50")),
     ("login p99", lambda r: (r.login_ms or {}).get("p99")),
     ("peak RSS MiB", lambda r: r.peak_rss_mib),
+    ("load", lambda r: f"{r.load_before:.2f}-{r.load_after:.2f}"),
+    ("other", lambda r: r.other_cores),
+    ("noisy", lambda r: "noisy" if r.noisy else "quiet"),
     ("errors", lambda r: r.errors),
     ("notes", lambda r: r.summary),
 ]
@@ -1176,13 +1248,22 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def median_of(values: list[float | None]) -> float | None:
+MIN_PAIRS = 3  # a ratio's spread means something from three alternating pairs on
+
+
+def spread(values: list[float | None]) -> dict[str, float] | None:
+    """Median, least and greatest of the known values; None if none is known."""
     known = [value for value in values if value is not None]
-    return round(statistics.median(known), 3) if known else None
+    if not known:
+        return None
+    return {"median": round(statistics.median(known), 3), "min": min(known), "max": max(known)}
 
 
 def comparisons(results: list[Result], peer: str | None) -> list[dict[str, Any]]:
-    """server.py against the peer for each comparable scenario, run by run (they alternate) and as medians."""
+    """server.py against the peer for each scenario both ran: each figure's median and min-max over the pairs.
+
+    The runs alternate (server.py, peer, server.py, ...), so a pair saw the same machine.
+    """
     compared = []
     for scenario in SCENARIOS:
         ours = [r for r in results if r.scenario == scenario.name and r.server == OURS]
@@ -1190,36 +1271,53 @@ def comparisons(results: list[Result], peer: str | None) -> list[dict[str, Any]]
         pairs = [(a, b) for a, b in zip(ours, theirs, strict=False) if a.messages_per_second and b.messages_per_second]
         if not pairs:
             continue
-        ratios = [round(a.messages_per_second / b.messages_per_second, 2) for a, b in pairs]  # type: ignore[operator]
+        runs = [run for pair in pairs for run in pair]
         cpu = [(a.cpu_ms_per_message, b.cpu_ms_per_message) for a, b in pairs]
         compared.append(
             {
                 "scenario": scenario.name,
                 "peer": pairs[0][1].server,
                 "rounds": pairs[0][0].rounds,
-                "ratios": ratios,
-                "median_ratio": round(statistics.median(ratios), 2),
-                "p99_ms": [((a.latency_ms or {}).get("p99"), (b.latency_ms or {}).get("p99")) for a, b in pairs],
-                "cpu_ms_per_message": cpu,
-                "median_cpu_ms_per_message": [median_of([c[0] for c in cpu]), median_of([c[1] for c in cpu])],
+                "pairs": len(pairs),
+                "ratio": spread([round(a.messages_per_second / b.messages_per_second, 2) for a, b in pairs]),  # type: ignore[operator]
+                "messages_per_second": [spread([pair[side].messages_per_second for pair in pairs]) for side in (0, 1)],
+                "cpu_ms_per_message": [spread([c[side] for c in cpu]) for side in (0, 1)],
+                "cpu_ratio": spread([round(a / b, 2) if a is not None and b else None for a, b in cpu]),
+                "p99_ms": [spread([(pair[side].latency_ms or {}).get("p99") for pair in pairs]) for side in (0, 1)],
+                "peak_rss_mib": [spread([pair[side].peak_rss_mib for pair in pairs]) for side in (0, 1)],
+                "load": spread([run.load_before for run in runs] + [run.load_after for run in runs]),
+                "other_cores": spread([run.other_cores for run in runs]),
+                "noisy": any(run.noisy for run in runs),
             }
         )
     return compared
 
 
+def shown_spread(figure: dict[str, float] | None, unit: str = "") -> str:
+    """1.42x (1.31-1.52): the median, then the least and the greatest."""
+    if figure is None:
+        return "-"
+    return f"{_cell(figure['median'])}{unit} ({_cell(figure['min'])}-{_cell(figure['max'])})"
+
+
 def format_comparisons(compared: list[dict[str, Any]]) -> str:
-    lines = ["server.py against the peer, measured in this run, run by run (messages/s; MiB/s is the same ratio):"]
+    lines = ["server.py against the peer, run by run alternating; median (min-max) over the pairs:"]
     for item in compared:
-        runs = ", ".join(f"{ratio}x" for ratio in item["ratios"])
-        p99 = "; ".join(f"{ours} vs {theirs}" for ours, theirs in item["p99_ms"])
-        cpu = "; ".join(f"{ours} vs {theirs}" for ours, theirs in item["cpu_ms_per_message"])
-        ours_cpu, their_cpu = item["median_cpu_ms_per_message"]
-        lines.append(
-            f"  {item['scenario']:7} cost {item['rounds']}, against {item['peer']}: "
-            f"median {item['median_ratio']}x  (runs: {runs})"
-        )
-        lines.append(f"  {'':7} CPU ms per message, server.py vs peer: median {ours_cpu} vs {their_cpu}  (runs: {cpu})")
-        lines.append(f"  {'':7} message p99 ms, server.py vs peer: {p99}")
+        (ours_cpu, their_cpu), (ours_p99, their_p99) = item["cpu_ms_per_message"], item["p99_ms"]
+        (ours_rate, their_rate), (ours_rss, their_rss) = item["messages_per_second"], item["peak_rss_mib"]
+        few = f", fewer than {MIN_PAIRS}: no spread to speak of" if item["pairs"] < MIN_PAIRS else ""
+        noise = "NOISY" if item["noisy"] else "quiet"
+        lines += [
+            f"  {item['scenario']:7} cost {item['rounds']}, against {item['peer']}, {item['pairs']} pairs{few}: "
+            f"msgs/s ratio {shown_spread(item['ratio'], 'x')}",
+            f"  {'':7} msgs/s {shown_spread(ours_rate)} vs {shown_spread(their_rate)}",
+            f"  {'':7} server CPU ms per message {shown_spread(ours_cpu)} vs {shown_spread(their_cpu)}, "
+            f"ratio {shown_spread(item['cpu_ratio'], 'x')}",
+            f"  {'':7} message p99 ms {shown_spread(ours_p99)} vs {shown_spread(their_p99)}; "
+            f"peak RSS MiB {shown_spread(ours_rss)} vs {shown_spread(their_rss)}",
+            f"  {'':7} {noise}: load average {shown_spread(item['load'])}, "
+            f"other work {shown_spread(item['other_cores'])} cores (noisy above {NOISY_LOAD})",
+        ]
     return "\n".join(lines)
 
 
@@ -1228,8 +1326,11 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "python": platform.python_version(),
         "server_python": python_version(args.python),
         "cpus": os.cpu_count(),
-        # Before the run: other work on the machine (the benchmark itself raises it).
+        "command": shlex.join(["tests/benchmark.py", *args.argv]),
+        # Before the benchmark: other work on the machine (the benchmark itself raises it; see other_cores).
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "min_seconds": args.min_seconds,
+        "malloc_arena_max": args.malloc_arena_max,
         "workdir_filesystem": filesystem_of(args.base),
         "workdir_spread_over_block_groups": args.spread,
         "file_create_cpu_us": file_create_cpu_us(args.base),
@@ -1319,7 +1420,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, help="message size in octets (default: the scenario's)")
     parser.add_argument("--rounds", type=int, default=12, help="bcrypt cost of the accounts (default 12)")
     parser.add_argument("--processes", type=int, default=4, help="client processes (default 4)")
-    parser.add_argument("--repeat", type=int, default=1, help="measure each scenario this many times")
+    parser.add_argument(
+        "--repeat", type=int, help="measure each scenario this many times (default 1; with --compare 3, the least)"
+    )
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=5.0,
+        help="small, large and oneshot go on until a run has lasted this long (default 5; 0: just the messages)",
+    )
     parser.add_argument(
         "--compare",
         metavar="aiosmtpd|SERVER.py",
@@ -1373,6 +1482,9 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
+    if args.repeat is None:
+        args.repeat = MIN_PAIRS if args.compare else 1
     if args.port and not (args.user and args.password):
         parser.error("--port of a running server needs --user and --password")
     if min(args.processes, args.repeat) < 1 or (args.messages is not None and args.messages < 0):
@@ -1411,6 +1523,7 @@ def run_all(args: argparse.Namespace, peer: str | None) -> tuple[list[Result], l
                     continue
                 if kind == AIOSMTPD:
                     result.server = f"{AIOSMTPD} {aiosmtpd_version(args.python)}"
+                result.noisy = result.noisy or args.load_at_start > NOISY_LOAD
                 log(f"  {result.messages_per_second} msgs/s, {result.errors} errors; {result.summary}")
                 results.append(result)
     return results, failures
@@ -1429,9 +1542,11 @@ def main(argv: list[str] | None = None) -> int:
     args.base, args.spread = make_base(args.workdir)
     try:
         setting = environment(args)
+        args.load_at_start = setting["load_average_before"][0]
         results, failures = run_all(args, None if aiosmtpd_missing else args.peer)
     finally:
         shutil.rmtree(args.base, ignore_errors=True)
+    setting["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     compared = comparisons(results, args.peer)
     if args.json:
         report = {"environment": setting, "results": [dataclasses.asdict(r) for r in results]}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import re
 import runpy
 import signal
@@ -77,6 +78,32 @@ def process_figures() -> dict[str, Any]:
     }
 
 
+def pymalloc_figures() -> dict[str, Any]:
+    """What CPython's own small-object allocator holds (sys._debugmallocstats, which writes to fd 2)."""
+    if not hasattr(sys, "_debugmallocstats"):
+        return {}
+    with tempfile.TemporaryFile() as capture:
+        saved = os.dup(2)
+        try:
+            os.dup2(capture.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode(errors="replace")
+    figures = {}
+    for label, key in (("arenas allocated current", "pymalloc_arenas"), ("Total", "pymalloc_total")):
+        if match := re.search(rf"# {label}\s*=\s*([\d,]+)", text):
+            figures[key] = int(match[1].replace(",", ""))
+    if match := re.search(r"(\d+) arenas \* (\d+) bytes/arena\s*=\s*([\d,]+)", text):
+        figures["pymalloc_arenas_mib"] = round(int(match[3].replace(",", "")) / MIB, 2)
+    if match := re.search(r"# bytes in allocated blocks\s*=\s*([\d,]+)", text):
+        figures["pymalloc_in_use_mib"] = round(int(match[1].replace(",", "")) / MIB, 2)
+    figures.pop("pymalloc_total", None)
+    return figures
+
+
 class Reporter:
     """The SIGUSR1 handler: one JSON line per report; the first tracemalloc snapshot is the baseline."""
 
@@ -85,7 +112,7 @@ class Reporter:
         self.baseline: tracemalloc.Snapshot | None = None
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
-        entry: dict[str, Any] = {"time": time.time(), **process_figures(), **malloc_figures()}
+        entry: dict[str, Any] = {"time": time.time(), **process_figures(), **malloc_figures(), **pymalloc_figures()}
         if tracemalloc.is_tracing():
             entry.update(self.python_figures())
         with self.path.open("a", encoding="utf-8") as report:
