@@ -104,6 +104,30 @@ def pymalloc_figures() -> dict[str, Any]:
     return figures
 
 
+ARENA_HEAP_ALIGN = 64 * MIB  # glibc's HEAP_MAX_SIZE on 64-bit: a thread arena's heap starts at such an address
+
+
+def rss_of_malloc_arenas() -> dict[str, float]:
+    """RSS of malloc's arenas ([heap], and the 64 MiB-aligned heaps of the thread arenas), and of all else anonymous.
+
+    The rest is mostly CPython's pymalloc arenas (1 MiB mmaps, merged by the kernel when
+    adjacent), malloc's single big mmaps, tracemalloc's tables and the thread stacks.
+    """
+    arenas = anonymous = 0
+    is_arena = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's first line: range, perms, ..., name
+            start = int(fields[0].split("-")[0], 16)
+            name = fields[5] if len(fields) > 5 else ""
+            is_arena = name == "[heap]" or (not name and start % ARENA_HEAP_ALIGN == 0)
+        elif fields[0] == "Anonymous:":
+            anonymous += int(fields[1])
+            arenas += int(fields[1]) if is_arena else 0
+    other = anonymous - arenas
+    return {"rss_malloc_arenas_mib": round(arenas / 1024, 2), "rss_other_anon_mib": round(other / 1024, 2)}
+
+
 class Reporter:
     """The SIGUSR1 handler: one JSON line per report; the first tracemalloc snapshot is the baseline."""
 
@@ -112,7 +136,8 @@ class Reporter:
         self.baseline: tracemalloc.Snapshot | None = None
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
-        entry: dict[str, Any] = {"time": time.time(), **process_figures(), **malloc_figures(), **pymalloc_figures()}
+        entry: dict[str, Any] = {"time": time.time(), **process_figures(), **malloc_figures(), **rss_of_malloc_arenas()}
+        entry.update(pymalloc_figures())  # none while tracemalloc runs: it hides pymalloc behind its hooks
         if tracemalloc.is_tracing():
             entry.update(self.python_figures())
         with self.path.open("a", encoding="utf-8") as report:
