@@ -198,5 +198,6 @@ def test_the_soak_reports_idle_memory_and_caps_the_arenas_when_asked(tmp_path: P
     assert report["malloc_arenas"] == 1  # MALLOC_ARENA_MAX reached the server
     assert report["threads"] == 3  # main, watchdog and POP3 listener: every session's thread is gone
     assert 0 < report["python_traced_mib"] < report["rss_mib"]
-    assert report["malloc_in_use_mib"] > 0 and report["pymalloc_arenas"] > 0
+    assert report["malloc_in_use_mib"] > 0
+    assert report["rss_malloc_arenas_mib"] + report["rss_other_anon_mib"] <= report["rss_anon_mib"] + 0.1
     assert "python_growth_since_first" in report
