@@ -75,7 +75,7 @@ from mailserver.auth_cache import AuthCache
 from mailserver.chaos import Chaos
 from mailserver.config import CLASSROOM, ConfigError, ServerConfig, options
 from mailserver.listener import MailServer, server_tls_context
-from mailserver.logs import log, plural
+from mailserver.logs import OneWriteHandler, log, plural
 from mailserver.migration import migrate_old_layout
 from mailserver.pop3 import POP3Handler
 from mailserver.session import LineHandler
@@ -237,7 +237,9 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Se
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parse_arguments(parser, argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # One write() a line, no lock held across it (see OneWriteHandler): a thread per session logs at once.
+    handlers = [OneWriteHandler()]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers)
     # The format shows no process, thread or caller: don't make every line look them up (the
     # "Optimization" advice of logging's documentation; the process id is a system call a line).
     logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False

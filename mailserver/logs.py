@@ -10,11 +10,15 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
 import re
+import select
 from collections.abc import Callable, Iterable
+from typing import TextIO
 
 log = logging.getLogger("mailserver")
 
+PIPE_BUF = getattr(select, "PIPE_BUF", 512)  # the longest write a pipe takes whole; POSIX: 512 at least
 MASK = "********"
 # SASL mechanism names (RFC 4422 3.1) a client may name: shown, so a student sees which was asked for.
 MECHANISMS = frozenset({"PLAIN", "LOGIN", "CRAM-MD5", "DIGEST-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256", "XOAUTH2"})
@@ -147,3 +151,44 @@ class WireLog:
 def plural(count: int, noun: str) -> str:
     """`1 message`, `2 messages`: counts in log lines and replies."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+class OneWriteHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler that writes each line with one write() to the stream's descriptor, holding no lock.
+
+    logging's StreamHandler holds its lock while it writes and flushes, so with a thread per
+    session every line waited for another's system call: the "stored message" line of each
+    delivery made two contended lock acquisitions, futex calls and context switches. A
+    write() of one line needs no lock: Linux appends it whole to a file, and a pipe takes up
+    to PIPE_BUF octets whole (POSIX). A longer line (a traceback), or a stream with no
+    descriptor (a test's StringIO), goes through the lock as before.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream)
+        try:
+            self.descriptor: int | None = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):  # io.StringIO and the like
+            self.descriptor = None
+        self.encoding = getattr(self.stream, "encoding", None) or "utf-8"
+
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        if not self.filter(record):
+            return False
+        if self.descriptor is None:
+            return bool(super().handle(record))
+        try:
+            line = (self.format(record) + self.terminator).encode(self.encoding, "backslashreplace")
+            if len(line) > PIPE_BUF:
+                with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+                    self._write_all(line)
+            else:
+                self._write_all(line)
+        except Exception:  # as logging does: a log line must never take the server down
+            self.handleError(record)
+        return True
+
+    def _write_all(self, data: bytes) -> None:
+        assert self.descriptor is not None
+        while data:
+            data = data[os.write(self.descriptor, data) :]
