@@ -105,26 +105,55 @@ _group_commits_lock = threading.Lock()
 
 
 class Draft:
-    """One file being written (in a Maildir's tmp/): finish() makes it durable, discard() removes it."""
+    """One file being written (in a Maildir's tmp/): write() adds to it, finish() makes it durable,
+    discard() removes it.
+
+    A descriptor and a list of pieces rather than Python's buffered file: opening one costs an
+    fstat() and an lseek() per message, and a message of a few KiB is one write() either way.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         # O_EXCL: a name clash must fail loudly, never overwrite another delivery. O_BINARY (Windows
         # only): without it the descriptor is in text mode there, and every LF written becomes CRLF.
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-        descriptor = os.open(path, flags, 0o600)
-        self.file = open(descriptor, "wb", buffering=CHUNK)  # noqa: SIM115 (closed by finish/discard)
+        self._descriptor: int | None = os.open(path, flags, 0o600)
+        self._pending: list[bytes] = []  # written by write(), not yet by the system: CHUNK at most
+        self._pending_size = 0
+
+    def write(self, data: bytes) -> None:
+        """Add data to the file; pieces (a line at a time, say) are gathered up to CHUNK into one write()."""
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= CHUNK:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if self._descriptor is None:
+            raise ValueError(f"{self.path} is closed")
+        view = memoryview(b"".join(self._pending))
+        self._pending.clear()
+        self._pending_size = 0
+        while view:
+            view = view[os.write(self._descriptor, view) :]
 
     def finish(self) -> None:
         """Close the file, ensuring all of it is physically on disk."""
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
+        self._write_pending()
+        descriptor, self._descriptor = self._descriptor, None
+        assert descriptor is not None
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
     def discard(self) -> None:
         """Close the file and remove it; safe after finish() and twice."""
-        with contextlib.suppress(OSError):
-            self.file.close()
+        descriptor, self._descriptor = self._descriptor, None
+        self._pending.clear()
+        if descriptor is not None:
+            with contextlib.suppress(OSError):
+                os.close(descriptor)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -141,7 +170,7 @@ def link_or_copy(source: Path, target: Path, scratch: Path) -> Path:
     copy = Draft(scratch)
     try:
         with open(source, "rb") as original:
-            shutil.copyfileobj(original, copy.file, CHUNK)
+            shutil.copyfileobj(original, copy, CHUNK)
         copy.finish()
         os.rename(copy.path, target)
     except BaseException:

@@ -178,17 +178,17 @@ class Delivery:
         if inboxes:
             try:
                 self._inbox = Draft(inboxes[0] / "tmp" / name)
-                self._inbox.file.write(trace)
+                self._inbox.write(trace)
             except BaseException:
                 self.abort()
                 raise
 
     def write(self, chunk: bytes) -> None:
         """Add stored text (LF ends) to every copy."""
-        self._sent.file.write(chunk)
+        self._sent.write(chunk)
         self.size += len(chunk)
         if self._inbox is not None:
-            self._inbox.file.write(chunk)
+            self._inbox.write(chunk)
             self._inbox_wire_size += wire_size(chunk)
 
     def commit(self) -> str:

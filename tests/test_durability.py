@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import io
 import itertools
 import mailbox
 import os
@@ -28,7 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import USERS, RawSession, RunningServer, ServerProcess, dot_stuff, store_message, wait_for
 
-from mailserver import durable, storage
+from mailserver import storage
 from mailserver.smtp import SMTPHandler
 
 LOAD_USERS = ("alice", "bob", "carol")
@@ -423,33 +422,24 @@ def test_concurrent_deliveries_share_directory_fsyncs_and_each_250_follows_one_s
 Fault = Callable[[pytest.MonkeyPatch, Path], contextlib.AbstractContextManager[None]]
 
 
-class _FillingDisk(io.FileIO):
-    """A file on a disk with `room` bytes left: what does not fit fails with ENOSPC."""
-
-    def __init__(self, descriptor: int, room: int) -> None:
-        super().__init__(descriptor, "wb")
-        self.room = room
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        if not self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        written = super().write(bytes(memoryview(data)[: self.room]))
-        self.room -= written
-        return written
-
-
 def disk_full_after(room: int) -> Fault:
-    """The disk fills up after room more bytes of the delivery's file."""
+    """The disk fills up after room more bytes of the delivery's files (in the Maildir's tmp/)."""
 
     @contextlib.contextmanager
     def fault(monkeypatch: pytest.MonkeyPatch, maildir: Path) -> Iterator[None]:
-        def filling_open(file: object, mode: str = "r", buffering: int = -1, **options: object) -> object:
-            if isinstance(file, int) and "w" in mode:  # how Delivery opens its descriptor
-                return io.BufferedWriter(_FillingDisk(file, room), buffering if buffering > 0 else 8192)
-            return open(file, mode, buffering, **options)  # type: ignore[call-overload]
+        real_write, tmp, left = os.write, maildir.resolve() / "tmp", [room]
+
+        def filling_write(descriptor: int, data: bytes) -> int:
+            if Path(os.readlink(f"/proc/self/fd/{descriptor}")).parent != tmp:
+                return real_write(descriptor, data)
+            if not left[0]:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            written = real_write(descriptor, bytes(memoryview(data)[: left[0]]))
+            left[0] -= written
+            return written
 
         with monkeypatch.context() as patch:
-            patch.setattr(durable, "open", filling_open, raising=False)  # where Draft opens its file
+            patch.setattr(os, "write", filling_write)  # how Draft writes its descriptor
             yield
 
     return fault
