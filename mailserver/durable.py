@@ -24,7 +24,7 @@ CHUNK = 256 * 1024  # a stored message is written, copied and read this much at 
 LINK_REFUSED = {errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
-def fsync_directory(path: Path) -> None:
+def fsync_directory(path: str | Path) -> None:
     """Make a rename or unlink inside directory path, done before this call, survive a crash.
 
     Group commit: an fsync of a directory makes durable every change made in it before
@@ -112,7 +112,7 @@ class Draft:
     fstat() and an lseek() per message, and a message of a few KiB is one write() either way.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = path
         # O_EXCL: a name clash must fail loudly, never overwrite another delivery. O_BINARY (Windows
         # only): without it the descriptor is in text mode there, and every LF written becomes CRLF.

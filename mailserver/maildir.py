@@ -171,7 +171,8 @@ class Delivery:
         self.size = 0  # octets the sender sent, as stored (LF line ends)
         self._sent_folder = sent
         self._inboxes = inboxes
-        self._sent = Draft(sent / "tmp" / name)
+        # str paths on this path of every message: each pathlib join costs more than the join itself.
+        self._sent = Draft(os.path.join(sent, "tmp", name))
         self._inbox: Draft | None = None
         self._inbox_size = len(trace)
         self._inbox_wire_size = wire_size(trace)
@@ -198,17 +199,18 @@ class Delivery:
         leaves it whole or absent. The fsyncs make "whole" survive a power cut. If any
         copy fails, the ones already visible are removed again before the error is raised.
         """
-        visible: list[Path] = []
+        visible: list[str] = []
         try:
             self._sent.finish()
             if self._inbox is not None:
                 self._inbox.finish()
-            os.rename(self._sent.path, self._sent_folder / "new" / self.name)
-            visible.append(self._sent_folder / "new" / self.name)
+            sent_new = os.path.join(self._sent_folder, "new")
+            os.rename(self._sent.path, os.path.join(sent_new, self.name))
+            visible.append(os.path.join(sent_new, self.name))
             if self._inbox is not None:
-                visible += self._link_into_inboxes(self._inbox.path)
+                visible += map(os.fspath, self._link_into_inboxes(Path(self._inbox.path)))
                 self._inbox.discard()  # the name in tmp/; the links in new/ keep the file
-            for folder in dict.fromkeys(path.parent for path in visible):
+            for folder in dict.fromkeys(map(os.path.dirname, visible)):
                 fsync_directory(folder)
         except BaseException:
             self.abort()
