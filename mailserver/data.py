@@ -56,6 +56,7 @@ class DataReader:
         store: Callable[[bytes], object],
         max_size: int,
         trace: Callable[[str], None] | None = None,
+        before_read: Callable[[], None] = lambda: None,
     ) -> None:
         self.stream = stream  # needs readline(), read() and peek(), as io.BufferedReader has
         self.store = store
@@ -67,10 +68,12 @@ class DataReader:
         self.after_crlf = True  # the DATA command's CRLF counts as the one before a first "."
         self.at_line_start = True  # False in the rest of a line that was over the limit
         self.cut_after_cr = False  # a piece of an over-long line ended in CR: an LF alone next makes a CRLF
+        self.before_read = before_read  # called before each wait for more data (the idle deadline restarts)
 
     def read(self) -> DataState:
         """Read up to the final "." and return the state; raise EOFError if the stream ends first."""
         while True:
+            self.before_read()
             tracing = self.trace is not None and self.trace.lines_left > 0  # then each line goes alone
             block = self.take_plain_lines() if self.at_line_start and not tracing else b""
             if block:

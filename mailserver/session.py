@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 import socket
 import socketserver
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
@@ -114,8 +116,11 @@ class LineHandler(DrillMixIn, LoginMixIn, socketserver.StreamRequestHandler):
     def setup(self) -> None:
         self.mail = self.server.mail
         self.config: ServerConfig = self.mail.config
-        self.timeout = self.idle_timeout()  # read by StreamRequestHandler.setup
+        # A blocking socket: Python's socket timeout costs a poll() before every recv() and send(), 8
+        # a message. Reads are bounded by the watchdog's deadlines (time_limit), writes by the kernel.
+        self.timeout = None
         super().setup()
+        self.set_send_timeout(self.idle_timeout())
         self.peer = f"{self.client_address[0]}:{self.client_address[1]}"
         self.tls_active = False
         self.errors = 0
@@ -124,6 +129,21 @@ class LineHandler(DrillMixIn, LoginMixIn, socketserver.StreamRequestHandler):
         self.interrupted: str | None = None  # why the server cut our reads short
         self.wire_log = WireLog(self.peer, self.commands(), self.is_account) if self.config.verbose else None
         self.mail.connections.register(self)
+
+    def set_send_timeout(self, seconds: float) -> None:
+        """A send that the client does not take in seconds fails (SO_SNDTIMEO): a client that stops reading
+        cannot hold a session forever. Where the OS has no such option, Python's socket timeout does it."""
+        whole, fraction = divmod(seconds, 1)
+        # POSIX takes a struct timeval; Windows a DWORD of milliseconds.
+        value = (
+            struct.pack("<L", int(seconds * 1000))
+            if os.name == "nt"
+            else struct.pack("@ll", int(whole), int(fraction * 1e6))
+        )
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+        except (OSError, AttributeError):  # no SO_SNDTIMEO here
+            self.connection.settimeout(seconds)
 
     def finish(self) -> None:
         self.mail.connections.unregister(self)
@@ -226,12 +246,13 @@ class LineHandler(DrillMixIn, LoginMixIn, socketserver.StreamRequestHandler):
         self.end_if_gone(line)
         return None if too_long else line.rstrip(b"\r\n")
 
-    def time_limit(self, seconds: float) -> TimeLimit:
+    def time_limit(self, seconds: float, idle: float | None = None) -> TimeLimit:
         """`with self.time_limit(seconds):` lets the watchdog cut the block off after seconds.
 
-        A timeout ends the session with the closing reply.
+        With idle, each wait inside it (started by the TimeLimit's refresh()) may also take only
+        that long. A timeout ends the session with the closing reply.
         """
-        return TimeLimit(self, seconds)
+        return TimeLimit(self, seconds, idle)
 
     def end_if_gone(self, line: bytes) -> None:
         """Hang up if line shows the client gone (no line end) or the server interrupting us."""
@@ -358,7 +379,11 @@ class LineHandler(DrillMixIn, LoginMixIn, socketserver.StreamRequestHandler):
         assert context is not None
         try:
             with self.time_limit(self.idle_timeout()):
+                # wrap_socket() moves the descriptor to a new socket, out of the watchdog's reach
+                # (interrupt() shuts the old one down): the handshake gets Python's timeout instead.
+                self.connection.settimeout(self.idle_timeout())
                 self.connection = context.wrap_socket(self.connection, server_side=True)
+                self.connection.settimeout(None)  # blocking again, as setup() made it
         except (OSError, ValueError) as error:
             log.warning("%s TLS handshake failed: %s", self.peer, error)
             raise Hangup from None
@@ -378,14 +403,23 @@ class TimeLimit:
     line read, and costs a third of what a generator does there.
     """
 
-    __slots__ = ("seconds", "session")
+    __slots__ = ("end", "idle", "seconds", "session")
 
-    def __init__(self, session: LineHandler, seconds: float) -> None:
+    def __init__(self, session: LineHandler, seconds: float, idle: float | None = None) -> None:
         self.session = session
         self.seconds = seconds
+        self.idle = idle  # the most one wait inside the block may take (see refresh)
+        self.end = 0.0
 
-    def __enter__(self) -> None:
-        self.session.deadline = time.monotonic() + self.seconds
+    def __enter__(self) -> TimeLimit:
+        now = time.monotonic()
+        self.end = now + self.seconds
+        self.session.deadline = self.end if self.idle is None else min(self.end, now + self.idle)
+        return self
+
+    def refresh(self) -> None:
+        """A new wait for the client starts: it may take idle seconds, and never past the block's end."""
+        self.session.deadline = self.end if self.idle is None else min(self.end, time.monotonic() + self.idle)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
         session = self.session

@@ -256,8 +256,10 @@ class SMTPHandler(LineHandler):
             return
         try:
             self.reply(354, "Start mail input; end with <CRLF>.<CRLF>")
-            reader = DataReader(self.rfile, delivery.write, self.config.max_message_size, self.message_tracer("C:"))
-            with self.time_limit(self.config.data_timeout):
+            # The whole transfer may take --data-timeout, each wait for the client --timeout.
+            with self.time_limit(self.config.data_timeout, idle=self.idle_timeout()) as limit:
+                tracer = self.message_tracer("C:")
+                reader = DataReader(self.rfile, delivery.write, self.config.max_message_size, tracer, limit.refresh)
                 try:
                     state = reader.read()
                 except EOFError:

@@ -6,7 +6,9 @@ import time
 from collections.abc import Callable
 
 import pytest
-from conftest import RawSession, RunningServer
+from conftest import RawSession, RunningServer, store_message
+
+MIB = 1024 * 1024
 
 MAX_COMMAND_LINE = 512  # octets, CRLF included
 MAX_TEXT_LINE = 1000  # octets, CRLF included
@@ -338,6 +340,18 @@ def test_idle_in_the_middle_of_data(impatient_server: RunningServer, connect: Ca
     """)
     assert session.closed_by_server()
     assert impatient_server.stored("alice") == []
+
+
+def test_a_client_that_stops_reading_is_cut_off_after_the_timeout(
+    impatient_server: RunningServer, connect: Callable[..., RawSession]
+) -> None:
+    """The sockets block without Python's timeout (issue 22): a send the client does not take fails in --timeout."""
+    for number in range(3):  # 24 MiB: more than the loopback's socket buffers hold
+        store_message(impatient_server.server.mailboxes, "alice", f"Subject: {number}\n\n".encode() + b"x" * 8 * MIB)
+    session = connect(impatient_server)
+    session.login()
+    session.send("RETR\r\n")  # and never read the reply
+    assert impatient_server.server.connections.wait_until_idle(10), "the session still sends to a client gone quiet"
 
 
 def test_a_busy_session_is_not_idle(impatient_server: RunningServer, connect: Callable[..., RawSession]) -> None:
