@@ -1106,19 +1106,24 @@ def edit_accounts(target: Target, cycle: int, rounds: int) -> None:
     os.replace(temporary, target.users_path)  # atomic, as the server's own edits are
 
 
-def idle_report(target: Target, threads_idle: int, timeout: float) -> dict[str, Any]:
-    """Once the sessions' threads have gone, ask the probe for a memory report (SIGUSR1) and return it."""
+def idle_report(target: Target, timeout: float) -> dict[str, Any]:
+    """Ask the probe for a memory report (SIGUSR1) until it gives one with no session's thread left."""
     assert target.monitor is not None and target.memory_report is not None
     deadline = time.monotonic() + timeout
-    while target.monitor.status("Threads") > threads_idle and time.monotonic() < deadline:
-        time.sleep(0.05)  # a session's thread ends just after its QUIT reply
-    done = len(target.memory_report.read_text().splitlines()) if target.memory_report.exists() else 0
-    os.kill(target.monitor.pid, signal.SIGUSR1)
     while time.monotonic() < deadline:
-        if target.memory_report.exists() and len(lines := target.memory_report.read_text().splitlines()) > done:
-            return json.loads(lines[-1])
-        time.sleep(0.05)
-    raise BenchmarkError("the server's memory probe did not report")
+        done = len(target.memory_report.read_text().splitlines()) if target.memory_report.exists() else 0
+        os.kill(target.monitor.pid, signal.SIGUSR1)
+        while time.monotonic() < deadline:
+            if target.memory_report.exists() and len(lines := target.memory_report.read_text().splitlines()) > done:
+                report = json.loads(lines[-1])
+                break
+            time.sleep(0.02)
+        else:
+            break
+        if report["session_threads"] == 0:
+            return report
+        time.sleep(0.05)  # a session's thread ends just after its QUIT reply
+    raise BenchmarkError("the server's memory probe did not report it idle")
 
 
 def run_soak(load: Load, target: Target, args: argparse.Namespace) -> Result:
@@ -1130,7 +1135,7 @@ def run_soak(load: Load, target: Target, args: argparse.Namespace) -> Result:
         raise BenchmarkError("the soak needs a server it starts itself (its memory is read from inside)")
     usage = Usage(target.monitor)
     usage.start()
-    threads_idle, fresh_rss = target.monitor.status("Threads"), target.monitor.rss_mib()
+    fresh_rss = target.monitor.rss_mib()
     started = time.monotonic()
     reports: list[dict[str, Any]] = []
     outcomes: list[dict[str, Any]] = []
@@ -1144,7 +1149,7 @@ def run_soak(load: Load, target: Target, args: argparse.Namespace) -> Result:
             drained += sum(pool.map(lambda user: drain_inbox(target, user, args.timeout), target.users))
         edit_accounts(target, cycle, load.rounds)
         cycle += 1
-        report = idle_report(target, threads_idle, args.timeout)
+        report = idle_report(target, args.timeout)
         report.update(minute=round((time.monotonic() - started) / 60, 2), cycle=cycle, messages=sent)
         reports.append(report)
         log(f"  soak {soak_line(report)}")

@@ -2,7 +2,8 @@
 
     python tests/memory_probe.py --report memory.jsonl [--tracemalloc 1] server.py --port 0 ...
 
-On SIGUSR1 the process appends one JSON line to --report: its RSS, what glibc's
+On SIGUSR1 the process appends one JSON line to --report: how many sessions' threads
+still run, and once none does, its RSS, what glibc's
 malloc holds (in use, free but kept, the number of arenas), and with --tracemalloc
 the memory Python's own allocations hold, and the source lines whose allocations
 grew most since the first report. Set against each other they say where RSS growth
@@ -22,6 +23,7 @@ import runpy
 import signal
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -136,10 +138,14 @@ class Reporter:
         self.baseline: tracemalloc.Snapshot | None = None
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
-        entry: dict[str, Any] = {"time": time.time(), **process_figures(), **malloc_figures(), **rss_of_malloc_arenas()}
-        entry.update(pymalloc_figures())  # none while tracemalloc runs: it hides pymalloc behind its hooks
-        if tracemalloc.is_tracing():
-            entry.update(self.python_figures())
+        # socketserver names a session's thread after its target: "Thread-7 (process_request_thread)".
+        sessions = sum(thread.name.endswith("(process_request_thread)") for thread in threading.enumerate())
+        entry: dict[str, Any] = {"time": time.time(), "session_threads": sessions}
+        if not sessions:  # idle: the figures the caller waits for (else it asks again soon)
+            entry.update(**process_figures(), **malloc_figures(), **rss_of_malloc_arenas())
+            entry.update(pymalloc_figures())  # none while tracemalloc runs: it hides pymalloc behind its hooks
+            if tracemalloc.is_tracing():
+                entry.update(self.python_figures())
         with self.path.open("a", encoding="utf-8") as report:
             report.write(json.dumps(entry) + "\n")
 

@@ -196,7 +196,7 @@ def test_the_soak_reports_idle_memory_and_caps_the_arenas_when_asked(tmp_path: P
     assert result["messages"] == result["notes"]["retrieved"] == 3 * 2
     (report,) = result["notes"]["reports"]
     assert report["malloc_arenas"] == 1  # MALLOC_ARENA_MAX reached the server
-    assert report["threads"] == 3  # main, watchdog and POP3 listener: every session's thread is gone
+    assert report["session_threads"] == 0  # idle: every session's thread is gone
     assert 0 < report["python_traced_mib"] < report["rss_mib"]
     assert report["malloc_in_use_mib"] > 0
     assert report["rss_malloc_arenas_mib"] + report["rss_other_anon_mib"] <= report["rss_anon_mib"] + 0.1
