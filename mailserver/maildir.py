@@ -166,7 +166,7 @@ class Delivery:
     the octets the sender sent, as stored.
     """
 
-    def __init__(self, sent: Path, inboxes: list[Path], name: str, trace: bytes) -> None:
+    def __init__(self, sent: str | Path, inboxes: list[Path], name: str, trace: bytes) -> None:
         self.name = name
         self.size = 0  # octets the sender sent, as stored (LF line ends)
         self._sent_folder = sent

@@ -264,7 +264,7 @@ class MailboxStore:
     def _open_delivery(self, users: list[str], trace: bytes) -> Delivery:
         sender, *recipients = users
         inboxes = [self._create(recipient) for recipient in recipients]
-        return Delivery(self._create(sender) / SENT, inboxes, self._unique_name(), trace)
+        return Delivery(os.path.join(self._create(sender), SENT), inboxes, self._unique_name(), trace)
 
     def inbox_size(self, user: str) -> int:
         """The octets in user's inbox, as on disk (what --max-mailbox-size limits)."""
