@@ -244,7 +244,7 @@ class MailboxStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._hostname = socket.gethostname().replace("/", "_").replace(":", "_").replace(".", "_")
         self._pid = os.getpid()  # in every name; asked once, not with a system call per message
-        self._whole: set[str] = set()  # users whose mailbox was seen whole: no stat() per delivery
+        self._whole: dict[str, Path] = {}  # users whose mailbox was seen whole, and its path: no stat() per delivery
         self._user_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._user_locks_lock = threading.Lock()
         self._maildrops_in_use: set[str] = set()
@@ -258,7 +258,8 @@ class MailboxStore:
         try:
             return self._open_delivery(users, trace)
         except FileNotFoundError:  # a mailbox was removed while the server ran: make it again
-            self._whole.difference_update(users)
+            for user in users:
+                self._whole.pop(user, None)
             return self._open_delivery(users, trace)
 
     def _open_delivery(self, users: list[str], trace: bytes) -> Delivery:
@@ -372,9 +373,10 @@ class MailboxStore:
 
     def _create(self, user: str) -> Path:
         """Make user's inbox and Sent folder if they are not there yet; return the inbox."""
+        known = self._whole.get(user)
+        if known is not None:
+            return known  # seen whole once: no stat() per delivery, nor a path joined again
         path = self._user_path(user)
-        if user in self._whole:
-            return path  # seen whole once: no stat() per delivery
         if not (path / "cur").is_dir():
             # Idempotent, as the first messages of a user may arrive at once. The Sent folder
             # comes first and the inbox's cur/ last: where cur/ exists, all of it does (and
@@ -383,7 +385,7 @@ class MailboxStore:
             make_maildir(path)
             fsync_directory(path)
             fsync_directory(self.root)
-        self._whole.add(user)
+        self._whole[user] = path
         return path
 
     def _existing_sent(self, user: str) -> Folder | None:
