@@ -119,10 +119,12 @@ class SMTPHandler(LineHandler):
 
     def reply(self, code: int, *lines: str) -> None:
         """Send one reply: `code-line` for all lines but the last, then `code line`."""
-        lines = lines or ("",)
-        last = len(lines) - 1
         if code >= 500:
             self.errors += 1
+        if len(lines) <= 1:  # nearly every reply: no join
+            self.send_lines(f"{code} {lines[0] if lines else ''}\r\n")
+            return
+        last = len(lines) - 1
         self.send_lines("".join(f"{code}{'-' if n < last else ' '}{line}\r\n" for n, line in enumerate(lines)))
 
     # -- the commands of RFC 821 and the seed ----------------------------------------
