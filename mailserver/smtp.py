@@ -121,11 +121,9 @@ class SMTPHandler(LineHandler):
         """Send one reply: `code-line` for all lines but the last, then `code line`."""
         if code >= 500:
             self.errors += 1
-        if len(lines) <= 1:  # nearly every reply: no join
-            self.send_lines(f"{code} {lines[0] if lines else ''}\r\n")
-            return
-        last = len(lines) - 1
-        self.send_lines("".join(f"{code}{'-' if n < last else ' '}{line}\r\n" for n, line in enumerate(lines)))
+        last = len(lines) - 1  # 0 (or -1) for nearly every reply: one f-string, no generator and join
+        text = "".join(f"{code}{'-' if n < last else ' '}{x}\r\n" for n, x in enumerate(lines)) if last > 0 else ""
+        self.send_lines(text or f"{code} {lines[0] if lines else ''}\r\n")
 
     # -- the commands of RFC 821 and the seed ----------------------------------------
 
@@ -258,8 +256,7 @@ class SMTPHandler(LineHandler):
             return
         try:
             self.reply(354, "Start mail input; end with <CRLF>.<CRLF>")
-            # The whole transfer may take --data-timeout, each wait for the client --timeout.
-            with self.time_limit(self.config.data_timeout, idle=self.idle_timeout()) as limit:
+            with self.time_limit(self.config.data_timeout, idle=self.idle_timeout()) as limit:  # each wait: --timeout
                 tracer = self.message_tracer("C:")
                 reader = DataReader(self.rfile, delivery.write, self.config.max_message_size, tracer, limit.refresh)
                 try:
