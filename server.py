@@ -74,6 +74,7 @@ except ModuleNotFoundError:
 from mailserver.auth_cache import AuthCache
 from mailserver.chaos import Chaos
 from mailserver.config import CLASSROOM, ConfigError, ServerConfig, options
+from mailserver.events import EventBus
 from mailserver.listener import MailServer, server_tls_context
 from mailserver.logs import OneWriteHandler, log, plural
 from mailserver.migration import migrate_old_layout
@@ -92,8 +93,10 @@ from mailserver.users import (
     parse_users,
     rewrite_users_file,
 )
+from mailserver.webview import WebView, start_web_view
 
 DEFAULTS = ServerConfig()
+CLIENT_FILE = Path(__file__).resolve().parent / "client.py"  # what the web view's /download hands out
 
 
 # ------------------------------------------------------------------- accounts
@@ -270,7 +273,9 @@ def serve(config: ServerConfig) -> None:
         server = start(config)
     except KeyboardInterrupt:
         return
+    web = None
     try:
+        web = start_web(config, server)
         for listener in server.listeners:
             host, port = listener.server_address[:2]
             if listener.RequestHandlerClass is POP3Handler:
@@ -286,6 +291,8 @@ def serve(config: ServerConfig) -> None:
         # A second Ctrl-C must not interrupt the orderly stop; it takes two seconds at most.
         for signum in (signal.SIGINT, *stop_signals()):
             signal.signal(signum, signal.SIG_IGN)
+        if web is not None:
+            web.close()
         server.shutdown()
         server.close()
     log.info("stopped")
@@ -319,7 +326,7 @@ def start(config: ServerConfig) -> MailServer:
     chaos = Chaos(config.chaos or (), config.chaos_seed)
     if chaos:
         log.warning("CHAOS drills on: %s (replies that fail on purpose)", chaos)
-    server = MailServer(config, users, mailboxes, chaos)
+    server = MailServer(config, users, mailboxes, chaos, events=EventBus() if config.web else None)
     try:
         listen(server, (config.host, config.port), SMTPHandler, "--port")
         if config.tls_port is not None:
@@ -332,6 +339,21 @@ def start(config: ServerConfig) -> MailServer:
         server.close()
         raise
     return server
+
+
+def start_web(config: ServerConfig, server: MailServer) -> WebView | None:
+    """With --web, serve the web view in the background and log its address (with the token, if any)."""
+    if server.events is None:
+        return None
+    try:
+        web = start_web_view(server, server.events, config.web_host, config.web_port, CLIENT_FILE)
+    except (OSError, OverflowError) as error:
+        host, port = config.web_host, config.web_port
+        raise OSError(f"cannot listen on {host}:{port}: {why_not(error, host, '--web-port')}") from None
+    log.info("web view on %s", web.url)
+    download = web.url.split("?", 1)[0] + "download"
+    log.info("students get client.py%s from %s", " and cert.pem" if config.tls_cert else "", download)
+    return web
 
 
 def listen(

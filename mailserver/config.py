@@ -90,6 +90,12 @@ class ServerConfig:
     )
     # A line a teacher can find in a fast log: who is here now. 0 turns it off.
     who_interval: float = option(0.0, "log who is logged in, per protocol, every SECONDS (0: never)", metavar="SECONDS")
+    web: bool = option(False, "serve the live web view of the sessions, for the projector")
+    # 8025: beside SMTP's 2525, and the web port of other teaching mail servers (smtp4dev, Mailpit).
+    web_port: int = option(8025, "the web view's port; 0 picks a free one", metavar="PORT")
+    # Not --host: the view shows who logs in, so it stays on this machine unless asked (then with a token).
+    web_host: str = option("127.0.0.1", "the web view's address; any but 127.0.0.1 needs the printed token",
+                           metavar="ADDRESS")  # fmt: skip
     # Made from tls_cert and tls_key when the server starts; tests hand one in.
     tls_context: ssl.SSLContext | None = None
     # The domains whose addresses are accounts here, lower case: --hostname, localhost, every --domain.
@@ -119,6 +125,7 @@ CLASSROOM: dict[str, Any] = {
     "max_login_failures_per_ip": 30,  # and guessing across many names from one address stops
     "verbose": True,  # the whole dialogue, for the projector
     "who_interval": 300.0,  # and every five minutes who is logged in
+    "web": True,  # and drawn, live, in a browser
 }
 
 

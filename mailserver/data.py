@@ -55,16 +55,17 @@ class DataReader:
         stream: BinaryIO,
         store: Callable[[bytes], object],
         max_size: int,
-        trace: Callable[[str], None] | None = None,
+        trace: MessageTrace | Callable[[str], None] | None = None,
         before_read: Callable[[], None] = lambda: None,
     ) -> None:
         self.stream = stream  # needs readline(), read() and peek(), as io.BufferedReader has
         self.store = store
         self.max_size = max_size
-        self.trace = MessageTrace(trace) if trace else None
+        self.trace = MessageTrace(trace) if trace is not None and not isinstance(trace, MessageTrace) else trace
         self.state = DataState.NORMAL
         self.storage_error: OSError | None = None  # why, when the state is STORAGE_FAILED
         self.size = 0  # counted with CRLF line ends, as SIZE is
+        self.lines = 0  # of the message kept so far, counted only when traced
         self.after_crlf = True  # the DATA command's CRLF counts as the one before a first "."
         self.at_line_start = True  # False in the rest of a line that was over the limit
         self.cut_after_cr = False  # a piece of an over-long line ended in CR: an LF alone next makes a CRLF
@@ -87,7 +88,7 @@ class DataReader:
                 self.trace.lines(line)  # type: ignore[union-attr]
             if line == b".\r\n" and self.after_crlf and self.at_line_start:
                 if self.trace:
-                    self.trace.end()
+                    self.trace.end(self.lines, self.size)
                 return self.state
             text = self.line_text(line)
             if text is not None:
@@ -118,6 +119,8 @@ class DataReader:
         if self.state is not DataState.NORMAL:
             return  # read on to the end of the data, keep nothing
         self.size += wire_size(stored)
+        if self.trace is not None:
+            self.lines += stored.count(b"\n")
         if self.size > self.max_size:
             self.refuse(DataState.TOO_BIG)
             return
@@ -157,8 +160,9 @@ class DataReader:
 class MessageTrace:
     """What --verbose shows of a message: its first lines, a note for the rest, and the final "."."""
 
-    def __init__(self, log_line: Callable[[str], None]) -> None:
+    def __init__(self, log_line: Callable[[str], None], finished: Callable[[int, int], None] | None = None) -> None:
         self.log_line = log_line
+        self.finished = finished  # told the whole message's lines and octets at its end (the web view)
         self.lines_left = TRACE_MESSAGE_LINES
 
     def lines(self, text: bytes) -> None:
@@ -169,10 +173,12 @@ class MessageTrace:
             if not self.lines_left:
                 self.log_line(NOT_LOGGED)
 
-    def end(self) -> None:
-        """Log the final "." if the budget ran out before it."""
+    def end(self, lines: int = 0, octets: int = 0) -> None:
+        """Log the final "." if the budget ran out before it; the message had lines and octets."""
         if not self.lines_left:
             self.log_line(".")
+        if self.finished is not None:
+            self.finished(lines, octets)
 
 
 def dot_stuffed(chunks: Iterable[bytes]) -> Iterator[bytes]:

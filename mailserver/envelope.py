@@ -49,6 +49,7 @@ class Envelope:
     sender: str
     recipients: list[str] = dataclasses.field(default_factory=list)
     accounts: list[str] = dataclasses.field(default_factory=list)  # whose inbox gets a copy, each once
+    inbox_of: dict[str, str | None] = dataclasses.field(default_factory=dict)  # recipient: account, or None
     declared_size: int = 0  # MAIL's SIZE=, if given (RFC 1870)
 
 

@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Protocol
 
 
@@ -87,6 +87,11 @@ class ConnectionTable:
             if user is not None:
                 users.setdefault(session.protocol, []).append(user)
         return len(sessions), {protocol: sorted(names) for protocol, names in sorted(users.items(), reverse=True)}
+
+    def in_use(self) -> tuple[int, dict[str, int]]:
+        """Read-only, for the web view: the sessions open in all, and per address."""
+        with self._lock:
+            return self._total, dict(self._per_address)
 
     def expire_overdue(self) -> None:
         """Cut off sessions past their deadline: a client sending a byte a second is no exception."""
@@ -217,9 +222,7 @@ class LoginThrottle:
 
     def begin(self, address: str, name: str) -> LoginAttempt | LoginRefused:
         """Take a place for a login of name from address, or say why not and for how long."""
-        # casefold: Alice and ALICE are one name to count, whatever users.txt makes of them.
-        digest = hashlib.blake2b(name.casefold().encode("utf-8", "replace"), key=self._name_key, digest_size=16)
-        name_key = (address, digest.digest())
+        name_key = (address, self._digest(name))
         give_up = time.monotonic() + self.max_wait
         with self._check_ended:
             while True:
@@ -244,6 +247,29 @@ class LoginThrottle:
                 self._touch(key, now).in_flight.append(now)
             self._forget_old(now)
             return LoginAttempt(self, name_key, address, now)
+
+    def _digest(self, name: str) -> bytes:
+        # casefold: Alice and ALICE are one name to count, whatever users.txt makes of them.
+        return hashlib.blake2b(name.casefold().encode("utf-8", "replace"), key=self._name_key, digest_size=16).digest()
+
+    def held_back(self, accounts: Iterable[str]) -> list[tuple[str, str | None, int]]:
+        """Read-only, for the web view: (address, name, seconds left) of each login held back now.
+
+        The name is None for a whole address held back, and "" for a name that is none of accounts:
+        the table keeps no names, and a name that is no account may be a password typed in the
+        wrong field.
+        """
+        names = {self._digest(account): account for account in accounts}
+        held = []
+        with self._lock:
+            now = self._clock()
+            for key in list(self._records):
+                address, name = (key[0], names.get(key[1], "")) if isinstance(key, tuple) else (key, None)
+                limit = self.max_per_address if name is None else self.max_per_name
+                refusal = self._block(key, limit, "", now)
+                if refusal is not None and refusal.seconds:
+                    held.append((str(address), name, refusal.seconds))
+        return held
 
     def _block(self, key: Hashable, limit: int, reason: str, now: float) -> LoginRefused | None:
         """What keeps a login under key from starting now: failures (refused for N s), or

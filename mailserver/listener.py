@@ -27,6 +27,7 @@ from .logs import log, plural
 from .session import LineHandler
 
 if TYPE_CHECKING:
+    from .events import EventBus
     from .storage import MailboxStore
     from .users import UserStore
 
@@ -100,12 +101,18 @@ class MailServer:
     users_poll_interval = 0.25  # seconds between looks at users.txt (UserStore stats it at most once a second)
 
     def __init__(
-        self, config: ServerConfig, users: UserStore, mailboxes: MailboxStore, chaos: Chaos | None = None
+        self,
+        config: ServerConfig,
+        users: UserStore,
+        mailboxes: MailboxStore,
+        chaos: Chaos | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self.config = config
         self.users = users
         self.mailboxes = mailboxes
         self.chaos = chaos if chaos is not None else Chaos()  # --chaos's drills; none by default
+        self.events = events  # with --web: what the sessions report to the web view
         self.connections = ConnectionTable(config.max_connections, config.max_connections_per_ip)
         self.login_throttle = LoginThrottle(
             config.max_login_failures, config.max_login_failures_per_ip, config.login_failure_window

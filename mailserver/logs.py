@@ -2,7 +2,8 @@
 
 Every line of the --verbose dialogue goes through a session's `WireLog`, so a terminal
 escape sequence or a password cannot slip into the log by another path. What is masked,
-each in its place, is listed on `WireLog`.
+each in its place, is listed on `WireLog`. The web view (--web) gets its lines from the
+same place, masked by the same code: `WireLog.write` hands each to the session's watch.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import os
 import re
 import select
 from collections.abc import Callable, Iterable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from .events import SessionWatch
 
 log = logging.getLogger("mailserver")
 
@@ -102,8 +106,18 @@ class WireLog:
       for a reply may echo what the client sent (HELP, EHLO, MAIL parameters).
     """
 
-    def __init__(self, peer: str, commands: Iterable[str], is_account: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        peer: str,
+        commands: Iterable[str],
+        is_account: Callable[[str], bool],
+        *,
+        logged: bool = True,
+        watch: SessionWatch | None = None,
+    ) -> None:
         self.peer = peer
+        self.logged = logged  # --verbose: the lines go to the log
+        self.watch = watch  # --web: and to the web view
         self.commands = frozenset(verb.upper() for verb in commands)
         self.is_account = is_account
         self.credential_lines = 0  # lines from the client still to mask, after an AUTH
@@ -133,7 +147,12 @@ class WireLog:
         Tabs show as spaces: a folded header's next line (RFC 5322 2.2.3), such as the
         Received field's `\tby host`, then reads as an indented line rather than `\\t`.
         """
-        self.write(direction, mask_plain_responses(line).expandtabs(4))
+        self.write(direction, mask_plain_responses(line).expandtabs(4), in_message=True)
+
+    def message_end(self, direction: str, lines: int, octets: int) -> None:
+        """A message going direction has ended (the log has its first lines): the web view folds it."""
+        if self.watch is not None:
+            self.watch.message_end(direction, lines, octets)
 
     def names_no_account(self, line: str) -> bool:
         """True for a USER line whose name is no account."""
@@ -144,8 +163,17 @@ class WireLog:
         words = line.split(maxsplit=1)
         return bool(words) and words[0].upper() in self.commands
 
-    def write(self, direction: str, text: str) -> None:
-        log.info("%s %s %s", self.peer, direction, printable(text))
+    def write(self, direction: str, text: str, *, in_message: bool = False) -> None:
+        """The one way out of a line: escaped, to the log and to the web view's watch."""
+        text = printable(text)
+        if self.logged:
+            log.info("%s %s %s", self.peer, direction, text)
+        if self.watch is None:
+            return
+        if in_message:
+            self.watch.message_line(text)
+        else:
+            self.watch.line(direction, text)
 
 
 def plural(count: int, noun: str) -> str:

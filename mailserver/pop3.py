@@ -121,6 +121,9 @@ class POP3Handler(LineHandler):
     def logged_in_as(self) -> str | None:
         return self.user
 
+    def status(self) -> tuple[str | None, str, bool]:
+        return self.user, self.state.value, self.tls_active
+
     def idle_timeout(self) -> float:
         return self.config.pop3_timeout  # RFC 1939 3: at least 10 minutes; SMTP's --timeout is shorter
 

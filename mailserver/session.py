@@ -98,6 +98,10 @@ class LineHandler(DrillMixIn, LoginMixIn, socketserver.StreamRequestHandler):
         """The user this session has logged in, or None (--who-interval's summary counts them)."""
         raise NotImplementedError
 
+    def status(self) -> tuple[str | None, str, bool]:
+        """For the web view: the user logged in (or None), where the session is, and whether TLS is on."""
+        raise NotImplementedError
+
     def send_challenge(self, challenge: bytes) -> None:
         """Ask for the next answer of an AUTH exchange (SMTP `334`, POP3 `+`)."""
         raise NotImplementedError
@@ -127,7 +131,13 @@ class LineHandler(DrillMixIn, LoginMixIn, socketserver.StreamRequestHandler):
         self.longest_line = max(self.max_command_line, *self.longer_lines.values())  # what read_line may take
         self.deadline: float | None = None  # watched by the server's watchdog
         self.interrupted: str | None = None  # why the server cut our reads short
-        self.wire_log = WireLog(self.peer, self.commands(), self.is_account) if self.config.verbose else None
+        events = self.mail.events
+        self.watch = events.watch(self.protocol, self.peer, status=self.status) if events is not None else None
+        self.wire_log = (
+            WireLog(self.peer, self.commands(), self.is_account, logged=self.config.verbose, watch=self.watch)
+            if self.config.verbose or self.watch is not None
+            else None
+        )
         self.mail.connections.register(self)
 
     def set_send_timeout(self, seconds: float) -> None:
@@ -147,6 +157,8 @@ class LineHandler(DrillMixIn, LoginMixIn, socketserver.StreamRequestHandler):
 
     def finish(self) -> None:
         self.mail.connections.unregister(self)
+        if self.watch is not None:
+            self.watch.close()
         with contextlib.suppress(OSError):
             super().finish()
         if self.connection is not self.request:  # TLS replaced the socket
@@ -306,7 +318,7 @@ class LineHandler(DrillMixIn, LoginMixIn, socketserver.StreamRequestHandler):
 
     def send_lines(self, text: str) -> None:
         """Write reply text (CRLF ends included) in one call; trace its lines with --verbose."""
-        if self.config.verbose:  # on the hot path: skip the loop when nobody watches
+        if self.wire_log is not None:  # on the hot path: skip the loop when nobody watches
             for line in text.splitlines():
                 self.trace("S:", line)
         self.connection.sendall(text.encode("utf-8", "replace"))
@@ -328,25 +340,28 @@ class LineHandler(DrillMixIn, LoginMixIn, socketserver.StreamRequestHandler):
         if self.wire_log is not None:
             self.wire_log.message(direction, line)
 
-    def message_tracer(self, direction: str) -> Callable[[str], None] | None:
-        """With --verbose, a function that logs lines of a message as direction; else None."""
-        if not self.config.verbose:
+    def message_tracer(self, direction: str) -> MessageTrace | None:
+        """With --verbose or --web, what logs the lines of a message going direction; else None."""
+        if self.wire_log is None:
             return None
-        return functools.partial(self.trace_message, direction)
+        finished = functools.partial(self.wire_log.message_end, direction)
+        return MessageTrace(functools.partial(self.trace_message, direction), finished)
 
     def send_stored(self, pieces: Iterable[bytes]) -> None:
         """Send a stored message (LF ends) as a dot-stuffed block: CRLF ends, leading dots doubled, then "."
 
         SMTP's RETR and POP3's RETR and TOP send messages this way (RFC 5321 4.5.2, RFC 1939 3).
         """
-        tracer = self.message_tracer("S:")
-        trace = MessageTrace(tracer) if tracer else None
+        trace = self.message_tracer("S:")
+        lines = octets = 0
         for piece in dot_stuffed(self.read_stored(pieces)):
-            if trace and trace.lines_left:
-                trace.lines(piece)
+            if trace:
+                lines, octets = lines + piece.count(b"\n"), octets + len(piece)
+                if trace.lines_left:
+                    trace.lines(piece)
             self.connection.sendall(piece)
         if trace:
-            trace.end()
+            trace.end(lines - 1, octets - 3)  # not the final ".": as DATA counts (RFC 5321 4.5.2)
 
     def read_stored(self, pieces: Iterable[bytes]) -> Iterator[bytes]:
         """The pieces of a stored message; a disk error ends the session with the closing reply."""

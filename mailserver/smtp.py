@@ -94,6 +94,19 @@ class SMTPHandler(LineHandler):
     def setup(self) -> None:
         super().setup()
         self.session = Session()
+        self.in_data = False  # between the 354 and the end of the message
+
+    def status(self) -> tuple[str | None, str, bool]:
+        session = self.session
+        if self.in_data:
+            state = "DATA"
+        elif session.envelope is not None:
+            state = "in a transaction"
+        elif session.user:
+            state = "logged in"
+        else:
+            state = "greeted" if session.greeting else "connected"
+        return session.user, state, self.tls_active
 
     def logged_in_as(self) -> str | None:
         return self.session.user
@@ -214,6 +227,7 @@ class SMTPHandler(LineHandler):
             self.reply(code, text.format(address=address))
             return
         envelope.recipients.append(address)
+        envelope.inbox_of[address] = account
         if account is None:  # kept in the sender's Sent folder only: the 250 says so, all a student's screen shows
             self.reply(*sent_only(address, self.config.local_domains))
             return
@@ -255,6 +269,7 @@ class SMTPHandler(LineHandler):
             self.reply(*self.storage_error(error))
             return
         try:
+            self.in_data = True
             self.reply(354, "Start mail input; end with <CRLF>.<CRLF>")
             with self.time_limit(self.config.data_timeout, idle=self.idle_timeout()) as limit:  # each wait: --timeout
                 tracer = self.message_tracer("C:")
@@ -263,6 +278,7 @@ class SMTPHandler(LineHandler):
                     state = reader.read()
                 except EOFError:
                     self.hang_up()  # the client went, or the server cut the data off
+            self.in_data = False
             if state is DataState.NORMAL and self.drilled("data", dropping=delivery):  # --chaos: stored nowhere
                 return
         except BaseException:
@@ -282,6 +298,8 @@ class SMTPHandler(LineHandler):
         sender = printable(envelope.sender)
         log.info("%s %s stored message %s from <%s> (%d bytes, %s%s)", self.peer, user, key, sender, delivery.size,
                  recipients, inboxes)  # fmt: skip
+        if self.watch is not None:
+            self.watch.delivered(envelope.sender, envelope.inbox_of.items(), delivery.size)
         self.reply(250, f"OK: stored as {key}")
 
     def data_refusal(self, reader: DataReader) -> Reply:

@@ -271,6 +271,11 @@ class MailboxStore:
         """The octets in user's inbox, as on disk (what --max-mailbox-size limits)."""
         return Folder(self._user_path(user)).stored_size()
 
+    def message_counts(self, user: str) -> tuple[int, int]:
+        """How many messages user has in the inbox and in Sent (the web view shows them); no lock taken."""
+        path = self._user_path(user)
+        return sum(1 for _ in message_entries(path)), sum(1 for _ in message_entries(path / SENT))
+
     # -- the Sent folder (the seed's RETR and DELE) -----------------------------------
 
     def sent_messages(self, user: str) -> list[Callable[[], StoredMessage]]:

@@ -119,6 +119,10 @@ class UserStore:
     def __len__(self) -> int:
         return len(self._current())
 
+    def names(self) -> list[str]:
+        """The account names, sorted."""
+        return sorted(self._current())
+
     def account(self, name: str) -> str | None:
         """The account name (as in users.txt) that name means, ignoring case; None if there is none."""
         return find_account(self._current(), name)

@@ -1,0 +1,220 @@
+"""What happens in the sessions, as events for the web view: one bus per server, never waited on.
+
+The sessions publish; each browser of the web view subscribes. A line of the dialogue
+reaches the bus only through a session's `WireLog` (logs.py), after it was masked and
+escaped there: the web view shows no more than the projected log does.
+
+    bus = EventBus()
+    watch = bus.watch("SMTP", "10.0.0.7:51000", tls=False, status=session.status)
+    watch.line("S:", "220 localhost Service ready")    # {"type": "line", "id": 1, "dir": "S", ...}
+    subscriber = bus.subscribe()                         # sessions so far, then each new event
+    subscriber.next_event(timeout=1.0)                   # the JSON text of one event, or None
+
+Bounded everywhere: each subscriber has a queue of `queue_size` events, and one that
+falls behind is dropped (its browser reconnects and starts again from the history),
+so a stuck browser costs its queue and never slows a session. The history keeps the
+open sessions and the last `history_size` finished ones, each with at most
+`lines_per_session` events.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import queue
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import client  # client.py, beside server.py: its table of reply meanings is the only one
+
+Event = dict[str, Any]
+Status = Callable[[], tuple[str | None, str, bool]]  # a session's (user, state, TLS on)
+
+LINE_CHARS = 1000  # the longest text of one line kept: a message line's limit (RFC 5321 4.5.3.1.6)
+# How the --raw console reads a reply line, per protocol: the explanations come from the same place.
+DIALECTS: dict[str, type[client.Dialect]] = {"SMTP": client.SMTPDialect, "POP3": client.POP3Dialect}
+
+
+class Subscriber:
+    """One browser's stream: a bounded queue of encoded events; dropped once it overflows."""
+
+    def __init__(self, size: int) -> None:
+        self.queue: queue.Queue[str] = queue.Queue(size)
+        self.dropped = False
+
+    def offer(self, encoded: str) -> bool:
+        """Queue encoded without waiting; False (and dropped from now on) if the queue is full."""
+        try:
+            self.queue.put_nowait(encoded)
+        except queue.Full:
+            self.dropped = True
+        return not self.dropped
+
+    def next_event(self, timeout: float) -> str | None:
+        """The next event's JSON text, or None after timeout seconds without one."""
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
+class SessionRecord:
+    """One session in the history: how it started, and its events (bounded)."""
+
+    __slots__ = ("events", "open")
+
+    def __init__(self, opening: Event, size: int) -> None:
+        self.open = opening
+        self.events: deque[Event] = deque(maxlen=size)
+
+    def as_event(self) -> Event:
+        return {**self.open, "events": list(self.events)}
+
+
+class EventBus:
+    """The server-wide bus: sessions publish events, browsers subscribe; nobody waits on a browser."""
+
+    def __init__(
+        self, *, queue_size: int = 2000, history_size: int = 200, lines_per_session: int = 500, subscribers: int = 20
+    ) -> None:
+        self.queue_size = queue_size
+        self.history_size = history_size
+        self.lines_per_session = lines_per_session
+        self.max_subscribers = subscribers
+        self._ids = itertools.count(1)
+        self._open: dict[int, SessionRecord] = {}
+        self._finished: OrderedDict[int, SessionRecord] = OrderedDict()  # oldest first
+        self._subscribers: list[Subscriber] = []
+        self._lock = threading.Lock()
+        self.dropped = 0  # subscribers dropped for falling behind, since the start
+
+    def watch(self, protocol: str, peer: str, *, status: Status) -> SessionWatch:
+        """Open the record of a new session and return what its WireLog and handler report to."""
+        return SessionWatch(self, next(self._ids), protocol, peer, status)
+
+    def publish(self, event: Event) -> None:
+        """Record event in its session's history and offer it to every subscriber, without waiting."""
+        with self._lock:
+            self._record(event)
+            if not self._subscribers:
+                return
+            encoded = json.dumps(event, separators=(",", ":"))
+            behind = [subscriber for subscriber in self._subscribers if not subscriber.offer(encoded)]
+            for subscriber in behind:
+                self._subscribers.remove(subscriber)
+            self.dropped += len(behind)
+
+    def broadcast(self, event: Event) -> None:
+        """Offer event to every subscriber, keeping no history (the server-wide status)."""
+        with self._lock:
+            encoded = json.dumps(event, separators=(",", ":"))
+            for subscriber in [s for s in self._subscribers if not s.offer(encoded)]:
+                self._subscribers.remove(subscriber)
+                self.dropped += 1
+
+    def _record(self, event: Event) -> None:
+        kind, session = event["type"], event.get("id")
+        if kind == "open":
+            self._open[session] = SessionRecord(event, self.lines_per_session)
+            return
+        record = self._open.get(session)
+        if record is None:
+            return
+        record.events.append(event)
+        if kind == "close":
+            self._finished[session] = self._open.pop(session)
+            while len(self._finished) > self.history_size:
+                self._finished.popitem(last=False)
+
+    def subscribe(self) -> Subscriber | None:
+        """A new subscriber whose queue starts with the history; None if there are too many already."""
+        with self._lock:
+            if len(self._subscribers) >= self.max_subscribers:
+                return None
+            subscriber = Subscriber(self.queue_size)
+            history = [record.as_event() for record in (*self._finished.values(), *self._open.values())]
+            subscriber.queue.put_nowait(json.dumps({"type": "history", "sessions": history}, separators=(",", ":")))
+            self._subscribers.append(subscriber)
+            return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def sessions_kept(self) -> int:
+        """How many sessions the history holds, open and finished."""
+        with self._lock:
+            return len(self._open) + len(self._finished)
+
+
+class SessionWatch:
+    """What one session reports: its masked lines (from its WireLog), its state, its deliveries."""
+
+    def __init__(self, bus: EventBus, session_id: int, protocol: str, peer: str, status: Status) -> None:
+        self.bus = bus
+        self.id = session_id
+        self.protocol = protocol
+        self.status = status
+        self.last_status: tuple[str | None, str, bool] | None = None
+        self.last_command = "CONNECT"  # what the next reply answers, for its explanation (client.Sent's names)
+        self.message: list[str] = []  # the lines of a message in transit, as the log has them
+        # The state is first asked for at the first reply: the session is still being set up.
+        bus.publish({"type": "open", "id": session_id, "protocol": protocol, "peer": peer, "time": time.time()})
+
+    def line(self, direction: str, text: str) -> None:
+        """A line of the dialogue as the log writes it (masked, escaped): direction "C:" or "S:"."""
+        event: Event = {"type": "line", "id": self.id, "dir": direction[0], "text": text[:LINE_CHARS]}
+        if direction == "C:":
+            self.last_command = text.split(" ", 1)[0].upper()
+        else:
+            meaning = reply_meaning(self.protocol, text, self.last_command)
+            if meaning:
+                event["explain"] = meaning
+        self.bus.publish(event)
+        if direction == "S:":
+            self.check_status()
+
+    def message_line(self, text: str) -> None:
+        """A line of a message in transit (DATA, RETR) as the log writes it; shown folded, bounded."""
+        self.message.append(text[:LINE_CHARS])
+
+    def message_end(self, direction: str, lines: int, octets: int) -> None:
+        """The message in transit has ended: one folded arrow, its size, and the lines the log shows."""
+        text, self.message = self.message, []
+        if direction == "C:":
+            self.last_command = "."  # the reply to come answers the message's end
+        self.bus.publish(
+            {"type": "message", "id": self.id, "dir": direction[0], "lines": lines, "octets": octets, "text": text}
+        )
+
+    def delivered(self, sender: str, recipients: Iterable[tuple[str, str | None]], octets: int) -> None:
+        """A message was accepted: each recipient address, with the account whose inbox got it (or None)."""
+        inboxes = [{"address": address, "inbox": account} for address, account in recipients]
+        self.bus.publish({"type": "delivery", "id": self.id, "sender": sender, "to": inboxes, "octets": octets})
+
+    def check_status(self) -> None:
+        """Publish the session's user, state and TLS if they changed."""
+        status = self.status()
+        if status != self.last_status:
+            self.last_status = status
+            user, state, tls = status
+            self.bus.publish({"type": "state", "id": self.id, "user": user, "state": state, "tls": tls})
+
+    def close(self) -> None:
+        self.bus.publish({"type": "close", "id": self.id, "time": time.time()})
+
+
+def reply_meaning(protocol: str, text: str, command: str) -> str | None:
+    """The --raw console's explanation of a reply's last line (client.py's one table), or None for other lines."""
+    reply = DIALECTS[protocol].parse(text)
+    if reply is None or not reply.final:
+        return None
+    return client.explain(reply.status, reply.text, command)

@@ -1,0 +1,302 @@
+"""The web view for the projector (--web): every session drawn live, and a page to download the client.
+
+    GET /                 the page (static/index.html, view.js, view.css: files, no build step)
+    GET /events           the live events (Server-Sent Events): the history first, then each event
+    GET /download         public: client.py, cert.pem when TLS is on, and the line a student types
+
+Built on the standard library: http.server's threading server, one thread per browser,
+and `text/event-stream`, which browsers read natively. Each browser's stream is a bounded
+queue of the server's one `EventBus`: a browser that falls behind is dropped and
+reconnects, and a session never waits on it.
+
+Who may watch: on 127.0.0.1 (the default) anyone on this machine. On any other address
+(--web-host) the view wants the random token printed at start-up (`/?token=...`); the page
+turns it into a cookie for its script and its stream. Without it, 403 and nothing else.
+/download needs no token and serves nothing but those files.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import http.server
+import importlib.resources
+import json
+import re
+import secrets
+import string
+import threading
+import urllib.parse
+from http import HTTPStatus
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .logs import log, printable
+
+if TYPE_CHECKING:
+    from .events import EventBus
+    from .listener import MailServer
+
+STATIC = importlib.resources.files(__package__) / "static"
+# The page's files, each with its type; nothing else is served from the package.
+PAGE_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/view.js": ("view.js", "text/javascript; charset=utf-8"),
+    "/view.css": ("view.css", "text/css; charset=utf-8"),
+    "/icon.svg": ("icon.svg", "image/svg+xml"),
+}
+# No inline script, nothing from another origin (the page builds its DOM from text nodes).
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+LOOPBACK_DEFAULTS = frozenset({"127.0.0.1", "localhost"})  # served without a token
+TOKEN_COOKIE = "view_token"
+MAX_REQUEST_LINE = 8 * 1024  # octets: a URL of this page is a few dozen
+KEEPALIVE = 15.0  # seconds between comments on a quiet stream, so a dead browser is noticed
+STATUS_INTERVAL = 1.0  # seconds between looks at who is here (only while someone watches)
+CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
+
+
+class WebView(http.server.ThreadingHTTPServer):
+    """The web view's HTTP server; serve_forever() in a thread of its own, close() to stop."""
+
+    daemon_threads = True  # a browser's stream must not keep the process alive
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], mail: MailServer, events: EventBus, client_file: Path) -> None:
+        self.mail = mail
+        self.events = events
+        self.client_file = client_file
+        # A token unless the view stays on this machine's usual loopback address.
+        self.token = None if address[0] in LOOPBACK_DEFAULTS else secrets.token_urlsafe(16)
+        self.closing = threading.Event()
+        super().__init__(address, ViewHandler)
+        self._status = threading.Thread(target=self._publish_status, name="web-status", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        host = f"[{host}]" if ":" in str(host) else host
+        return f"http://{host}:{port}/" + (f"?token={self.token}" if self.token else "")
+
+    def serve_in_background(self) -> None:
+        """Serve in a thread of its own until close()."""
+        threading.Thread(target=self.serve_forever, args=(0.25,), name="web", daemon=True).start()
+        self._status.start()
+
+    def close(self) -> None:
+        self.closing.set()
+        self.shutdown()
+        self.server_close()
+
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:  # type: ignore[override]
+        # A browser that went away mid-answer is no error of ours; a bug is one line, no traceback.
+        log.warning("web view: %s:%s request failed", client_address[0], client_address[1])
+
+    def status(self) -> dict[str, object]:
+        """Who is here: logins per protocol, connections against the caps, the throttle's holds, the mailboxes."""
+        mail = self.mail
+        _, logged_in = mail.connections.who_is_here()  # the same as --who-interval's line
+        total, per_address = mail.connections.in_use()
+        names = mail.users.names()
+        held = [{"address": a, "name": n, "seconds": s} for a, n, s in mail.login_throttle.held_back(names)]
+        boxes = []
+        for name in names:
+            try:
+                inbox, sent = mail.mailboxes.message_counts(name)
+            except (OSError, ValueError):
+                continue
+            boxes.append({"user": name, "inbox": inbox, "sent": sent})
+        return {
+            "type": "status",
+            "logged_in": logged_in,
+            "connections": total,
+            "max_connections": mail.connections.max_total,
+            "per_address": per_address,
+            "max_per_address": mail.connections.max_per_address,
+            "held_back": held,
+            "mailboxes": boxes,
+        }
+
+    def _publish_status(self) -> None:
+        last: dict[str, object] | None = None
+        while not self.closing.wait(STATUS_INTERVAL):
+            if not self.events.subscribers:
+                last = None  # a browser that comes gets a fresh status
+                continue
+            try:
+                status = self.status()
+            except Exception:  # a bug here must not stop the view
+                log.exception("web view: could not read the status")
+                continue
+            if status != last:
+                self.events.broadcast(status)
+                last = status
+
+
+class ViewHandler(http.server.BaseHTTPRequestHandler):
+    """One request to the web view: GET only, bounded, and never a traceback."""
+
+    server: WebView
+    server_version = "classroom-web"
+    sys_version = ""
+    timeout = 10  # seconds for a request to arrive; a stream's writes have as long to go through
+    protocol_version = "HTTP/1.0"  # one request per connection: nothing to hold open but the stream
+    _set_token_cookie = False  # the request brought the token in its URL: the page keeps it as a cookie
+    _refused_method = False  # a 405 says which method there is (RFC 9110 15.5.6)
+
+    def parse_request(self) -> bool:
+        """http.server's parsing, then this view's rules: a bounded request line, and GET only."""
+        if len(self.raw_requestline) > MAX_REQUEST_LINE:
+            self.requestline, self.request_version, self.command = "", "HTTP/1.0", ""
+            self.send_error(HTTPStatus.BAD_REQUEST, "Request line too long")
+            return False
+        if not super().parse_request():
+            return False
+        if self.command != "GET":
+            self._refused_method = True
+            self.send_error(HTTPStatus.METHOD_NOT_ALLOWED, "Only GET")
+            return False
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # http.server says 414 or 431 for an oversized request line or header; here every such one is a 400.
+        if code in (HTTPStatus.REQUEST_URI_TOO_LONG, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE):
+            code = HTTPStatus.BAD_REQUEST
+        super().send_error(code, message, explain)
+
+    def end_headers(self) -> None:
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        if self._refused_method:
+            self.send_header("Allow", "GET")
+        if self._set_token_cookie:
+            self.send_header("Set-Cookie", f"{TOKEN_COOKIE}={self.server.token}; HttpOnly; SameSite=Strict; Path=/")
+        super().end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        # A request line may hold the token: the log gets the address and the status only (log_request).
+        pass
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        if str(code) >= "400":
+            log.info("web view: %s %s", self.client_address[0], code)
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        if url.path == "/download" or url.path.startswith("/download/"):
+            self.download(url.path)
+            return
+        if not self.may_watch(url.query):
+            self.send_error(HTTPStatus.FORBIDDEN, "Forbidden")
+            return
+        if url.path == "/events":
+            self.stream()
+        elif url.path in PAGE_FILES:
+            name, content_type = PAGE_FILES[url.path]
+            self.send_body((STATIC / name).read_bytes(), content_type)
+        else:
+            self.send_error(HTTPStatus.NOT_FOUND, "Not found")
+
+    def may_watch(self, query: str) -> bool:
+        """True if no token is needed, or the request brings it (in the URL, or the page's cookie)."""
+        token = self.server.token
+        if token is None:
+            return True
+        given = urllib.parse.parse_qs(query).get("token", [""])[0]
+        if given and hmac.compare_digest(given.encode(), token.encode()):
+            self._set_token_cookie = True
+            return True
+        cookies = self.headers.get("Cookie", "")
+        for cookie in cookies.split(";"):
+            name, _, value = cookie.strip().partition("=")
+            if name == TOKEN_COOKIE and hmac.compare_digest(value.encode(), token.encode()):
+                return True
+        return False
+
+    def send_body(self, body: bytes, content_type: str, *, download: str | None = None) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        if download:
+            self.send_header("Content-Disposition", f'attachment; filename="{download}"')
+        self.end_headers()
+        self.wfile.write(body)
+
+    # -- the live stream ------------------------------------------------------------------
+
+    def stream(self) -> None:
+        """Send the history, then each event as it comes, until the browser goes or falls behind."""
+        subscriber = self.server.events.subscribe()
+        if subscriber is None:
+            self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "Too many browsers watching")
+            return
+        try:
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(b"retry: 1000\n\n")  # reconnect within a second after a restart
+            self.wfile.write(f"data: {json.dumps(self.server.status())}\n\n".encode())
+            while not subscriber.dropped and not self.server.closing.is_set():
+                event = subscriber.next_event(timeout=KEEPALIVE)
+                # JSON has no raw line break: each event is one "data:" line (WHATWG HTML 9.2.6).
+                self.wfile.write(b": still here\n\n" if event is None else f"data: {event}\n\n".encode())
+                self.wfile.flush()
+        except OSError:  # the browser went
+            pass
+        finally:
+            self.server.events.unsubscribe(subscriber)
+
+    # -- /download ------------------------------------------------------------------------
+
+    def download(self, path: str) -> None:
+        """The public download page, client.py and the certificate; nothing else."""
+        cert = self.certificate()
+        if path == "/download":
+            self.send_body(self.download_page(cert is not None).encode(), "text/html; charset=utf-8")
+        elif path == "/download/client.py":
+            self.send_body(self.server.client_file.read_bytes(), "text/x-python; charset=utf-8", download="client.py")
+        elif path == "/download/cert.pem" and cert is not None:
+            self.send_body(cert.encode(), "application/x-pem-file", download="cert.pem")
+        else:
+            self.send_error(HTTPStatus.NOT_FOUND, "Not found")
+
+    def certificate(self) -> str | None:
+        """The certificates of --tls-cert, and only them: a PEM file may hold the private key too."""
+        path = self.server.mail.config.tls_cert
+        if not path:
+            return None
+        try:
+            blocks = CERTIFICATE.findall(Path(path).read_text("ascii", "replace"))
+        except OSError:
+            return None
+        return "\n".join(blocks) + "\n" if blocks else None
+
+    def download_page(self, with_cert: bool) -> str:
+        """The page, its values escaped: the host a student types is the one this request came to."""
+        config = self.server.mail.config
+        host = config.host
+        if host in ("", "0.0.0.0", "::"):
+            host = self.connection.getsockname()[0]
+        smtp_port = self.server.mail.listeners[0].port  # the first is --port's (server.start), 0 made real
+        words = ["python3", "client.py", "--host", host, "--port", str(smtp_port)]
+        if with_cert:
+            words += ["--starttls", "--cafile", "cert.pem"]
+        template = string.Template((STATIC / "download.html").read_text("utf-8"))
+        cert_link = '<li><a href="/download/cert.pem" download>cert.pem</a>: the server\'s certificate</li>'
+        return template.substitute(
+            command=html.escape(" ".join(words)),
+            hostname=html.escape(printable(config.hostname)),
+            cert=cert_link if with_cert else "",
+        )
+
+
+def start_web_view(mail: MailServer, events: EventBus, host: str, port: int, client_file: Path) -> WebView:
+    """Bind the web view and serve it in the background; raise OSError if the address cannot be had."""
+    view = WebView((host, port), mail, events, client_file)
+    view.serve_in_background()
+    return view
