@@ -17,6 +17,7 @@ turns it into a cookie for its script and its stream. Without it, 403 and nothin
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import html
 import http.server
@@ -24,6 +25,7 @@ import importlib.resources
 import json
 import re
 import secrets
+import socket
 import string
 import threading
 import urllib.parse
@@ -54,6 +56,7 @@ LOOPBACK_DEFAULTS = frozenset({"127.0.0.1", "localhost"})  # served without a to
 TOKEN_COOKIE = "view_token"
 MAX_REQUEST_LINE = 8 * 1024  # octets: a URL of this page is a few dozen
 KEEPALIVE = 15.0  # seconds between comments on a quiet stream, so a dead browser is noticed
+STREAM_BUFFER = 64 * 1024  # octets of socket send buffer per browser
 STATUS_INTERVAL = 1.0  # seconds between looks at who is here (only while someone watches)
 CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
 
@@ -145,12 +148,17 @@ class ViewHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"  # one request per connection: nothing to hold open but the stream
     _set_token_cookie = False  # the request brought the token in its URL: the page keeps it as a cookie
     _refused_method = False  # a 405 says which method there is (RFC 9110 15.5.6)
+    _answered_error = False
 
     def parse_request(self) -> bool:
         """http.server's parsing, then this view's rules: a bounded request line, and GET only."""
-        if len(self.raw_requestline) > MAX_REQUEST_LINE:
+        # No HTTP/0.9 (a bare "GET /"): its answer would have no status line to say 400.
+        problem = "Request line too long" if len(self.raw_requestline) > MAX_REQUEST_LINE else None
+        if problem is None and len(self.raw_requestline.split()) != 3:
+            problem = "Bad request line"
+        if problem:
             self.requestline, self.request_version, self.command = "", "HTTP/1.0", ""
-            self.send_error(HTTPStatus.BAD_REQUEST, "Request line too long")
+            self.send_error(HTTPStatus.BAD_REQUEST, problem)
             return False
         if not super().parse_request():
             return False
@@ -161,6 +169,7 @@ class ViewHandler(http.server.BaseHTTPRequestHandler):
         return True
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        self._answered_error = True
         # http.server says 414 or 431 for an oversized request line or header; here every such one is a 400.
         if code in (HTTPStatus.REQUEST_URI_TOO_LONG, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE):
             code = HTTPStatus.BAD_REQUEST
@@ -175,6 +184,23 @@ class ViewHandler(http.server.BaseHTTPRequestHandler):
         if self._set_token_cookie:
             self.send_header("Set-Cookie", f"{TOKEN_COOKIE}={self.server.token}; HttpOnly; SameSite=Strict; Path=/")
         super().end_headers()
+
+    def finish(self) -> None:
+        super().finish()
+        if self._answered_error:
+            self.linger()
+
+    def linger(self) -> None:
+        """Read (a bounded amount of) what the client still sends, so its error answer is not lost to a reset.
+
+        Closing a socket with unread data sends RST, and a client may then lose the answer (RFC 9112 9.6).
+        """
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(1.0)
+            for _ in range(16):  # 1 MB at most
+                if not self.connection.recv(64 * 1024):
+                    return
 
     def log_message(self, format: str, *args: object) -> None:
         # A request line may hold the token: the log gets the address and the status only (log_request).
@@ -234,6 +260,8 @@ class ViewHandler(http.server.BaseHTTPRequestHandler):
         if subscriber is None:
             self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "Too many browsers watching")
             return
+        # A stuck browser holds its queue and this much in the kernel, not the megabytes Linux would let it grow to.
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_BUFFER)
         try:
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", "text/event-stream")

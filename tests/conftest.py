@@ -42,11 +42,13 @@ sys.path.insert(0, str(ROOT))
 
 from mailserver.auth_cache import AuthCache  # noqa: E402  (needs the path above)
 from mailserver.config import ServerConfig  # noqa: E402
+from mailserver.events import EventBus  # noqa: E402
 from mailserver.listener import Listener, MailServer, server_tls_context  # noqa: E402
 from mailserver.pop3 import POP3Handler  # noqa: E402
 from mailserver.smtp import SMTPHandler  # noqa: E402
 from mailserver.storage import MailboxStore  # noqa: E402
 from mailserver.users import UserStore  # noqa: E402
+from mailserver.webview import WebView, start_web_view  # noqa: E402
 
 USERS = {"alice": "alice-password", "bob": "bob-password", "carol": "carol-password"}
 TEST_ROUNDS = 4  # bcrypt's minimum cost: tests log in often, and cost 12 takes 0.2 s a check
@@ -114,7 +116,7 @@ def shared_users_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def start_server(tmp_path: Path, shared_users_file: Path) -> Iterator[Callable[..., RunningServer]]:
     """A factory: start_server(**ServerConfig fields) starts one more server; all stop after the test.
 
-    implicit_tls=True makes its port an SMTPS one (TLS from the first byte).
+    implicit_tls=True makes its port an SMTPS one (TLS from the first byte); events, the web view's bus.
     """
     running: list[RunningServer] = []
 
@@ -124,13 +126,14 @@ def start_server(tmp_path: Path, shared_users_file: Path) -> Iterator[Callable[.
         mailboxes_path: Path | None = None,
         implicit_tls: bool = False,
         pop3: bool = False,
+        events: EventBus | None = None,
         **config: object,
     ) -> RunningServer:
         config.setdefault("hostname", "mail.test")
         mailboxes = mailboxes_path or tmp_path / f"mailboxes{len(running) or ''}"
         settings = ServerConfig(**config)  # type: ignore[arg-type]
         users = UserStore(users_path or shared_users_file, AuthCache(settings.auth_cache_ttl))  # as server.start()
-        server = MailServer(settings, users, MailboxStore(mailboxes))
+        server = MailServer(settings, users, MailboxStore(mailboxes), events)
         listener = server.listen(("127.0.0.1", 0), SMTPHandler, implicit_tls=implicit_tls)
         # stop() waits for serve_forever to look at its shutdown flag, once a poll_interval: every test pays it.
         server.serve_in_background(listener, poll_interval=0.01)
@@ -147,6 +150,39 @@ def start_server(tmp_path: Path, shared_users_file: Path) -> Iterator[Callable[.
     yield start
     for instance in running:
         instance.stop()
+
+
+@dataclasses.dataclass
+class WebRun:
+    """A server with the web view (--web), both in this process."""
+
+    mail: RunningServer
+    view: WebView
+    events: EventBus
+
+    @property
+    def url(self) -> str:
+        return self.view.url
+
+    def origin(self) -> str:
+        return self.view.url.split("?", 1)[0].rstrip("/")
+
+
+@pytest.fixture
+def web_server(start_server: Callable[..., RunningServer]) -> Iterator[Callable[..., WebRun]]:
+    """A factory: web_server(host=..., bus=EventBus options, **ServerConfig fields) with SMTP, POP3 and the view."""
+    views: list[WebView] = []
+
+    def start(host: str = "127.0.0.1", bus: dict[str, int] | None = None, **config: object) -> WebRun:
+        events = EventBus(**(bus or {}))
+        mail = start_server(pop3=True, events=events, **config)
+        view = start_web_view(mail.server, events, host, 0, ROOT / "client.py")
+        views.append(view)
+        return WebRun(mail, view, events)
+
+    yield start
+    for view in views:
+        view.close()
 
 
 @pytest.fixture
