@@ -27,7 +27,9 @@ PASSWORD = USERS["alice"]
 PLAIN = base64.b64encode(f"\0alice\0{PASSWORD}".encode()).decode()
 
 
-def get(run: WebRun, path: str, *, host: str | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def get(
+    run: WebRun, path: str, *, host: str | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     """GET path from the view; (status, headers, body)."""
     address, port = run.view.server_address[:2]
     connection = http.client.HTTPConnection(host or str(address), port, timeout=10)
