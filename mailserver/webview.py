@@ -74,6 +74,8 @@ class WebView(http.server.ThreadingHTTPServer):
         # A token unless the view stays on this machine's usual loopback address.
         self.token = None if address[0] in LOOPBACK_DEFAULTS else secrets.token_urlsafe(16)
         self.closing = threading.Event()
+        self.streams: set[socket.socket] = set()  # the browsers' open streams, cut by close()
+        self.streams_lock = threading.Lock()
         super().__init__(address, ViewHandler)
         self._status = threading.Thread(target=self._publish_status, name="web-status", daemon=True)
 
@@ -89,9 +91,15 @@ class WebView(http.server.ThreadingHTTPServer):
         self._status.start()
 
     def close(self) -> None:
+        """Stop serving, and end every browser's stream now (each browser says it lost the server)."""
         self.closing.set()
         self.shutdown()
         self.server_close()
+        with self.streams_lock:
+            streams = list(self.streams)
+        for stream in streams:
+            with contextlib.suppress(OSError):
+                stream.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: object, client_address: tuple[str, int]) -> None:  # type: ignore[override]
         # A browser that went away mid-answer is no error of ours; a bug is one line, no traceback.
@@ -262,6 +270,8 @@ class ViewHandler(http.server.BaseHTTPRequestHandler):
             return
         # A stuck browser holds its queue and this much in the kernel, not the megabytes Linux would let it grow to.
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_BUFFER)
+        with self.server.streams_lock:
+            self.server.streams.add(self.connection)
         try:
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", "text/event-stream")
@@ -278,6 +288,8 @@ class ViewHandler(http.server.BaseHTTPRequestHandler):
             pass
         finally:
             self.server.events.unsubscribe(subscriber)
+            with self.server.streams_lock:
+                self.server.streams.discard(self.connection)
 
     # -- /download ------------------------------------------------------------------------
 

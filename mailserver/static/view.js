@@ -321,7 +321,9 @@ function setUp() {
     document.body.classList.toggle("bodies-on", bodiesOn);
     if (!bodiesOn) for (const body of document.querySelectorAll(".body")) body.remove();
   });
-  byId("large").addEventListener("change", (change) => document.body.classList.toggle("large", change.target.checked));
+  byId("large").addEventListener("change", (change) =>
+    document.documentElement.classList.toggle("large", change.target.checked),
+  );
   byId("filter-user").addEventListener("input", drawFinished);
   byId("filter-protocol").addEventListener("change", drawFinished);
   byId("replay-first").addEventListener("click", () => stepReplay(() => 1));
