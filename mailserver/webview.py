@@ -27,6 +27,7 @@ import re
 import secrets
 import socket
 import string
+import sys
 import threading
 import urllib.parse
 from http import HTTPStatus
@@ -102,8 +103,11 @@ class WebView(http.server.ThreadingHTTPServer):
                 stream.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: object, client_address: tuple[str, int]) -> None:  # type: ignore[override]
-        # A browser that went away mid-answer is no error of ours; a bug is one line, no traceback.
-        log.warning("web view: %s:%s request failed", client_address[0], client_address[1])
+        # A browser that went away mid-answer is no error of ours: one line. A bug of ours: its traceback.
+        if isinstance(sys.exc_info()[1], OSError):
+            log.info("web view: %s:%s connection lost", client_address[0], client_address[1])
+        else:
+            log.exception("web view: %s:%s internal error", client_address[0], client_address[1])
 
     def status(self) -> dict[str, object]:
         """Who is here: logins per protocol, connections against the caps, the throttle's holds, the mailboxes."""
@@ -322,7 +326,7 @@ class ViewHandler(http.server.BaseHTTPRequestHandler):
         host = config.host
         if host in ("", "0.0.0.0", "::"):
             host = self.connection.getsockname()[0]
-        smtp_port = self.server.mail.listeners[0].port  # the first is --port's (server.start), 0 made real
+        smtp_port = self.server.mail.listeners[0].server_address[1]  # the first is --port's (server.start)
         words = ["python3", "client.py", "--host", host, "--port", str(smtp_port)]
         if with_cert:
             words += ["--starttls", "--cafile", "cert.pem"]
