@@ -8,7 +8,7 @@ escaped there: the web view shows no more than the projected log does.
     watch = bus.watch("SMTP", "10.0.0.7:51000", tls=False, status=session.status)
     watch.line("S:", "220 localhost Service ready")    # {"type": "line", "id": 1, "dir": "S", ...}
     subscriber = bus.subscribe()                         # sessions so far, then each new event
-    subscriber.next_event(timeout=1.0)                   # the JSON text of one event, or None
+    subscriber.take()                                    # the JSON texts of the events queued since
 
 Bounded everywhere: each subscriber has a queue of `queue_size` events, and one that
 falls behind is dropped (its browser reconnects and starts again from the history),
@@ -19,9 +19,9 @@ open sessions and the last `history_size` finished ones, each with at most
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
-import queue
 import threading
 import time
 from collections import OrderedDict, deque
@@ -33,42 +33,62 @@ import client  # client.py, beside server.py: its table of reply meanings is the
 Event = dict[str, Any]
 Status = Callable[[], tuple[str | None, str, bool]]  # a session's (user, state, TLS on)
 
+# Made once: json.dumps with any option builds a new encoder at every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+# JSON of a flat event's values, in C where it matters (a line's text); the rest goes to _ENCODER.
+_SCALARS: dict[type, Callable[[Any], str]] = {
+    str: json.encoder.encode_basestring_ascii,  # type: ignore[attr-defined]
+    int: int.__repr__,
+    bool: lambda value: "true" if value else "false",
+    type(None): lambda value: "null",
+}
+BODIES_PER_SESSION = 5  # the text of a session's last messages is kept, in case the teacher opens one
+BODY_LINE_CHARS = 200  # of each line of that text: with the log's 20 lines, 4 KB a message at most
 LINE_CHARS = 1000  # the longest text of one line kept: a message line's limit (RFC 5321 4.5.3.1.6)
 # How the --raw console reads a reply line, per protocol: the explanations come from the same place.
 DIALECTS: dict[str, type[client.Dialect]] = {"SMTP": client.SMTPDialect, "POP3": client.POP3Dialect}
 
 
 class Subscriber:
-    """One browser's stream: a bounded queue of encoded events; dropped once it overflows."""
+    """One browser's stream: a bounded queue of encoded events; dropped once it overflows.
+
+    Its reader takes what is queued every few hundredths of a second (it sends them in one
+    write anyway), so nobody waits on the queue and it needs no lock or wake-up: a deque's
+    append and popleft are atomic, and a queue.Queue's put would cost a session thread
+    twice as much per browser.
+    """
 
     def __init__(self, size: int) -> None:
-        self.queue: queue.Queue[str] = queue.Queue(size)
+        self.size = size
+        self.queue: deque[str] = deque()
         self.dropped = False
 
     def offer(self, encoded: str) -> bool:
         """Queue encoded without waiting; False (and dropped from now on) if the queue is full."""
-        try:
-            self.queue.put_nowait(encoded)
-        except queue.Full:
+        if len(self.queue) >= self.size:
             self.dropped = True
+        else:
+            self.queue.append(encoded)
         return not self.dropped
 
-    def next_event(self, timeout: float) -> str | None:
-        """The next event's JSON text, or None after timeout seconds without one."""
-        try:
-            return self.queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
+    def take(self) -> list[str]:
+        """The events queued now, oldest first, taken without waiting."""
+        taken = []
+        with contextlib.suppress(IndexError):
+            while True:
+                taken.append(self.queue.popleft())
+        return taken
 
 
 class SessionRecord:
-    """One session in the history: how it started, and its events (bounded)."""
+    """One session in the history: how it started, its events, and its last messages' text (all bounded)."""
 
-    __slots__ = ("events", "open")
+    __slots__ = ("bodies", "events", "open")
 
     def __init__(self, opening: Event, size: int) -> None:
         self.open = opening
         self.events: deque[Event] = deque(maxlen=size)
+        self.bodies: OrderedDict[int, list[str]] = OrderedDict()  # message number: the lines the log shows
 
     def as_event(self) -> Event:
         return {**self.open, "events": list(self.events)}
@@ -95,13 +115,16 @@ class EventBus:
         """Open the record of a new session and return what its WireLog and handler report to."""
         return SessionWatch(self, next(self._ids), protocol, peer, status)
 
-    def publish(self, event: Event) -> None:
-        """Record event in its session's history and offer it to every subscriber, without waiting."""
+    def publish(self, event: Event, body: list[str] | None = None) -> None:
+        """Record event in its session's history and offer it to every subscriber, without waiting.
+
+        body: a message's text, kept for body() and never sent in an event: it is hidden until asked for.
+        """
         with self._lock:
-            self._record(event)
+            self._record(event, body)
             if not self._subscribers:
                 return
-            encoded = json.dumps(event, separators=(",", ":"))
+            encoded = encode(event)
             behind = [subscriber for subscriber in self._subscribers if not subscriber.offer(encoded)]
             for subscriber in behind:
                 self._subscribers.remove(subscriber)
@@ -110,12 +133,12 @@ class EventBus:
     def broadcast(self, event: Event) -> None:
         """Offer event to every subscriber, keeping no history (the server-wide status)."""
         with self._lock:
-            encoded = json.dumps(event, separators=(",", ":"))
+            encoded = encode(event)
             for subscriber in [s for s in self._subscribers if not s.offer(encoded)]:
                 self._subscribers.remove(subscriber)
                 self.dropped += 1
 
-    def _record(self, event: Event) -> None:
+    def _record(self, event: Event, body: list[str] | None) -> None:
         kind, session = event["type"], event.get("id")
         if kind == "open":
             self._open[session] = SessionRecord(event, self.lines_per_session)
@@ -124,6 +147,10 @@ class EventBus:
         if record is None:
             return
         record.events.append(event)
+        if body is not None:
+            record.bodies[event["n"]] = body
+            while len(record.bodies) > BODIES_PER_SESSION:
+                record.bodies.popitem(last=False)
         if kind == "close":
             self._finished[session] = self._open.pop(session)
             while len(self._finished) > self.history_size:
@@ -136,9 +163,15 @@ class EventBus:
                 return None
             subscriber = Subscriber(self.queue_size)
             history = [record.as_event() for record in (*self._finished.values(), *self._open.values())]
-            subscriber.queue.put_nowait(json.dumps({"type": "history", "sessions": history}, separators=(",", ":")))
+            subscriber.queue.append(encode({"type": "history", "sessions": history}))
             self._subscribers.append(subscriber)
             return subscriber
+
+    def body(self, session: int, number: int) -> list[str] | None:
+        """The text (as the log shows it) of message number of session, if still kept."""
+        with self._lock:
+            record = self._open.get(session) or self._finished.get(session)
+            return record.bodies.get(number) if record is not None else None
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         with self._lock:
@@ -166,6 +199,7 @@ class SessionWatch:
         self.last_status: tuple[str | None, str, bool] | None = None
         self.last_command = "CONNECT"  # what the next reply answers, for its explanation (client.Sent's names)
         self.message: list[str] = []  # the lines of a message in transit, as the log has them
+        self.messages = 0  # messages so far: each is numbered, for EventBus.body()
         # The state is first asked for at the first reply: the session is still being set up.
         bus.publish({"type": "open", "id": session_id, "protocol": protocol, "peer": peer, "time": time.time()})
 
@@ -184,16 +218,16 @@ class SessionWatch:
 
     def message_line(self, text: str) -> None:
         """A line of a message in transit (DATA, RETR) as the log writes it; shown folded, bounded."""
-        self.message.append(text[:LINE_CHARS])
+        self.message.append(text[:BODY_LINE_CHARS])
 
     def message_end(self, direction: str, lines: int, octets: int) -> None:
         """The message in transit has ended: one folded arrow, its size, and the lines the log shows."""
         text, self.message = self.message, []
         if direction == "C:":
             self.last_command = "."  # the reply to come answers the message's end
-        self.bus.publish(
-            {"type": "message", "id": self.id, "dir": direction[0], "lines": lines, "octets": octets, "text": text}
-        )
+        event = {"type": "message", "id": self.id, "n": self.messages, "dir": direction[0], "lines": lines}
+        self.bus.publish({**event, "octets": octets}, body=text)
+        self.messages += 1
 
     def delivered(self, sender: str, recipients: Iterable[tuple[str, str | None]], octets: int) -> None:
         """A message was accepted: each recipient address, with the account whose inbox got it (or None)."""
@@ -210,6 +244,14 @@ class SessionWatch:
 
     def close(self) -> None:
         self.bus.publish({"type": "close", "id": self.id, "time": time.time()})
+
+
+def encode(event: Event) -> str:
+    """event as compact JSON; an event of strings, numbers and None (most are) without the json module's set-up."""
+    try:
+        return "{" + ",".join([f'"{key}":{_SCALARS[type(value)](value)}' for key, value in event.items()]) + "}"
+    except KeyError:  # a list or a float: the general way
+        return _ENCODER.encode(event)
 
 
 def reply_meaning(protocol: str, text: str, command: str) -> str | None:

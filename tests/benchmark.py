@@ -376,7 +376,7 @@ def started_target(kind: str, load: Load, args: argparse.Namespace, work: Path) 
         extra += ["--max-login-failures", connections, "--max-login-failures-per-ip", connections]
         # --pop3-port 0, never 1100: it may be taken. Only the pop3 scenario waits for that port.
         script = args.server if kind == OURS else args.peer_script
-        command = [args.python, str(script), *common, "--pop3-port", "0", *extra]
+        command = [args.python, str(script), *common, "--pop3-port", "0", *extra, *args.extra_server_args]
     report = work / "memory.jsonl" if load.scenario.long else None
     if report:  # the soak: server.py under the probe, which reports its memory on SIGUSR1
         command[1:1] = [str(PROBE_SCRIPT), "--report", str(report), "--tracemalloc", str(args.tracemalloc)]
@@ -1460,6 +1460,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the interpreter that runs the servers (default: this one); it needs bcrypt, and aiosmtpd to compare",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument(
+        "--web-view", action="store_true", help="the small scenario without and with the web view's streams (issue 19)"
+    )
     parser.add_argument("--hold", type=float, default=2.0, help="seconds the burst's connections stay idle")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds a client waits for one reply")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="the most one measurement may take")
@@ -1511,6 +1514,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.accounts is not None and args.accounts < 1:
         parser.error("--accounts must be at least 1")
     args.peer, args.peer_script = None, None
+    args.extra_server_args = []  # web_view_cost() sets them per arm
     if args.compare == AIOSMTPD:
         args.peer = AIOSMTPD
     elif args.compare:
@@ -1559,6 +1563,11 @@ def main(argv: list[str] | None = None) -> int:
     if aiosmtpd_missing:
         log(missing)
     args.base, args.spread = make_base(args.workdir)
+    if args.web_view:
+        try:
+            return web_view_cost(args)
+        finally:
+            shutil.rmtree(args.base, ignore_errors=True)
     try:
         setting = environment(args)
         args.load_at_start = setting["load_average_before"][0]
@@ -1584,6 +1593,96 @@ def main(argv: list[str] | None = None) -> int:
     if any(isinstance(error, ServerNotStarted) for _, error in failures):
         return EXIT_NOT_STARTED
     return EXIT_SESSION_ERRORS if failures or any(r.errors for r in results) else 0
+
+
+# ------------------------------------------------------------ the web view's cost (issue 19)
+
+# Each arm: server.py's extra options, event streams that read everything, streams that read nothing.
+WEB_VIEW_ARMS = {
+    "no --web": ((), 0, 0),
+    "--verbose (no --web)": (("--verbose",), 0, 0),  # the projected log: the same masking, to the log
+    "--web, no browser": (("--web", "--web-port", "0"), 0, 0),
+    "--web, 5 browsers": (("--web", "--web-port", "0"), 5, 0),
+    "--web, 1 stuck browser": (("--web", "--web-port", "0"), 0, 1),
+}
+WEB_VIEW_PORT = re.compile(r"web view on http://127\.0\.0\.1:(\d+)/")
+
+
+class EventStreams:
+    """Browsers' event streams on the web view (GET /events): some read all, some nothing (a stuck tab)."""
+
+    def __init__(self, port: int, reading: int, stuck: int) -> None:
+        self.port, self.reading, self.stuck = port, reading, stuck
+        self.sockets: list[socket.socket] = []
+        self.received = 0  # octets the reading streams got
+        self.closing = threading.Event()
+
+    def __enter__(self) -> Self:
+        for number in range(self.reading + self.stuck):
+            stream = socket.socket()
+            if number >= self.reading:  # never read: the server's writes fill its buffers at once
+                stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stream.connect(("127.0.0.1", self.port))
+            stream.sendall(b"GET /events HTTP/1.0\r\n\r\n")
+            self.sockets.append(stream)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        return self
+
+    def _read(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            for stream in self.sockets[: self.reading]:
+                selector.register(stream, selectors.EVENT_READ)
+            while not self.closing.is_set() and selector.get_map():
+                for key, _ in selector.select(0.2):
+                    chunk = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                    self.received += len(chunk)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.closing.set()
+        self.reader.join(5)
+        for stream in self.sockets:
+            stream.close()
+
+
+def web_view_cost(args: argparse.Namespace) -> int:
+    """The small scenario with the web view off, on, with 5 browsers' streams, and with one that reads nothing.
+
+    The arms alternate, --repeat times, so that the machine's drift hits each alike.
+    """
+    scenario = SCENARIOS[0]  # small
+    connections = args.connections or scenario.connections
+    load = Load(scenario, connections, args.messages or scenario.messages, args.size or scenario.size,
+                args.rounds, connections)  # fmt: skip
+    results: dict[str, list[Result]] = {arm: [] for arm in WEB_VIEW_ARMS}
+    for _ in range(args.repeat):
+        for arm, (options, reading, stuck) in WEB_VIEW_ARMS.items():
+            args.extra_server_args = list(options)
+            log(f"{scenario.name} with {arm}: {load.connections} connections x {load.messages} messages")
+            with (
+                tempfile.TemporaryDirectory(prefix="run-", dir=args.base) as work,
+                started_target(OURS, load, args, Path(work)) as target,
+            ):
+                found = WEB_VIEW_PORT.search((Path(work) / "server.log").read_text(errors="replace"))
+                with (
+                    EventStreams(int(found[1]) if found else 0, reading, stuck) if options else contextlib.nullcontext()
+                ):
+                    result = run_send(load, target, args)
+            log(
+                f"  {result.messages_per_second} msgs/s, {result.cpu_ms_per_message} ms CPU/msg, {result.errors} errors"
+            )
+            results[arm].append(result)
+    base = median_of([r.messages_per_second for r in results["--web, no browser"]]) or 1.0
+    print(f"{'arm':26} {'msgs/s':>8} {'vs no browser':>14} {'CPU ms/msg':>11} {'peak RSS MiB':>13}")
+    for arm, measured in results.items():
+        rate = median_of([r.messages_per_second for r in measured]) or 0.0
+        cpu = median_of([r.cpu_ms_per_message for r in measured])
+        rss = median_of([r.peak_rss_mib for r in measured])
+        print(f"{arm:26} {rate:8.1f} {rate / base:14.3f} {cpu or 0:11.2f} {rss or 0:13.1f}")
+    print(f"\nmedians of {args.repeat}; load average before: {os.getloadavg()}")
+    return EXIT_SESSION_ERRORS if any(r.errors for measured in results.values() for r in measured) else 0
 
 
 if __name__ == "__main__":

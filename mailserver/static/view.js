@@ -63,14 +63,16 @@ function messageRow(event) {
   return row;
 }
 
-function toggleBody(row, event) {
+async function toggleBody(row, event) {
   const open = row.querySelector(".body");
   if (open) {
     open.remove();
     return;
   }
-  if (!bodiesOn) return; // hidden until the teacher turns message text on
-  row.querySelector(".arrow").append(el("pre", "body", event.text.join("\n")));
+  if (!bodiesOn) return; // hidden until the teacher turns message text on: not even fetched
+  const answer = await fetch(`message?session=${event.id}&n=${event.n}`);
+  const text = answer.ok ? (await answer.json()).join("\n") : "(no longer kept)";
+  if (bodiesOn && !row.querySelector(".body")) row.querySelector(".arrow").append(el("pre", "body", text));
 }
 
 function flowRow(event) {
