@@ -166,6 +166,32 @@ def test_a_pop3_session_reports_its_user_state_and_the_message_folded(run: WebRu
     assert (message["lines"], message["octets"]) == (stored.count(b"\n"), len(stored) + stored.count(b"\n"))
 
 
+def test_a_session_under_starttls_says_so(web_server: Callable[..., WebRun], tmp_path: Path) -> None:
+    certificate = make_certificate(tmp_path)
+    run = web_server(tls_context=certificate.server_context())
+    received, finish = collected(run.events)
+    with smtplib.SMTP(run.mail.host, run.mail.port, timeout=10) as smtp:
+        smtp.starttls(context=certificate.client_context())
+        smtp.ehlo("laptop")
+        smtp.login("alice", PASSWORD)
+    wait_for(lambda: any(event["type"] == "close" for event in received))
+    finish()
+    states = [(e["state"], e["tls"]) for e in received if e["type"] == "state"]
+    # The state is looked at with each reply: the next after STARTTLS answers the new EHLO.
+    assert states == [("connected", False), ("greeted", False), ("greeted", True), ("logged in", True)]
+
+
+def test_only_the_last_messages_text_of_a_session_is_kept() -> None:
+    bus = EventBus()
+    watch = bus.watch("SMTP", "10.0.0.1:1", status=lambda: ("alice", "logged in", False))
+    for _ in range(8):
+        watch.message_line("x" * 5000)
+        watch.message_end("C:", 1, 5000)
+    kept = [bus.body(watch.id, number) for number in range(8)]
+    assert kept[:3] == [None] * 3
+    assert kept[3:] == [["x" * 200]] * 5  # each line cut to 200 characters
+
+
 def test_a_subscriber_that_reads_nothing_is_dropped_and_never_waited_on() -> None:
     bus = EventBus(queue_size=5)
     stuck = bus.subscribe()
