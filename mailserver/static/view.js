@@ -96,6 +96,28 @@ function rowFor(event) {
   return null;
 }
 
+// A reply's last line says so: SMTP's "250 " after "250-" lines (RFC 5321 4.2.1); POP3's block
+// lines after "+OK" are no status line at all (RFC 1939 3). Either way one arrow carries them all.
+const STATUS_LINE = /^(\d{3}[ -]|\+OK( |$)|-ERR( |$)|\+( |$))/;
+
+function goesOn(row, event) {
+  if (!row || event.type !== "line" || event.dir !== "S" || !row.classList.contains("s2c")) return false;
+  return row.dataset.more === "yes" || !STATUS_LINE.test(event.text);
+}
+
+function addEvent(diagram, event) {
+  const last = diagram.lastElementChild;
+  if (goesOn(last, event)) {
+    last.querySelector(".said").append(document.createTextNode(`\n${event.text}`));
+    if (event.explain) last.querySelector(".arrow").append(el("span", "why", event.explain));
+  } else {
+    const row = rowFor(event);
+    if (!row) return;
+    diagram.append(row);
+  }
+  if (event.type === "line" && event.dir === "S") diagram.lastElementChild.dataset.more = /^\d{3}-/.test(event.text) ? "yes" : "no";
+}
+
 function laneHead(session) {
   const state = session.state || {};
   const head = el("header", "lane-head");
@@ -114,10 +136,7 @@ function drawLane(session, events) {
   lane.dataset.session = String(session.open.id);
   if (session.finished) lane.classList.add("finished");
   const diagram = el("div", "diagram", el("div", "ends", el("span", "", "client"), el("span", "", "server")));
-  for (const event of events) {
-    const row = rowFor(event);
-    if (row) diagram.append(row);
-  }
+  for (const event of events) addEvent(diagram, event);
   lane.append(laneHead(session), diagram);
   return lane;
 }
@@ -144,8 +163,7 @@ function refreshLane(session, event) {
     if (session.finished) session.lane.classList.add("finished");
     return;
   }
-  const row = rowFor(event);
-  if (row) session.lane.querySelector(".diagram").append(row);
+  addEvent(session.lane.querySelector(".diagram"), event);
 }
 
 function shownSessions() {
