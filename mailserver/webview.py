@@ -34,6 +34,9 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import client  # client.py, beside server.py: the ports it assumes
+
+from .events import framed
 from .logs import log, printable
 
 if TYPE_CHECKING:
@@ -285,14 +288,14 @@ class ViewHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
             self.wfile.write(b"retry: 1000\n\n")  # reconnect within a second after a restart
-            self.wfile.write(f"data: {json.dumps(self.server.status())}\n\n".encode())
+            self.wfile.write(framed(self.server.status()))
             quiet = 0.0
             # A busy class makes hundreds of events a second: they go out together, a write per BATCH_WAIT.
             while not subscriber.dropped and not self.server.closing.wait(BATCH_WAIT):
-                events = subscriber.take()
-                quiet = 0.0 if events else quiet + BATCH_WAIT
-                if events:  # JSON has no raw line break: each event is one "data:" line (WHATWG HTML 9.2.6)
-                    self.wfile.write("".join(f"data: {text}\n\n" for text in events).encode())
+                frames = self.server.events.take(subscriber)
+                quiet = 0.0 if frames else quiet + BATCH_WAIT
+                if frames:
+                    self.wfile.write(b"".join(frames))
                 elif quiet >= KEEPALIVE:
                     self.wfile.write(b": still here\n\n")
                     quiet = 0.0
@@ -348,8 +351,11 @@ class ViewHandler(http.server.BaseHTTPRequestHandler):
         host = config.host
         if host in ("", "0.0.0.0", "::"):
             host = self.connection.getsockname()[0]
-        smtp_port = self.server.mail.listeners[0].server_address[1]  # the first is --port's (server.start)
-        words = ["python3", "client.py", "--host", host, "--port", str(smtp_port)]
+        plain = [listener for listener in self.server.mail.listeners if not listener.implicit_tls]
+        ports = {listener.RequestHandlerClass.protocol: listener.server_address[1] for listener in plain}  # type: ignore[attr-defined]
+        words = ["python3", "client.py", "--host", host, "--port", str(ports["SMTP"])]
+        if ports.get("POP3", client.DEFAULT_POP3_PORT) != client.DEFAULT_POP3_PORT:  # the client's inbox
+            words += ["--pop3-port", str(ports["POP3"])]
         if with_cert:
             words += ["--starttls", "--cafile", "cert.pem"]
         template = string.Template((STATIC / "download.html").read_text("utf-8"))

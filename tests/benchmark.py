@@ -1657,6 +1657,7 @@ def web_view_cost(args: argparse.Namespace) -> int:
     load = Load(scenario, connections, args.messages or scenario.messages, args.size or scenario.size,
                 args.rounds, connections)  # fmt: skip
     results: dict[str, list[Result]] = {arm: [] for arm in WEB_VIEW_ARMS}
+    load_at_start = os.getloadavg()
     for _ in range(args.repeat):
         for arm, (options, reading, stuck) in WEB_VIEW_ARMS.items():
             args.extra_server_args = list(options)
@@ -1681,7 +1682,10 @@ def web_view_cost(args: argparse.Namespace) -> int:
         cpu = median_of([r.cpu_ms_per_message for r in measured])
         rss = median_of([r.peak_rss_mib for r in measured])
         print(f"{arm:26} {rate:8.1f} {rate / base:14.3f} {cpu or 0:11.2f} {rss or 0:13.1f}")
-    print(f"\nmedians of {args.repeat}; load average before: {os.getloadavg()}")
+    print(
+        f"\nmedians of {args.repeat}; load average (1, 5, 15 min) at the start {load_at_start}, "
+        f"at the end {os.getloadavg()}"
+    )
     return EXIT_SESSION_ERRORS if any(r.errors for measured in results.values() for r in measured) else 0
 
 

@@ -60,7 +60,7 @@ def collected(events: EventBus) -> tuple[list[dict[str, object]], Callable[[], N
 
     def drain() -> None:
         while not stop.wait(0.02):
-            received.extend(json.loads(event) for event in subscriber.take())
+            received.extend(decoded(frame) for frame in events.take(subscriber))
 
     thread = threading.Thread(target=drain, daemon=True)
     thread.start()
@@ -71,6 +71,12 @@ def collected(events: EventBus) -> tuple[list[dict[str, object]], Callable[[], N
         events.unsubscribe(subscriber)
 
     return received, finish
+
+
+def decoded(frame: bytes) -> dict[str, object]:
+    """The event in one Server-Sent Events frame."""
+    assert frame.startswith(b"data: ") and frame.endswith(b"\n\n") and frame.count(b"\n") == 2
+    return json.loads(frame[len(b"data: ") :])  # type: ignore[no-any-return]
 
 
 def smtp_session(run: WebRun, *, recipients: tuple[str, ...] = ("bob@mail.test",), subject: str = "hi") -> None:
@@ -214,7 +220,7 @@ def test_the_history_stays_bounded_with_1000_sessions() -> None:
     assert bus.sessions_kept() == 200
     subscriber = bus.subscribe()
     assert subscriber is not None
-    [history] = [json.loads(event) for event in subscriber.take()]
+    [history] = [decoded(frame) for frame in bus.take(subscriber)]
     assert [len(session["events"]) for session in history["sessions"]] == [50] * 200
     assert history["sessions"][0]["peer"] == "10.0.0.1:800"  # the last 200 are kept
 
@@ -328,7 +334,8 @@ def test_every_answer_forbids_inline_script_and_other_origins(run: WebRun) -> No
 def test_download_serves_client_py_and_the_line_to_type(run: WebRun) -> None:
     status, _, page = get(run, "/download")
     assert status == 200
-    assert f"python3 client.py --host 127.0.0.1 --port {run.mail.port}</code>".encode() in page
+    line = f"python3 client.py --host 127.0.0.1 --port {run.mail.port} --pop3-port {run.mail.pop3_port}</code>"
+    assert line.encode() in page
     assert b"cert.pem" not in page
     status, headers, body = get(run, "/download/client.py")
     assert (status, body) == (200, (ROOT / "client.py").read_bytes())
@@ -351,7 +358,7 @@ def test_download_serves_the_certificate_and_never_the_key(
     both, key = certificate_with_key
     run = web_server(tls_cert=str(both), tls_key=str(key))
     status, _, page = get(run, "/download")
-    assert f"--port {run.mail.port} --starttls --cafile cert.pem</code>".encode() in page
+    assert f"--pop3-port {run.mail.pop3_port} --starttls --cafile cert.pem</code>".encode() in page
     status, _, cert = get(run, "/download/cert.pem")
     assert status == 200
     assert cert.startswith(b"-----BEGIN CERTIFICATE-----") and b"PRIVATE KEY" not in cert
