@@ -61,7 +61,7 @@ TOKEN_COOKIE = "view_token"
 MAX_REQUEST_LINE = 8 * 1024  # octets: a URL of this page is a few dozen
 KEEPALIVE = 15.0  # seconds between comments on a quiet stream, so a dead browser is noticed
 STREAM_BUFFER = 64 * 1024  # octets of socket send buffer per browser
-BATCH_WAIT = 0.05  # seconds between a stream's looks at its queue: well within the half second
+BATCH_WAIT = 0.1  # seconds between a stream's looks at its queue: well within the half second
 STATUS_INTERVAL = 1.0  # seconds between looks at who is here (only while someone watches)
 CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
 

@@ -1675,13 +1675,18 @@ def web_view_cost(args: argparse.Namespace) -> int:
                 f"  {result.messages_per_second} msgs/s, {result.cpu_ms_per_message} ms CPU/msg, {result.errors} errors"
             )
             results[arm].append(result)
-    base = median_of([r.messages_per_second for r in results["--web, no browser"]]) or 1.0
-    print(f"{'arm':26} {'msgs/s':>8} {'vs no browser':>14} {'CPU ms/msg':>11} {'peak RSS MiB':>13}")
+    base = results["--web, no browser"]
+    print(
+        f"{'arm':24} {'msgs/s (min-max)':>22} {'vs no browser':>14} {'CPU ms/msg (min-max)':>22} {'peak RSS MiB':>13}"
+    )
     for arm, measured in results.items():
-        rate = median_of([r.messages_per_second for r in measured]) or 0.0
-        cpu = median_of([r.cpu_ms_per_message for r in measured])
-        rss = median_of([r.peak_rss_mib for r in measured])
-        print(f"{arm:26} {rate:8.1f} {rate / base:14.3f} {cpu or 0:11.2f} {rss or 0:13.1f}")
+        rates, cpus = [r.messages_per_second or 0.0 for r in measured], [r.cpu_ms_per_message or 0.0 for r in measured]
+        ratio = (median_of(rates) or 0.0) / (median_of([r.messages_per_second for r in base]) or 1.0)
+        rss = median_of([r.peak_rss_mib for r in measured]) or 0.0
+        print(
+            f"{arm:24} {median_of(rates):7.0f} ({min(rates):5.0f}-{max(rates):5.0f}) {ratio:14.3f} "
+            f"{median_of(cpus):7.2f} ({min(cpus):5.2f}-{max(cpus):5.2f}) {rss:13.1f}"
+        )
     print(
         f"\nmedians of {args.repeat}; load average (1, 5, 15 min) at the start {load_at_start}, "
         f"at the end {os.getloadavg()}"
