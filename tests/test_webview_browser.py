@@ -219,12 +219,14 @@ def test_message_text_stays_hidden_until_turned_on(browser: webdriver.Chrome, pa
     alice_sends(page, subject="the secret plan")
     wait_for(lambda: lane(browser, "alice") is not None and browser.find_elements(By.CSS_SELECTOR, ".fold"))
     fold = browser.find_element(By.CSS_SELECTOR, ".fold")
-    fold.click()
+    fold.click()  # bodies off: nothing shown, nothing even asked of the server
     assert "the secret plan" not in browser.page_source
     browser.find_element(By.ID, "bodies").click()
     fold.click()
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".body"))  # fetched when opened
     assert "Subject: the secret plan" in browser.find_element(By.CSS_SELECTOR, ".body").text
+    # The first click's request, had there been one, was sent before this one's answer came.
+    assert len([url for url in requests_made(browser) if "/message?" in url]) == 1
     browser.find_element(By.ID, "bodies").click()  # off again: the text goes
     assert "the secret plan" not in browser.page_source
     open_view(browser, page.url)  # a reload: off, as at every start
