@@ -89,6 +89,17 @@ def alice_sends(run: WebRun, *, helo: str = "laptop", subject: str = "hi", to: s
         smtp.sendmail("alice@mail.test", [to], f"Subject: {subject}\r\n\r\nhello bob\r\nsecond line\r\n")
 
 
+def bob_reads_his_inbox(browser: webdriver.Chrome, run: WebRun) -> poplib.POP3:
+    """alice sends bob a message, bob reads it over POP3; his session stays open, drawn with the message."""
+    alice_sends(run)
+    pop = poplib.POP3(run.mail.host, run.mail.pop3_port, timeout=10)
+    pop.user("bob")
+    pop.pass_(USERS["bob"])
+    pop.retr(1)
+    wait_for(lambda: (found := lane(browser, "bob")) is not None and "✉ message" in found.text)
+    return pop
+
+
 def open_every_message(browser: webdriver.Chrome) -> None:
     """Click every folded message open, and wait for their text (fetched when opened)."""
     folds = browser.find_elements(By.CSS_SELECTOR, ".fold")
@@ -156,12 +167,7 @@ def test_an_smtp_session_is_drawn_as_it_happens_with_its_explanations_and_where_
 
 
 def test_a_pop3_session_is_drawn_with_its_user_and_the_message_folded(browser: webdriver.Chrome, page: WebRun) -> None:
-    alice_sends(page)
-    pop = poplib.POP3(page.mail.host, page.mail.pop3_port, timeout=10)
-    pop.user("bob")
-    pop.pass_(USERS["bob"])
-    pop.retr(1)
-    wait_for(lambda: (found := lane(browser, "bob")) is not None and "✉ message" in found.text)
+    pop = bob_reads_his_inbox(browser, page)
     drawn = lane(browser, "bob")
     assert drawn is not None
     head = drawn.find_element(By.CSS_SELECTOR, ".lane-head").text
@@ -324,12 +330,7 @@ def test_on_an_exposed_address_the_page_works_with_the_printed_url_only(
 
 
 def test_a_screenshot_of_a_class_at_work(browser: webdriver.Chrome, page: WebRun) -> None:
-    alice_sends(page)
-    pop = poplib.POP3(page.mail.host, page.mail.pop3_port, timeout=10)
-    pop.user("bob")
-    pop.pass_(USERS["bob"])
-    pop.retr(1)
-    wait_for(lambda: lane(browser, "bob") is not None and "✉ message" in lane(browser, "bob").text)  # type: ignore[union-attr]
+    pop = bob_reads_his_inbox(browser, page)
     SCREENSHOTS.mkdir(exist_ok=True)
     shot = SCREENSHOTS / "webview.png"
     try:
