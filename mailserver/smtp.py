@@ -97,16 +97,10 @@ class SMTPHandler(LineHandler):
         self.in_data = False  # between the 354 and the end of the message
 
     def status(self) -> tuple[str | None, str, bool]:
-        session = self.session
-        if self.in_data:
-            state = "DATA"
-        elif session.envelope is not None:
-            state = "in a transaction"
-        elif session.user:
-            state = "logged in"
-        else:
-            state = "greeted" if session.greeting else "connected"
-        return session.user, state, self.tls_active
+        session = self.session  # the first step reached, from the last (RFC 5321 3.3: MAIL starts a transaction)
+        steps = ((self.in_data, "DATA"), (session.envelope, "in a transaction"), (session.user, "logged in"))
+        step = next((name for reached, name in steps if reached), "greeted" if session.greeting else "connected")
+        return session.user, step, self.tls_active
 
     def logged_in_as(self) -> str | None:
         return self.session.user
