@@ -71,6 +71,8 @@ class WebView(http.server.ThreadingHTTPServer):
 
     daemon_threads = True  # a browser's stream must not keep the process alive
     block_on_close = False
+    # Connections at once, each a thread: a class's browsers and downloads fit; a flood from the LAN does not.
+    max_connections = 64
 
     def __init__(self, address: tuple[str, int], mail: MailServer, events: EventBus, client_file: Path) -> None:
         self.mail = mail
@@ -79,6 +81,7 @@ class WebView(http.server.ThreadingHTTPServer):
         # A token unless the view stays on this machine's usual loopback address.
         self.token = None if address[0] in LOOPBACK_DEFAULTS else secrets.token_urlsafe(16)
         self.closing = threading.Event()
+        self.slots = threading.BoundedSemaphore(self.max_connections)
         self.streams: set[socket.socket] = set()  # the browsers' open streams, cut by close()
         self.streams_lock = threading.Lock()
         super().__init__(address, ViewHandler)
@@ -105,6 +108,23 @@ class WebView(http.server.ThreadingHTTPServer):
         for stream in streams:
             with contextlib.suppress(OSError):
                 stream.shutdown(socket.SHUT_RDWR)
+
+    def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
+        if not self.slots.acquire(blocking=False):  # full: closed at once, never queued behind the others
+            log.info("web view: %s refused: %d connections already", client_address[0], self.max_connections)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def handle_error(self, request: object, client_address: tuple[str, int]) -> None:  # type: ignore[override]
         # A browser that went away mid-answer is no error of ours: one line. A bug of ours: its traceback.

@@ -6,6 +6,8 @@ The browser tests, in real Chromium, are in test_webview_browser.py.
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
 import http.client
 import json
 import logging
@@ -20,6 +22,7 @@ import pytest
 from conftest import ROOT, USERS, WebRun, make_certificate, wait_for
 
 import client
+import server
 from mailserver.events import EventBus
 from mailserver.limits import LoginRefused, LoginThrottle
 
@@ -322,6 +325,35 @@ def test_on_an_exposed_address_the_view_needs_the_token(web_server: Callable[...
 def test_the_default_address_needs_no_token(run: WebRun) -> None:
     assert run.view.token is None
     assert get(run, "/")[0] == 200
+
+
+def test_a_flood_of_idle_connections_takes_no_more_than_the_cap(web_server: Callable[..., WebRun]) -> None:
+    run = web_server()
+    run.view.slots = threading.BoundedSemaphore(3)  # the cap of 64, made 3 for a short test
+    idle = [socket.create_connection(run.view.server_address[:2], timeout=10) for _ in range(3)]
+    try:
+        wait_for(lambda: run.view.slots._value == 0)  # type: ignore[attr-defined]
+        with socket.create_connection(run.view.server_address[:2], timeout=10) as fourth:
+            with contextlib.suppress(OSError):  # closed already: the request may meet a reset
+                fourth.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            try:
+                answer = fourth.recv(100)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b""  # closed unanswered
+    finally:
+        for connection in idle:
+            connection.close()
+    wait_for(lambda: run.view.slots._value == 3)  # type: ignore[attr-defined]  # the slots come back
+    assert get(run, "/")[0] == 200
+
+
+def test_a_web_port_in_use_is_one_line_naming_the_option(web_server: Callable[..., WebRun]) -> None:
+    run = web_server()
+    taken = run.view.server_address[1]
+    config = dataclasses.replace(run.mail.config, web=True, web_port=taken)
+    with pytest.raises(OSError, match=rf"^cannot listen on 127.0.0.1:{taken}: the port is in use .*--web-port\)$"):
+        server.start_web(config, run.mail.server)
 
 
 def test_every_answer_forbids_inline_script_and_other_origins(run: WebRun) -> None:
