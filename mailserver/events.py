@@ -5,7 +5,7 @@ reaches the bus only through a session's `WireLog` (logs.py), after it was maske
 escaped there: the web view shows no more than the projected log does.
 
     bus = EventBus()
-    watch = bus.watch("SMTP", "10.0.0.7:51000", tls=False, status=session.status)
+    watch = bus.watch("SMTP", "10.0.0.7:51000", status=session.status)  # status: (user, state, TLS on)
     watch.line("S:", "220 localhost Service ready")    # {"type": "line", "id": 1, "dir": "S", ...}
     subscriber = bus.subscribe()                         # sessions so far, then each new event
     bus.take(subscriber)                                 # the events queued since, framed for the wire
@@ -51,7 +51,7 @@ DIALECTS: dict[str, type[client.Dialect]] = {"SMTP": client.SMTPDialect, "POP3":
 class Subscriber:
     """One browser's stream: a bounded queue of events, each already framed for the wire; dropped once it overflows.
 
-    Its reader takes the whole queue every few hundredths of a second (EventBus.take) and
+    Its reader takes the whole queue every tenth of a second (EventBus.take) and
     sends it in one write, so nobody waits on the queue and no session wakes a thread: a
     queue.Queue's put and get, per browser and per event, would cost several times as much.
     """
@@ -79,9 +79,6 @@ class SessionRecord:
         self.open = opening
         self.events: deque[Event] = deque(maxlen=size)
         self.bodies: OrderedDict[int, list[str]] = OrderedDict()  # message number: the lines the log shows
-
-    def as_event(self) -> Event:
-        return {**self.open, "events": list(self.events)}
 
 
 class EventBus:
@@ -114,19 +111,19 @@ class EventBus:
             self._record(event, body)
             if not self._subscribers:
                 return
-            frame = framed(event)
-            behind = [subscriber for subscriber in self._subscribers if not subscriber.offer(frame)]
-            for subscriber in behind:
-                self._subscribers.remove(subscriber)
-            self.dropped += len(behind)
+            self._offer(framed(event))
 
     def broadcast(self, event: Event) -> None:
         """Offer event to every subscriber, keeping no history (the server-wide status)."""
         with self._lock:
-            frame = framed(event)
-            for subscriber in [s for s in self._subscribers if not s.offer(frame)]:
-                self._subscribers.remove(subscriber)
-                self.dropped += 1
+            self._offer(framed(event))
+
+    def _offer(self, frame: bytes) -> None:
+        """Queue frame for every subscriber (the lock held); drop those whose queue is full."""
+        behind = [subscriber for subscriber in self._subscribers if not subscriber.offer(frame)]
+        for subscriber in behind:
+            self._subscribers.remove(subscriber)
+        self.dropped += len(behind)
 
     def _record(self, event: Event, body: list[str] | None) -> None:
         kind, session = event["type"], event.get("id")
@@ -147,15 +144,21 @@ class EventBus:
                 self._finished.popitem(last=False)
 
     def subscribe(self) -> Subscriber | None:
-        """A new subscriber whose queue starts with the history; None if there are too many already."""
+        """A new subscriber whose queue starts with the history; None if there are too many already.
+
+        The history (megabytes, with 200 long sessions) is encoded after the lock is let go:
+        the sessions publish meanwhile, and their events queue up behind it.
+        """
         with self._lock:
             if len(self._subscribers) >= self.max_subscribers:
                 return None
             subscriber = Subscriber(self.queue_size)
-            history = [record.as_event() for record in (*self._finished.values(), *self._open.values())]
-            subscriber.queue.append(framed({"type": "history", "sessions": history}))
+            records = [(r.open, list(r.events)) for r in (*self._finished.values(), *self._open.values())]
             self._subscribers.append(subscriber)
-            return subscriber
+        history = framed({"type": "history", "sessions": [{**opening, "events": ev} for opening, ev in records]})
+        with self._lock:
+            subscriber.queue.appendleft(history)
+        return subscriber
 
     def body(self, session: int, number: int) -> list[str] | None:
         """The text (as the log shows it) of message number of session, if still kept."""
