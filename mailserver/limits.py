@@ -253,7 +253,7 @@ class LoginThrottle:
         return hashlib.blake2b(name.casefold().encode("utf-8", "replace"), key=self._name_key, digest_size=16).digest()
 
     def held_back(self, accounts: Iterable[str]) -> list[tuple[str, str | None, int]]:
-        """Read-only, for the web view: (address, name, seconds left) of each login held back now.
+        """For the web view: (address, name, seconds left) of each login held back now; changes no count.
 
         The name is None for a whole address held back, and "" for a name that is none of accounts:
         the table keeps no names, and a name that is no account may be a password typed in the
