@@ -18,6 +18,7 @@ What a session may ask (`pop3.py` and `smtp.py` use nothing else; tests/test_lay
 
 At start-up `server.py` also calls clean_temporary_files(); `server.py clear NAME` calls clear(), which
 refuses an inbox a POP3 session holds, whatever process that session is in (inbox_lock.py).
+The web view (webview.py) asks message_counts(), and nothing else.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import BinaryIO, NamedTuple
 
 from .durable import CHUNK, fsync_directory
 from .inbox_lock import HeldInbox, hold_inbox
-from .maildir import MESSAGE_PARTS, Delivery, Folder, make_maildir
+from .maildir import MESSAGE_PARTS, Delivery, Folder, make_maildir, message_entries
 from .users import USERNAME
 
 __all__ = [
