@@ -71,6 +71,7 @@ import multiprocessing
 import os
 import platform
 import queue
+import random
 import re
 import resource
 import selectors
@@ -1650,7 +1651,7 @@ class EventStreams:
 def web_view_cost(args: argparse.Namespace) -> int:
     """The small scenario with the web view off, on, with 5 browsers' streams, and with one that reads nothing.
 
-    The arms alternate, --repeat times, so that the machine's drift hits each alike.
+    The arms alternate, --repeat times, in a shuffled order, so that the machine's drift hits each alike.
     """
     scenario = SCENARIOS[0]  # small
     connections = args.connections or scenario.connections
@@ -1658,8 +1659,12 @@ def web_view_cost(args: argparse.Namespace) -> int:
                 args.rounds, connections)  # fmt: skip
     results: dict[str, list[Result]] = {arm: [] for arm in WEB_VIEW_ARMS}
     load_at_start = os.getloadavg()
-    for _ in range(args.repeat):
-        for arm, (options, reading, stuck) in WEB_VIEW_ARMS.items():
+    order = list(WEB_VIEW_ARMS)
+    for repeat in range(args.repeat):
+        # Each repetition in another order: a machine whose load drifts (another suite starting) favours no arm.
+        random.Random(repeat).shuffle(order)
+        for arm in order:
+            options, reading, stuck = WEB_VIEW_ARMS[arm]
             args.extra_server_args = list(options)
             log(f"{scenario.name} with {arm}: {load.connections} connections x {load.messages} messages")
             with (
