@@ -133,7 +133,7 @@ def start_server(tmp_path: Path, shared_users_file: Path) -> Iterator[Callable[.
         mailboxes = mailboxes_path or tmp_path / f"mailboxes{len(running) or ''}"
         settings = ServerConfig(**config)  # type: ignore[arg-type]
         users = UserStore(users_path or shared_users_file, AuthCache(settings.auth_cache_ttl))  # as server.start()
-        server = MailServer(settings, users, MailboxStore(mailboxes), events)
+        server = MailServer(settings, users, MailboxStore(mailboxes), events=events)
         listener = server.listen(("127.0.0.1", 0), SMTPHandler, implicit_tls=implicit_tls)
         # stop() waits for serve_forever to look at its shutdown flag, once a poll_interval: every test pays it.
         server.serve_in_background(listener, poll_interval=0.01)
