@@ -1680,17 +1680,17 @@ def web_view_cost(args: argparse.Namespace) -> int:
                 f"  {result.messages_per_second} msgs/s, {result.cpu_ms_per_message} ms CPU/msg, {result.errors} errors"
             )
             results[arm].append(result)
-    base = results["--web, no browser"]
-    print(
-        f"{'arm':24} {'msgs/s (min-max)':>22} {'vs no browser':>14} {'CPU ms/msg (min-max)':>22} {'peak RSS MiB':>13}"
-    )
+    base = spread([r.messages_per_second for r in results["--web, no browser"]])
+    header = f"{'msgs/s (min-max)':>22} {'vs no browser':>14} {'CPU ms/msg (min-max)':>22} {'peak RSS MiB':>13}"
+    print(f"{'arm':24} {header}")
     for arm, measured in results.items():
-        rates, cpus = [r.messages_per_second or 0.0 for r in measured], [r.cpu_ms_per_message or 0.0 for r in measured]
-        ratio = (median_of(rates) or 0.0) / (median_of([r.messages_per_second for r in base]) or 1.0)
-        rss = median_of([r.peak_rss_mib for r in measured]) or 0.0
+        rate = spread([r.messages_per_second for r in measured]) or {"median": 0.0, "min": 0.0, "max": 0.0}
+        cpu = spread([r.cpu_ms_per_message for r in measured]) or {"median": 0.0, "min": 0.0, "max": 0.0}
+        rss = spread([r.peak_rss_mib for r in measured]) or {"median": 0.0}
+        ratio = rate["median"] / (base["median"] if base and base["median"] else 1.0)
         print(
-            f"{arm:24} {median_of(rates):7.0f} ({min(rates):5.0f}-{max(rates):5.0f}) {ratio:14.3f} "
-            f"{median_of(cpus):7.2f} ({min(cpus):5.2f}-{max(cpus):5.2f}) {rss:13.1f}"
+            f"{arm:24} {rate['median']:7.0f} ({rate['min']:5.0f}-{rate['max']:5.0f}) {ratio:14.3f} "
+            f"{cpu['median']:7.2f} ({cpu['min']:5.2f}-{cpu['max']:5.2f}) {rss['median']:13.1f}"
         )
     print(
         f"\nmedians of {args.repeat}; load average (1, 5, 15 min) at the start {load_at_start}, "
