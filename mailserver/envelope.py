@@ -7,6 +7,7 @@ handler hooks are):
 - `route()` says where a recipient's copy goes: an account here (its domain is a local one)
   gets a copy in its inbox, unless it is over the quota; any other address is kept in the
   sender's Sent only, since this server relays nothing; postmaster is always accepted;
+- `owns()` is MAIL's sender rule: an address in a local domain must be the logged-in user's own;
 - `trace_fields()` writes the Return-Path and Received fields atop an inbox copy (RFC 5321 4.4).
 """
 
@@ -115,13 +116,29 @@ def route(
     return account, None
 
 
-def trace_fields(sender: str, greeting: str, client_address: str, hostname: str, *, tls: bool) -> bytes:
-    """RFC 5321 4.4: the Return-Path and Received fields a delivering server puts atop the inbox copy."""
+def owns(user: str, address: str, config: ServerConfig, users: UserStore) -> bool:
+    """True unless address is in a local domain and is not user's own (MAIL's sender rule).
+
+    As Postfix's reject_sender_login_mismatch: no student sends as a classmate or the teacher
+    into an inbox here. The name is the account a login or RCPT finds for it (case ignored).
+    Other domains are allowed (the seed sends as mytest@mail.gr), and so is <>, which names no one.
+    """
+    local, _, domain = address.rpartition("@")
+    return not local or domain.lower() not in config.local_domains or users.account(local) == user
+
+
+def trace_fields(sender: str, user: str, greeting: str, client_address: str, hostname: str, *, tls: bool) -> bytes:
+    """RFC 5321 4.4: the Return-Path and Received fields a delivering server puts atop the inbox copy.
+
+    Received names the logged-in user, as Postfix's smtpd_sasl_authenticated_header does:
+    whatever the message claims, its reader can see who sent it.
+    """
     greeting = printable(greeting.encode("ascii", "backslashreplace").decode()[:100])
     literal = f"IPv6:{client_address}" if ":" in client_address else client_address  # RFC 5321 4.1.3
     protocol = "ESMTPSA" if tls else "ESMTPA"  # RFC 3848: ESMTP, logged in, and S for TLS
     return (
         f"Return-Path: <{sender}>\n"
         f"Received: from {greeting} ([{literal}])\n"
+        f"\t(Authenticated sender: {user})\n"
         f"\tby {hostname} with {protocol}; {email.utils.formatdate(localtime=True)}\n"
     ).encode()

@@ -11,7 +11,8 @@ read from the name, not from the file. A reader (mutt, Dovecot) may later move t
 from new/ to cur/ and append `:2,<flags>`; the part before ":" is the message's key.
 
 - `Folder` is one Maildir folder's messages, indexed by key, rescanned only when a message moved.
-- `Delivery` is one message on its way into a Sent folder and inboxes, made durable by `durable.py`.
+- `Delivery` is one message on its way into a Sent folder and inboxes, made durable by `durable.py`;
+  `FieldRemover` takes a client's Return-Path out of the inbox copy (RFC 5321 4.4).
 """
 
 from __future__ import annotations
@@ -154,6 +155,63 @@ class Folder:
         return act(entry.path)
 
 
+# ------------------------------------------------------------------ the inbox copy's header
+# A header field line: a name of printable ASCII but ":" (RFC 5322 2.2), maybe obsolete space before the colon.
+FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+MAX_HEADER_PIECE = CHUNK  # a partial header line kept back this long at most; DataReader's are far shorter
+
+
+class FieldRemover:
+    """Drop every header field called name (with its folded lines) from a message that comes in pieces (LF ends).
+
+    RFC 5321 4.4: a server making final delivery MAY remove Return-Path header fields
+    before adding its own; the inbox copy's is then the one the server wrote. Only the
+    header is looked at: the body passes untouched, a piece at a time.
+    """
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name.lower()
+        self.in_header = True
+        self.dropping = False  # inside a dropped field: its folded lines go too
+        self.partial = b""  # the start of a header line whose end has not come yet
+
+    def __call__(self, piece: bytes) -> bytes:
+        """Return what of piece (and of earlier pieces kept back) goes into the copy."""
+        if not self.in_header:
+            return piece
+        text = self.partial + piece
+        end = text.rfind(b"\n") + 1
+        self.partial = text[end:]
+        kept = []
+        for line in text[:end].splitlines(keepends=True):
+            if not self.in_header:
+                kept.append(line)
+                continue
+            if line[:1] in (b" ", b"\t"):  # RFC 5322 2.2.3: a folded line belongs to the field above
+                if not self.dropping:
+                    kept.append(line)
+                continue
+            field = FIELD_NAME.match(line)
+            self.in_header = field is not None  # an empty line, or no field: the body starts
+            self.dropping = field is not None and field[1].lower() == self.name
+            if not self.dropping:
+                kept.append(line)
+        if not self.in_header or len(self.partial) > MAX_HEADER_PIECE:
+            kept.append(self.partial)  # no header line is that long: let it through as it is
+            self.partial, self.in_header = b"", False
+        return b"".join(kept)
+
+    def rest(self) -> bytes:
+        """What is kept back at the end of the message (a last line without its LF), unless it is dropped."""
+        rest, self.partial = self.partial, b""
+        if not (self.in_header and rest):
+            return rest
+        if rest[:1] in (b" ", b"\t"):
+            return b"" if self.dropping else rest
+        field = FIELD_NAME.match(rest)
+        return b"" if field is not None and field[1].lower() == self.name else rest
+
+
 # ------------------------------------------------------------------ writing a message
 
 
@@ -176,6 +234,7 @@ class Delivery:
         self._inbox: Draft | None = None
         self._inbox_size = len(trace)
         self._inbox_wire_size = wire_size(trace)
+        self._inbox_header = FieldRemover(b"Return-Path")  # the trace above holds the one that counts
         if inboxes:
             try:
                 self._inbox = Draft(inboxes[0] / "tmp" / name)
@@ -189,8 +248,13 @@ class Delivery:
         self._sent.write(chunk)
         self.size += len(chunk)
         if self._inbox is not None:
-            self._inbox.write(chunk)
-            self._inbox_wire_size += wire_size(chunk)
+            self._write_inbox(self._inbox_header(chunk))
+
+    def _write_inbox(self, piece: bytes) -> None:
+        assert self._inbox is not None
+        self._inbox.write(piece)
+        self._inbox_size += len(piece)
+        self._inbox_wire_size += wire_size(piece)
 
     def commit(self) -> str:
         """Make every copy durable, then visible; return the Sent copy's key.
@@ -203,6 +267,7 @@ class Delivery:
         try:
             self._sent.finish()
             if self._inbox is not None:
+                self._write_inbox(self._inbox_header.rest())
                 self._inbox.finish()
             sent_new = os.path.join(self._sent_folder, "new")
             os.rename(self._sent.path, os.path.join(sent_new, self.name))
@@ -222,7 +287,6 @@ class Delivery:
 
     def _link_into_inboxes(self, written: Path) -> list[Path]:
         """Hard-link the written inbox copy into each inbox's new/ (copy where a link fails); return the new paths."""
-        self._inbox_size += self.size
         name = sized_name(self.name, self._inbox_size, self._inbox_wire_size)
         linked: list[Path] = []
         try:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from .data import DataReader, DataState
-from .envelope import MAX_LOCAL_PART, MAX_RECIPIENTS, Envelope, mail_parameters, parse_path, route, trace_fields
+from .envelope import MAX_LOCAL_PART, MAX_RECIPIENTS, Envelope, mail_parameters, owns, parse_path, route, trace_fields
 from .login import Login
 from .logs import log, plural, printable
 from .sasl import MAX_AUTH_LINE, AuthProblem, Credentials, username_text
@@ -186,6 +186,8 @@ class SMTPHandler(LineHandler):
             self.reply(555, f"MAIL parameter not recognized: {printable(unknown[:40])}")
         elif declared_size > self.config.max_message_size:
             self.reply(552, f"Message size exceeds the limit of {self.config.max_message_size} bytes")
+        elif not owns(self.session.user or "", address, self.config, self.mail.users):
+            self.reply(553, f"5.7.1 <{address}>: not owned by user {self.session.user}")
         else:
             self.session.envelope = Envelope(sender=address, declared_size=declared_size)
             self.reply(*OK)
@@ -256,7 +258,7 @@ class SMTPHandler(LineHandler):
         trace = b""  # only inbox copies carry trace fields
         if envelope.accounts:
             greeting, address = self.session.greeting or "", self.client_address[0]
-            trace = trace_fields(envelope.sender, greeting, address, self.config.hostname, tls=self.tls_active)
+            trace = trace_fields(envelope.sender, user, greeting, address, self.config.hostname, tls=self.tls_active)
         try:
             delivery = self.mail.mailboxes.start_delivery(user, envelope.accounts, trace)
         except OSError as error:

@@ -31,9 +31,12 @@ def rcpt(session: RawSession, address: str) -> tuple[int, list[str]]:
 
 
 def header_and_rest(inbox_copy: bytes) -> tuple[list[bytes], bytes]:
-    """Split an inbox copy into its first three lines (the trace fields, Received folded once) and the rest."""
-    lines = inbox_copy.split(b"\n", 3)
-    return lines[:3], lines[3]
+    """Split an inbox copy into its trace fields (Return-Path, and Received folded twice) and the rest.
+
+    Received's lines are joined into one: `from ...`, `(Authenticated sender: ...)`, `by ...`.
+    """
+    lines = inbox_copy.split(b"\n", 4)
+    return [lines[0], lines[1], lines[3]], lines[4]
 
 
 def inode_of(maildir: Path) -> os.stat_result:
