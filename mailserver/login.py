@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 from .limits import LoginRefused
 from .logs import log
-from .sasl import MAX_AUTH_LINE, AuthProblem, Cancelled, Credentials, decode_response, plain_credentials
+from .sasl import (
+    MAX_AUTH_LINE,
+    AuthProblem,
+    Cancelled,
+    Credentials,
+    decode_response,
+    plain_credentials,
+    well_formed_name,
+)
 
 if TYPE_CHECKING:
     from .listener import MailServer
@@ -32,10 +40,12 @@ class LoginOutcome(enum.Enum):
 
 
 class Login(NamedTuple):
-    """A login's outcome, and the reason a THROTTLED one may tell the client ("try again in 42 s")."""
+    """A login's outcome, the reason a THROTTLED one may tell the client ("try again in 42 s"), and
+    for OK the account logged in, as users.txt spells it."""
 
     outcome: LoginOutcome
     reason: str = ""
+    account: str = ""
 
 
 class LoginMixIn:
@@ -48,6 +58,7 @@ class LoginMixIn:
     if TYPE_CHECKING:
         mail: MailServer
         peer: str
+        login_hash: bytes | None
         protocol: ClassVar[str]
         client_address: tuple[str, int]
 
@@ -60,23 +71,31 @@ class LoginMixIn:
     def check_login(self, credentials: Credentials) -> Login:
         """Check a login as both protocols do, log it unless it succeeded, and return its outcome.
 
-        The throttle counts the login before bcrypt runs, so no burst of guesses outruns it,
-        and settles it before the caller replies: a client may be back at once with its next login.
+        One rule for a name (issue 18): it means the account RCPT would find for it (case
+        ignored, as in addresses), the throttle counts it under that account, and an OK login
+        is that account as users.txt spells it. The throttle counts the login before bcrypt
+        runs, so no burst of guesses outruns it, and settles it before the caller replies: a
+        client may be back at once with its next login.
         """
-        name = credentials.user
+        users, name = self.mail.users, credentials.user
         if self.needs_tls_first():  # the commands refuse before asking; this keeps any path from checking
             log.warning("%s %s login refused for %s: no TLS yet", self.peer, self.protocol, self.loggable_name(name))
             return Login(LoginOutcome.TLS_FIRST)
-        attempt = self.mail.login_throttle.begin(self.client_address[0], name)
+        account = users.account(name) or name
+        attempt = self.mail.login_throttle.begin(self.client_address[0], account)
         if isinstance(attempt, LoginRefused):
             log.warning("%s %s login refused for %s: %s", self.peer, self.protocol, self.loggable_name(name), attempt)
             return Login(LoginOutcome.THROTTLED, str(attempt))
         with attempt:
-            wanted_identity = credentials.authorization_id in ("", credentials.user)
-            if self.mail.users.check(name, credentials.password) and wanted_identity:
+            # Taken before the check: if passwd lands in between, the session ends at its next command.
+            login_hash = users.hash_of(account)
+            authorization = credentials.authorization_id
+            wanted_identity = authorization == "" or users.account(authorization) == account
+            if users.check(account, credentials.password) and wanted_identity:
                 attempt.succeeded()
+                self.login_hash = login_hash
         if attempt.success:
-            return Login(LoginOutcome.OK)
+            return Login(LoginOutcome.OK, account=account)
         log.warning("%s %s login failed for %s", self.peer, self.protocol, self.loggable_name(name))
         return Login(LoginOutcome.WRONG)
 
@@ -103,8 +122,9 @@ class LoginMixIn:
         if response is None:
             return None
         credentials = plain_credentials(response)
-        if credentials is None:
+        if credentials is None or not well_formed_name(credentials.user):
             self.refuse_auth(AuthProblem.MALFORMED)
+            return None
         return credentials
 
     def auth_response(self, initial: str | None, challenge: bytes) -> bytes | None:
@@ -127,6 +147,15 @@ class LoginMixIn:
         except ValueError:
             self.refuse_auth(AuthProblem.BAD_BASE64)
         return None
+
+    def account_revoked(self) -> bool:
+        """True if the logged-in account is gone from users.txt, or has another hash than at the login."""
+        user = self.logged_in_user()
+        return user is not None and self.mail.users.hash_of(user) != self.login_hash
+
+    def logged_in_user(self) -> str | None:
+        """The account this session logged in as, or None."""
+        raise NotImplementedError
 
     def is_account(self, name: str) -> bool:
         return name in self.mail.users

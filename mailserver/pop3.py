@@ -39,7 +39,7 @@ from typing import ClassVar
 
 from .login import Login, LoginOutcome
 from .logs import log, plural
-from .sasl import MAX_AUTH_LINE, AuthProblem, Credentials
+from .sasl import MAX_AUTH_LINE, AuthProblem, Credentials, well_formed_name
 from .session import Hangup, LineHandler, offered_when
 from .storage import AlreadyDeleted, InboxMessage, Maildrop, MaildropInUse, MessageGone, NoSuchMessage, StoredMessage
 
@@ -102,7 +102,8 @@ class POP3Handler(LineHandler):
     max_command_line = MAX_COMMAND_LINE
     longer_lines: ClassVar[dict[str, int]] = {"AUTH": MAX_AUTH_LINE}  # an initial response may be long
     # RFC 1939 7: "the server may treat spaces in the argument as part of the password".
-    verbatim_arguments: ClassVar[frozenset[str]] = frozenset({"PASS"})
+    # USER too: its name is the exact text after the space, and whitespace around it is refused (issue 18).
+    verbatim_arguments: ClassVar[frozenset[str]] = frozenset({"PASS", "USER"})
 
     # -- what LineHandler asks of a protocol --------------------------------------------
 
@@ -141,6 +142,12 @@ class POP3Handler(LineHandler):
 
     def tls_started(self) -> None:
         self.user_named = None  # RFC 2595 4: forget what was said in clear text
+
+    def logged_in_user(self) -> str | None:
+        return self.user
+
+    def revoked(self) -> None:
+        self.reply(ERR, "[AUTH] Your account was removed or its password changed; closing connection")
 
     @classmethod
     def refusal(cls, hostname: str, reason: str) -> bytes:
@@ -203,7 +210,7 @@ class POP3Handler(LineHandler):
         """
         if self.refused_before_tls():
             return
-        if not argument:
+        if not well_formed_name(argument):
             self.reply_syntax("USER")
             return
         self.user_named = argument  # whether it is an account is told by PASS only
@@ -224,8 +231,9 @@ class POP3Handler(LineHandler):
             self.reply_syntax("PASS")
             return
         user, self.user_named = self.user_named, None
-        if self.log_in(Credentials("", user, argument.encode("utf-8"))):
-            self.open_inbox(user)
+        account = self.log_in(Credentials("", user, argument.encode("utf-8")))
+        if account is not None:
+            self.open_inbox(account)
 
     @in_state(State.AUTHORIZATION)
     def pop3_AUTH(self, argument: str) -> None:
@@ -240,8 +248,9 @@ class POP3Handler(LineHandler):
         if self.refused_before_tls():
             return
         credentials = self.authenticate(argument)
-        if credentials is not None and self.log_in(credentials):
-            self.open_inbox(credentials.user)
+        account = self.log_in(credentials) if credentials is not None else None
+        if account is not None:
+            self.open_inbox(account)
 
     def send_challenge(self, challenge: bytes) -> None:
         self.send_lines(f"+ {base64.b64encode(challenge).decode()}\r\n")  # RFC 5034 4; PLAIN's is empty: "+ "

@@ -57,6 +57,16 @@ def plain_credentials(response: bytes) -> Credentials | None:
     return Credentials(username_text(parts[0]), username_text(parts[1]), parts[2])
 
 
+def well_formed_name(name: str) -> bool:
+    """The one rule for a name a client logs in with (SMTP AUTH, POP3 USER and AUTH): the exact
+    text after the single separating space, not empty, with no whitespace around it.
+
+    A name that breaks it is refused as malformed, before the throttle or the password check:
+    `USER  bob` and `bob<TAB>` must not be a second spelling of bob.
+    """
+    return bool(name) and name == name.strip()
+
+
 def username_text(raw: bytes) -> str:
     """Decode a username from AUTH; undecodable bytes can match no account."""
     return raw.decode("utf-8", "replace")

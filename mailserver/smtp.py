@@ -23,7 +23,7 @@ from .data import DataReader, DataState
 from .envelope import MAX_LOCAL_PART, MAX_RECIPIENTS, Envelope, mail_parameters, owns, parse_path, route, trace_fields
 from .login import Login
 from .logs import log, plural, printable
-from .sasl import MAX_AUTH_LINE, AuthProblem, Credentials, username_text
+from .sasl import MAX_AUTH_LINE, AuthProblem, Credentials, username_text, well_formed_name
 from .session import Hangup, LineHandler, offered_when
 from .smtp_replies import (
     AUTH_REFUSALS,
@@ -119,6 +119,12 @@ class SMTPHandler(LineHandler):
 
     def tls_started(self) -> None:
         self.session = Session()  # RFC 3207 4.2: forget everything said in clear text
+
+    def logged_in_user(self) -> str | None:
+        return self.session.user
+
+    def revoked(self) -> None:
+        self.closing("Your account was removed or its password changed")  # 421 (issue 18)
 
     @classmethod
     def refusal(cls, hostname: str, reason: str) -> bytes:
@@ -378,15 +384,19 @@ class SMTPHandler(LineHandler):
             self.reply_syntax("AUTH")
             return
         credentials = self.authenticate(argument)
-        if credentials is not None and self.log_in(credentials):
-            self.session.user = credentials.user
-            log.info("%s login %s", self.peer, credentials.user)
+        account = self.log_in(credentials) if credentials is not None else None
+        if account is not None:
+            self.session.user = account
+            log.info("%s login %s", self.peer, account)
             self.reply(235, "2.7.0 Authentication successful")
 
     def auth_LOGIN(self, initial: str | None) -> Credentials | None:
         """The de-facto LOGIN mechanism: username and password in two base64 answers."""
         user = self.auth_response(initial, b"Username:")
         if user is None:
+            return None
+        if not well_formed_name(username_text(user)):
+            self.reply(501, "Malformed LOGIN username")
             return None
         password = self.auth_response(None, b"Password:")
         if password is None:

@@ -127,6 +127,10 @@ class UserStore:
         """The account name (as in users.txt) that name means, ignoring case; None if there is none."""
         return find_account(self._current(), name)
 
+    def hash_of(self, name: str) -> bytes | None:
+        """The hash users.txt holds for the account name now (the file looked at afresh); None if it has none."""
+        return self._current(fresh=True).get(name)
+
     def check(self, name: str, password: bytes) -> bool:
         """Return True if name exists and password is its password.
 

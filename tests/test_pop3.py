@@ -98,7 +98,7 @@ def test_user_and_pass_log_in_and_tell_the_size_of_the_inbox(inbox: RunningServe
     """)
 
 
-@pytest.mark.parametrize(("user", "password"), [("alice", "wrong"), ("nobody", "wrong"), ("Alice", USERS["alice"])])
+@pytest.mark.parametrize(("user", "password"), [("alice", "wrong"), ("nobody", "wrong"), ("Alice", USERS["bob"])])
 def test_a_wrong_name_or_password_ends_the_connection(pop3: POP3Session, user: str, password: str) -> None:
     pop3.expect(f"""
         C: USER {user}
