@@ -111,9 +111,8 @@ def test_the_throttle_counts_every_spelling_of_an_account_as_one(
     try:
         assert second.read_line().startswith("+OK")
         second.status(f"USER {spellings[1]}")
-        assert second.status(f"PASS {USERS['alice']}").startswith(
-            "-ERR [SYS/TEMP] Too many failed logins for this name"
-        )
+        refusal = second.status(f"PASS {USERS['alice']}")
+        assert refusal.startswith("-ERR [SYS/TEMP] Too many failed logins for this name"), refusal
     finally:
         second.close()
 
@@ -133,6 +132,7 @@ def own_users(tmp_path: Path) -> Path:
     return write_users_file(tmp_path / "users.txt", USERS)
 
 
+REVOKED = "-ERR [AUTH] Your account was removed or its password changed; closing connection"
 NEW_HASH = bcrypt.hashpw(b"new-password", bcrypt.gensalt(4)).decode()  # what passwd would write
 
 
@@ -168,9 +168,7 @@ def test_a_pop3_session_ends_at_its_next_command_after_its_account_changes(
         pop3.login("bob")
         assert pop3.status("DELE 1") == "+OK Message 1 deleted"
         rewrite_users_file(own_users, "bob", None if change == "deluser" else NEW_HASH)
-        assert (
-            pop3.status(command) == "-ERR [AUTH] Your account was removed or its password changed; closing connection"
-        )
+        assert pop3.status(command) == REVOKED
         assert pop3.closed_by_server()
     finally:
         pop3.close()
