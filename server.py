@@ -266,15 +266,13 @@ def main(argv: list[str] | None = None) -> None:
 def serve(config: ServerConfig) -> None:
     """Run the server until Ctrl-C or SIGTERM."""
     # From here on SIGTERM (and Windows' Ctrl-Break) stops the server the way Ctrl-C does, at whatever
-    # moment it comes.
-    for signum in stop_signals():
-        signal.signal(signum, signal.default_int_handler)
+    # moment it comes; the first of them only: a second must not cut the orderly stop short.
+    for signum in (signal.SIGINT, *stop_signals()):
+        signal.signal(signum, stop_once)
+    server: MailServer | None = None
+    web: WebView | None = None
     try:
-        server = start(config)
-    except KeyboardInterrupt:
-        return
-    web = None
-    try:
+        server = start(config)  # a stop in the middle: start() closes what it opened
         web = start_web(config, server)
         for listener in server.listeners:
             host, port = listener.server_address[:2]
@@ -288,14 +286,24 @@ def serve(config: ServerConfig) -> None:
     except KeyboardInterrupt:
         log.info("shutting down")
     finally:
-        # A second Ctrl-C must not interrupt the orderly stop; it takes two seconds at most.
-        for signum in (signal.SIGINT, *stop_signals()):
-            signal.signal(signum, signal.SIG_IGN)
+        ignore_stop_signals()  # if no signal stopped us; the orderly stop takes two seconds at most
         if web is not None:
             web.close()
-        server.shutdown()
-        server.close()
+        if server is not None:
+            server.shutdown()
+            server.close()
     log.info("stopped")
+
+
+def stop_once(signum: int, frame: object) -> None:
+    """The handler of Ctrl-C and SIGTERM: ignore every later one, then stop as Ctrl-C does."""
+    ignore_stop_signals()
+    raise KeyboardInterrupt
+
+
+def ignore_stop_signals() -> None:
+    for signum in (signal.SIGINT, *stop_signals()):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def stop_signals() -> list[signal.Signals]:

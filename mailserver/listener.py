@@ -118,7 +118,11 @@ class MailServer:
             config.max_login_failures, config.max_login_failures_per_ip, config.login_failure_window
         )
         self.listeners: list[Listener] = []
-        self._serving: list[Listener] = []  # shutdown() must wait only for listeners that serve
+        # shutdown() waits for these listeners' loops to end: a listener is added only by the thread
+        # that enters its serve_forever() next, so none is waited for that will never serve.
+        self._serving: list[Listener] = []
+        self._serving_lock = threading.Lock()
+        self._shut_down = threading.Event()  # shutdown() has begun: no listener starts serving after it
         self._closing = threading.Event()
         self._duties: list[threading.Thread] = []  # started by the first serve, stopped by close()
         self._duties_lock = threading.Lock()
@@ -132,25 +136,36 @@ class MailServer:
         return listener
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
-        """Serve every listener (the first in this thread) until shutdown()."""
-        first, *others = self.listeners
-        self._start_duties()
-        for listener in others:
-            self.serve_in_background(listener, poll_interval)
-        self._serving.append(first)
-        first.serve_forever(poll_interval)
+        """Serve every listener, each in a thread of its own, until shutdown(); this thread waits for it.
+
+        A KeyboardInterrupt (Ctrl-C, or SIGTERM as server.py sets it) may stop the wait at any
+        moment: the listeners serve in other threads, so shutdown() then finds each one either
+        serving or never to serve, and cannot wait for a loop that will not run.
+        """
+        for listener in self.listeners:
+            self.serve_in_background(listener, poll_interval)  # the first starts the duties
+        self._shut_down.wait()
 
     def serve_in_background(self, listener: Listener, poll_interval: float = 0.5) -> None:
         """Serve listener in a thread of its own until shutdown()."""
         self._start_duties()
-        self._serving.append(listener)
-        threading.Thread(target=listener.serve_forever, args=(poll_interval,), daemon=True).start()
+        threading.Thread(target=self._serve, args=(listener, poll_interval), daemon=True).start()
+
+    def _serve(self, listener: Listener, poll_interval: float) -> None:
+        with self._serving_lock:
+            if self._shut_down.is_set():
+                return
+            self._serving.append(listener)
+        # No signal reaches this thread (Python runs handlers in the main one): serve_forever runs now.
+        listener.serve_forever(poll_interval)
 
     def shutdown(self) -> None:
-        """Make every serve_forever() return; call it from another thread."""
-        for listener in self._serving:
+        """Make every serve_forever() return; call it from another thread than a listener's."""
+        with self._serving_lock:
+            self._shut_down.set()
+            serving, self._serving = self._serving, []
+        for listener in serving:
             listener.shutdown()
-        self._serving.clear()
 
     def close(self) -> None:
         """Stop listening, tell open sessions we are going, and wait a moment for them."""

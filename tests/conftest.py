@@ -542,6 +542,7 @@ class ServerProcess:
         return self.process.wait(timeout)
 
     def stop(self) -> int | None:
+        """SIGTERM, and the exit status; fail the test if the server had to be killed (issue 18: a hang is a bug)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -549,7 +550,11 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process.stdout:
+                pytest.fail("the server did not stop within 10 s of SIGTERM and was killed:\n" + self.log)
+            finally:
+                if self.process.stdout:
+                    self.process.stdout.close()
+        elif self.process.stdout:
             self.process.stdout.close()
         return self.process.returncode
 
