@@ -117,6 +117,13 @@ def read_new_password(name: str) -> str:
     return password
 
 
+def existing_mailbox(root: Path, name: str) -> Path | None:
+    """The mailbox in root that the account name would be served from, whatever its case; None if none."""
+    with contextlib.suppress(OSError):
+        return next((path for path in root.iterdir() if path.name.casefold() == name.casefold()), None)
+    return None
+
+
 def valid_name(name: str) -> str:
     """name, if it can be an account (and a folder); else UsersFileError saying what a name may hold."""
     if not USERNAME.fullmatch(name):
@@ -135,12 +142,22 @@ def manage_users(args: argparse.Namespace) -> None:
         raise UsersFileError(f"{path}: user {name!r} exists already{same} (use passwd to change the password)")
     if args.command != "adduser" and name not in existing:
         raise UsersFileError(f"{path}: no user {name!r}")
+    mailbox = existing_mailbox(Path(args.mailboxes), name)
     if args.command == "deluser":
         rewrite_users_file(path, name, None)
-        mailbox = Path(args.mailboxes) / name
-        kept = f"the mailbox {mailbox} is kept" if mailbox.exists() else f"{name} had no mailbox in {mailbox.parent}"
+        kept = (
+            f"the mailbox {mailbox} is kept (a new {name} gets it only with adduser --take-over-mailbox)"
+            if mailbox is not None
+            else f"{name} had no mailbox in {args.mailboxes}"
+        )
         print(f"deleted {name} from {path}; {kept}")
         return
+    if args.command == "adduser" and mailbox is not None and not args.take_over_mailbox:
+        # A reused name must not read the mail of the account it replaces (issue 18).
+        raise UsersFileError(
+            f"{mailbox} holds the mail of an earlier {mailbox.name}: move it out of {args.mailboxes} first, "
+            f"or add --take-over-mailbox to give it to the new {name}"
+        )
     rewrite_users_file(path, name, hash_password(read_new_password(name), args.rounds))
     print(f"{'added' if args.command == 'adduser' else 'changed the password of'} {name} in {path}")
 
@@ -193,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("name")
         if command != "deluser":
             sub.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="bcrypt cost (default 12)")
+        if command == "adduser":
+            sub.add_argument(
+                "--take-over-mailbox", action="store_true", help="give the new account the mailbox an earlier one left"
+            )
     clear = commands.add_parser("clear", help="empty a user's inbox and Sent folder (not while POP3 has the inbox)")
     clear.add_argument("name")
     which = clear.add_mutually_exclusive_group()

@@ -443,10 +443,33 @@ def test_deluser_keeps_the_mailbox_and_says_so(tmp_path: Path) -> None:
     store_message(MailboxStore(tmp_path / "mailboxes"), "bob", b"bob's mail\n")
     result = manage(users, "deluser", "bob")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"deleted bob from {users}; the mailbox {tmp_path / 'mailboxes' / 'bob'} is kept\n"
+    assert result.stdout == (
+        f"deleted bob from {users}; the mailbox {tmp_path / 'mailboxes' / 'bob'} is kept"
+        " (a new bob gets it only with adduser --take-over-mailbox)\n"
+    )
     store = UserStore(users)
     assert "bob" not in store and store.check("alice", b"alice-password")
     assert len(MailboxStore(tmp_path / "mailboxes").sent_messages("bob")) == 1
+
+
+@pytest.mark.parametrize("name", ["bob", "Bob"])
+def test_a_reused_name_does_not_inherit_the_old_accounts_mail(tmp_path: Path, name: str) -> None:
+    """Issue 18: deluser bob, adduser bob; the new bob must not read the old bob's inbox or Sent."""
+    users = write_users_file(tmp_path / "users.txt", {"alice": "alice-password", "bob": "bob-password"})
+    store = MailboxStore(tmp_path / "mailboxes")
+    store_message(store, "bob", b"the old bob's sent mail\n")
+    assert manage(users, "deluser", "bob").returncode == 0
+    result = manage(users, "adduser", name, stdin="new-password\n")
+    assert result.returncode == 2
+    assert result.stderr.endswith(
+        f"error: {tmp_path / 'mailboxes' / 'bob'} holds the mail of an earlier bob: move it out of"
+        f" {tmp_path / 'mailboxes'} first, or add --take-over-mailbox to give it to the new {name}\n"
+    )
+    assert name not in UserStore(users)
+    taken = manage(users, "adduser", "bob", "--take-over-mailbox", stdin="new-password\n")
+    assert taken.returncode == 0, taken.stderr
+    assert UserStore(users).check("bob", b"new-password")
+    assert len(store.sent_messages("bob")) == 1  # told to: the mailbox is the new bob's
 
 
 def test_deluser_names_no_mailbox_that_does_not_exist(tmp_path: Path) -> None:
