@@ -92,6 +92,18 @@ if sys.version_info < (3, 11):  # noqa: UP036  (for whoever runs an older Python
 # A long message in the trace shows this many lines, then how many were cut.
 TRACE_BODY_LINES = 10
 TRACE_MASK = "********"
+# Credentials are kept off the screen by the rules of the server's own log (mailserver/logs.py);
+# tests/masking_cases.py holds the cases both must pass.
+# The verbs of SMTP and POP3: a line that starts with one is a command, never a credential
+# typed alone. A test checks that every verb the server knows is here.
+COMMAND_VERBS = frozenset({
+    "HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "HELP", "VRFY", "AUTH", "STARTTLS", "RETR",
+    "DELE", "USER", "PASS", "STAT", "LIST", "UIDL", "TOP", "CAPA", "STLS",
+})  # fmt: skip
+# SASL mechanism names (RFC 4422 3.1): shown after AUTH, so the student sees which was asked for.
+SASL_MECHANISMS = frozenset({"PLAIN", "LOGIN", "CRAM-MD5", "DIGEST-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256", "XOAUTH2"})
+BASE64_WORD = re.compile(r"[A-Za-z0-9+/]{4,}={0,2}")  # a LOGIN answer typed alone
+BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{8,}={0,2}")  # long enough to hold a name and a password
 
 # Control characters other than tab and newline could drive the terminal
 # (escape sequences hidden in a message), so retrieved text shows them as "?".
@@ -116,15 +128,53 @@ def plural(count: int, noun: str) -> str:
 
 
 def masked(command: str) -> str:
-    """Return ``command`` as typed, but with AUTH's payload or PASS's password hidden."""
-    verb, space, argument = command.partition(" ")
-    if verb.upper() == "PASS" and argument:
-        return f"{verb}{space}{TRACE_MASK}"
-    if verb.upper() == "AUTH":
-        mechanism, space2, payload = argument.partition(" ")
-        if payload:
-            return f"{verb}{space}{mechanism}{space2}{TRACE_MASK}"
-    return command
+    """Return ``command`` as typed, but with AUTH's payload or PASS's password hidden, whatever
+    whitespace parts the words, and any base64 that hides a NUL (a PLAIN response, RFC 4616)."""
+    words = command.split()
+    if len(words) > 1 and words[0].upper() in ("AUTH", "PASS"):
+        shown = 2 if words[0].upper() == "AUTH" and words[1].upper() in SASL_MECHANISMS else 1
+        if len(words) > shown:
+            last = words[shown - 1]  # found from the left: never further than it is
+            command = command[: command.index(last) + len(last)] + " " + TRACE_MASK
+    return BASE64_RUN.sub(lambda run: TRACE_MASK if b"\0" in (base64_bytes(run[0]) or b"") else run[0], command)
+
+
+def base64_bytes(text: str) -> bytes | None:
+    """text decoded as base64, padded or not, maybe cut short; None if it is not base64."""
+    text = text.rstrip("=")
+    text = text[: len(text) - (len(text) % 4 == 1)]  # a last character alone holds no whole octet
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except ValueError:  # binascii.Error is one
+        return None
+
+
+class CredentialMask:
+    """Which lines typed into --raw are credentials, so that the screen, the history and :save never hold one.
+
+    Masked: an answer to a 334 or "+" whatever it looks like; the lines an AUTH calls for
+    (LOGIN two, other mechanisms one, less an initial response) as long as they are no
+    command, even before the server has asked; a single base64 word that is no command;
+    and what masked() hides in a command.
+    """
+
+    def __init__(self) -> None:
+        self.answers_due = 0  # lines still to come that answer the last AUTH
+
+    def shown(self, line: str, *, answer: bool = False) -> str:
+        """line as it may be shown; answer: the server asked for it (a 334, or POP3's "+")."""
+        words = line.split()
+        command = bool(words) and words[0].upper() in COMMAND_VERBS
+        if answer or (self.answers_due and not command):
+            self.answers_due = max(0, self.answers_due - 1)
+            return TRACE_MASK
+        self.answers_due = 0
+        if command and words[0].upper() == "AUTH":
+            answers = 2 if len(words) > 1 and words[1].upper() == "LOGIN" else 1
+            self.answers_due = answers - (len(words) > 2)
+        if not command and len(words) == 1 and BASE64_WORD.fullmatch(words[0]) and base64_bytes(words[0]):
+            return TRACE_MASK
+        return masked(line)
 
 
 def reply_lines(code: int, text: bytes) -> list[str]:
@@ -1428,7 +1478,10 @@ REPLY_MEANINGS: dict[str, Meaning] = {
             ".": "the message was over the size limit: not stored",
         },
     ),
-    "553": Meaning("that mailbox name is not allowed"),
+    "553": Meaning(
+        "that mailbox name is not allowed",
+        {"MAIL": "that sender address is not yours — send from your own address here, or one at another domain"},
+    ),
     "554": Meaning(
         "transaction failed",
         {"CONNECT": "no SMTP service here"},
@@ -1695,6 +1748,7 @@ class ConsoleSession:
         self.blocks = (0, 0)  # of the blocks following a reply: (read, expected)
         self.message_lines: int | None = None  # lines of the message typed after a 354; None outside
         self.answering = False  # the next line answers a challenge: a credential
+        self.mask = CredentialMask()
         self.last_status = ""
         self.quit_answered = False
         self.closing = False  # a reply said the server closes the connection now
@@ -1722,7 +1776,7 @@ class ConsoleSession:
                 wire, notes = self.message_line(line)
                 shown = [wire]
             else:
-                shown, notes, wire = [TRACE_MASK if self.answering else masked(line)], [], line
+                shown, notes, wire = [self.mask.shown(line, answer=self.answering)], [], line
                 verb, _, argument = line.partition(" ")
                 # An answer to a challenge belongs to the AUTH it continues; its text is a secret.
                 sent = Sent("AUTH", TRACE_MASK) if self.answering else Sent(verb.upper(), argument.strip())
@@ -1942,8 +1996,10 @@ class RawConsole:
         if shown.text == shown.typed:
             return
         masked_here = TRACE_MASK in shown.text and TRACE_MASK not in (shown.typed or "")
-        if masked_here and self.line_editor is not None:  # keep the password out of the history, too
-            self.line_editor.remove_history_item(self.line_editor.get_current_history_length() - 1)
+        editor = self.line_editor
+        last = editor.get_current_history_length() if editor is not None else 0
+        if masked_here and editor is not None and last and editor.get_history_item(last) == shown.typed:
+            editor.remove_history_item(last - 1)  # keep the password out of the history, too
         if self.ansi:
             sys.stdout.write(f"{LINE_UP}{ERASE_LINE}{line}\n")
             sys.stdout.flush()
@@ -2000,7 +2056,8 @@ class RawConsole:
             self.helper_starttls("")
         while not session.closed:
             try:
-                line = self.read(PROMPT)
+                # An answer the server asked for is read without echo, as a password is.
+                line = self.read(PROMPT, secret=session.answering and not session.in_message)
                 if line.startswith(":") and not session.in_message:
                     if not self.interactive:  # shown as a terminal would, but kept out of the transcript
                         with self.print_lock:

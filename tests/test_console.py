@@ -233,6 +233,41 @@ def test_credentials_typed_by_hand_are_masked_in_the_transcript(smtp_server: Run
         assert "C: AUTH PLAIN ********\nS: 503 Error: already authenticated\n" in shown
 
 
+@pytest.mark.parametrize(
+    ("script", "shown"),
+    [
+        pytest.param(
+            f"AUTH PLAIN\n{plain_response('alice', PASSWORD)}\n", ["C: AUTH PLAIN", "S: 334", "C: ********"],
+            id="the answer after the 334",
+        ),
+        pytest.param(f"AUTH\tPLAIN {plain_response('alice', PASSWORD)}\n", ["C: AUTH\tPLAIN ********"], id="tab"),
+        pytest.param(
+            f"AUTH LOGIN {base64.b64encode(b'alice').decode()}\n{PASSWORD}\n",
+            ["C: AUTH LOGIN ********", "S: 334 UGFzc3dvcmQ6"], id="the password in clear after LOGIN",
+        ),
+    ],
+)  # fmt: skip
+def test_credentials_in_any_spelling_stay_off_screen_and_out_of_save(
+    smtp_server: RunningServer, tmp_path: Path, script: str, shown: list[str]
+) -> None:
+    """Issue 18: the console masks by the rules of the server's log (tests/masking_cases.py)."""
+    saved = tmp_path / "transcript.txt"
+    result = raw(smtp_server.port, f"EHLO laptop\n{script}:save {saved}\n")
+    for text in (result.stdout, saved.read_text()):
+        for secret in secrets_of(PASSWORD):
+            assert secret not in text
+        lines = [line for line in text.splitlines() if line.startswith(("C:", "S:"))]  # the dialogue
+        assert lines[lines.index(shown[0]) :][: len(shown)] == shown
+
+
+def test_pop3_pass_after_a_tab_stays_off_screen_and_out_of_save(pop3_server: RunningServer, tmp_path: Path) -> None:
+    saved = tmp_path / "pop3.txt"
+    result = raw_pop3(pop3_server, f"USER bob\nPASS\tbob-password\n:save {saved}\n")
+    for text in (result.stdout, saved.read_text()):
+        assert "bob-password" not in text
+        assert "C: PASS ********\nS: -ERR Unknown command" in text  # the server takes no tab there
+
+
 def test_wrong_password_is_explained_and_the_console_ends(smtp_server: RunningServer) -> None:
     result = raw(smtp_server.port, "EHLO laptop\n:auth plain alice\nwrong\nNOOP\n")
     assert result.returncode == 1  # the server ended it
@@ -499,6 +534,30 @@ def test_terminal_password_typed_by_hand_is_overwritten(
     payload = plain_response("alice", PASSWORD)
     # The terminal echoed it as typed; the console then went up a line and wrote it masked over it.
     assert f"C: AUTH PLAIN {payload}\r\n\x1b[A\r\x1b[KC: AUTH PLAIN ********\r\n" in term.output
+
+
+def test_terminal_answer_to_334_is_not_echoed_nor_kept_in_the_history(
+    smtp_server: RunningServer, terminal: Callable[..., Terminal]
+) -> None:
+    term = terminal("--raw", "--port", str(smtp_server.port), env=COLOUR_TERMINAL)
+    term.expect("C: ")
+    term.type("EHLO laptop\r")
+    term.expect("S: 250 HELP")
+    term.expect("C: ")
+    term.type("AUTH PLAIN\r")
+    term.expect("   334: go on")
+    term.expect("C: ")
+    term.type(plain_response("alice", PASSWORD) + "\r")  # read as a password is: no echo
+    term.expect("S: 235 2.7.0 Authentication successful")
+    term.expect("C: ")
+    term.type("\x1b[A")  # the arrow up: the line before, from the history
+    term.expect("AUTH PLAIN")  # the blob never went into the history
+    term.ctrl_c(then="C: ")
+    term.type("\x04")
+    assert term.wait() == 0
+    for secret in secrets_of(PASSWORD):
+        assert secret not in term.output
+    assert "C: ********" in screen(term.output)
 
 
 def test_terminal_without_colour(smtp_server: RunningServer, terminal: Callable[..., Terminal]) -> None:
