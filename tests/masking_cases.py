@@ -28,6 +28,7 @@ class Case(NamedTuple):
     shown: list[str]  # what each client line may show
 
 
+# fmt: off
 CASES = [
     Case("AUTH PLAIN with an initial response", [f"AUTH PLAIN {PLAIN}"], [f"AUTH PLAIN {MASK}"]),
     Case("AUTH, a tab, PLAIN", [f"AUTH\tPLAIN {PLAIN}"], [f"AUTH\tPLAIN {MASK}"]),
@@ -37,8 +38,10 @@ CASES = [
     Case("AUTH PLAIN alone, the answer typed before the 334", ["AUTH PLAIN", PLAIN], ["AUTH PLAIN", MASK]),
     Case("AUTH LOGIN, two answers", ["AUTH LOGIN", ASKED, NAME64, ASKED, PASSWORD64], ["AUTH LOGIN", MASK, MASK]),
     Case("AUTH LOGIN with the name", [f"AUTH LOGIN {NAME64}", ASKED, PASSWORD64], [f"AUTH LOGIN {MASK}", MASK]),
-    Case("the password in clear after a 334", ["AUTH LOGIN", ASKED, NAME64, ASKED, PASSWORD], ["AUTH LOGIN", MASK, MASK]),
-    Case("AUTH LOGIN, answers typed ahead", ["AUTH LOGIN", NAME64, PASSWORD, "NOOP"], ["AUTH LOGIN", MASK, MASK, "NOOP"]),
+    Case("the password in clear after a 334",
+         ["AUTH LOGIN", ASKED, NAME64, ASKED, PASSWORD], ["AUTH LOGIN", MASK, MASK]),
+    Case("AUTH LOGIN, answers typed ahead",
+         ["AUTH LOGIN", NAME64, PASSWORD, "NOOP"], ["AUTH LOGIN", MASK, MASK, "NOOP"]),
     Case("AUTH refused, then the answer anyway", ["AUTH PLAIN", PLAIN, "NOOP"], ["AUTH PLAIN", MASK, "NOOP"]),
     Case("a command after AUTH is a command", ["AUTH PLAIN", "QUIT"], ["AUTH PLAIN", "QUIT"]),
     Case("PASS, a tab, the password", [f"PASS\t{PASSWORD}"], [f"PASS {MASK}"]),
@@ -48,6 +51,6 @@ CASES = [
     Case("a stray base64 word with spaces", [f"  {PASSWORD64}\t"], [MASK]),
     Case("a PLAIN response in another command", [f"HELP {PLAIN}"], [f"HELP {MASK}"]),
     Case("POP3's AUTH PLAIN and its +", ["AUTH PLAIN", ASKED, PLAIN, "STAT"], ["AUTH PLAIN", MASK, "STAT"]),
-    Case("ordinary commands", ["MAIL FROM:<alice@localhost>", "USER alice", "NOOP"],
-         ["MAIL FROM:<alice@localhost>", "USER alice", "NOOP"]),  # fmt: skip
+    Case("ordinary commands", ["MAIL FROM:<a@localhost>", "USER alice"], ["MAIL FROM:<a@localhost>", "USER alice"]),
 ]
+# fmt: on
