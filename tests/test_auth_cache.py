@@ -111,6 +111,35 @@ def test_a_changed_password_drops_the_entry(users_file: Path, store: UserStore) 
     assert len(store.auth_cache) == 1  # bob's; alice's is gone, not just unused
 
 
+def test_an_entry_remembered_after_the_reload_is_no_good_against_the_new_hash(clock: FakeClock) -> None:
+    """Issue 18: a remember() that lands after forget_changed() holds the old hash; it answers no login."""
+    old, new = (bcrypt.hashpw(password, bcrypt.gensalt(4)) for password in (b"old-password", b"new-password"))
+    cache = AuthCache(TTL, clock=clock)
+    cache.forget_changed({"alice": new})  # passwd, reloaded while a bcrypt check was running
+    cache.remember("alice", b"old-password", old)  # that check's success lands now
+    assert not cache.recalls("alice", b"old-password", new)
+    assert len(cache) == 0  # and the stale entry is gone
+
+
+def test_a_check_that_races_passwd_does_not_let_the_old_password_back_in(
+    users_file: Path, store: UserStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_checkpw = bcrypt.checkpw
+
+    def passwd_during_the_check(password: bytes, hashed: bytes) -> bool:
+        result = real_checkpw(password, hashed)
+        if password == b"alice-password":  # the old password's check: passwd lands before it returns
+            rewrite_users_file(users_file, "alice", bcrypt.hashpw(b"new-password", bcrypt.gensalt(4)).decode())
+            store.refresh(fresh=True)
+        return result
+
+    monkeypatch.setattr(users_module.bcrypt, "checkpw", passwd_during_the_check)
+    assert store.check("alice", b"alice-password")  # right when it began
+    monkeypatch.setattr(users_module.bcrypt, "checkpw", real_checkpw)
+    assert not store.check("alice", b"alice-password")  # the entry it left must not answer for the new hash
+    assert store.check("alice", b"new-password")
+
+
 def test_a_deleted_user_is_refused_at_once(users_file: Path, store: UserStore, bcrypt_checks: list[bytes]) -> None:
     assert store.check("bob", b"bob-password")
     rewrite_users_file(users_file, "bob", None)
