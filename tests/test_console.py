@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import conftest
 import pytest
 from conftest import (
     ENV,
@@ -26,6 +27,7 @@ from conftest import (
     USERS,
     Certificate,
     ClientProcess,
+    RawSession,
     Result,
     RunningServer,
     Terminal,
@@ -686,3 +688,117 @@ def test_the_seeds_and_the_rfcs_replies_are_explained() -> None:
     rfc_4954 = {"235", "334", "432", "454", "530", "534", "535", "538"}
     pop3 = {"+OK", "-ERR", "+", "[AUTH]", "[IN-USE]", "[SYS/TEMP]", "[SYS/PERM]", "[LOGIN-DELAY]"}
     assert seed | rfc_5321 | rfc_4954 | pop3 <= set(client_module.REPLY_MEANINGS)
+
+
+# --- each verb-specific explanation, caused by a real server ---------------------------
+
+LONG_LINE = "x" * 1100  # over RFC 5321's 1000 octets: 500 after the "."
+BIG = "\n".join(["y" * 60] * 8)  # 488 octets: over the 300 the server below takes
+
+# Each probe: (command as typed, which of its occurrences, status, a word its explanation must hold).
+# Two SMTP sessions: the server hangs up after ten errors in one (each probe: command as shown,
+# which of its occurrences, status, a word its explanation must hold).
+LOGIN_SCRIPT = [
+    "HELP", "AUTH PLAIN =", "STARTTLS", "HELO laptop", "EHLO laptop", "AUTH XOAUTH2", "AUTH PLAIN !!!!",
+    "AUTH LOGIN", "*", ":auth plain alice", PASSWORD, "HELP FOO", "RETR x", "DELE x",
+]  # fmt: skip
+LOGIN_PROBES = [
+    ("CONNECT", 0, "220", "EHLO"), ("HELP", 0, "214", "commands"), ("AUTH PLAIN ********", 0, "503", "EHLO"),
+    ("STARTTLS", 0, "454", "certificate"), ("HELO laptop", 0, "250", "log in"), ("EHLO laptop", 0, "250", "extensions"),
+    ("AUTH XOAUTH2", 0, "504", "PLAIN"), ("AUTH PLAIN ********", 1, "501", "base64"), ("AUTH LOGIN", 0, "334", "answer"),
+    ("HELP FOO", 0, "504", "HELP alone"), ("RETR x", 0, "504", "no parameter"), ("DELE x", 0, "504", "no parameter"),
+]  # fmt: skip
+MAIL_SCRIPT = [
+    "EHLO laptop", ":auth plain alice", PASSWORD, "RCPT TO:<bob@example.org>", "DATA", "MAIL FROM:<bob@mail.test>",
+    "MAIL FROM:<alice@mail.test> SIZE=100000", "MAIL FROM:<alice@mail.test>", "MAIL FROM:<Alice@mail.test>",
+    "RCPT TO:<nobody@localhost>", "RCPT TO:<bob@localhost>", "RCPT TO:<dave@example.org>", "DATA", "Subject: x", "",
+    "hi", ".", "MAIL FROM:<ALICE@mail.test>", "RCPT TO:<erin@example.org>", "DATA", LONG_LINE, ".",
+    "MAIL FROM:<aLice@mail.test>", "RCPT TO:<fay@example.org>", "DATA", BIG, ".", "RSET", "NOOP", "RETR", "DELE", "QUIT",
+]  # fmt: skip
+MAIL_PROBES = [
+    ("RCPT TO:<bob@example.org>", 0, "503", "MAIL must come first"), ("DATA", 0, "503", "accepted RCPT"),
+    ("MAIL FROM:<bob@mail.test>", 0, "553", "not yours"), ("MAIL FROM:<alice@mail.test> SIZE=100000", 0, "552", "SIZE"),
+    ("MAIL FROM:<alice@mail.test>", 0, "250", "sender accepted"), ("MAIL FROM:<Alice@mail.test>", 0, "503", "RSET"),
+    ("RCPT TO:<nobody@localhost>", 0, "550", "no account"), ("RCPT TO:<bob@localhost>", 0, "452", "full"),
+    ("RCPT TO:<dave@example.org>", 0, "250", "recipient accepted"), (".", 0, "250", "stored it safely"),
+    (".", 1, "500", "1000 octets"), (".", 2, "552", "size limit"), ("RSET", 0, "250", "dropped"),
+    ("NOOP", 0, "250", "still there"), ("RETR", 0, "250", "messages you sent follow"), ("DELE", 0, "250", "gone"),
+]  # fmt: skip
+POP3_SCRIPT = ["CAPA", "AUTH", "USER bob", "PASS bob-password", "STAT", "LIST", "UIDL", "RETR 1", "TOP 1 0", "DELE 1",
+               "RSET", "NOOP", "QUIT"]  # fmt: skip
+POP3_PROBES = [
+    ("CONNECT", 0, "+OK", "USER"), ("CAPA", 0, "+OK", "supports"), ("AUTH", 0, "+OK", "mechanisms"),
+    ("USER bob", 0, "+OK", "PASS"), ("PASS ********", 0, "+OK", "logged in"), ("STAT", 0, "+OK", "total size"),
+    ("LIST", 0, "+OK", "size in octets"), ("UIDL", 0, "+OK", "unique id"), ("RETR 1", 0, "+OK", "as stored"),
+    ("TOP 1 0", 0, "+OK", "first lines"), ("DELE 1", 0, "+OK", "marked"), ("RSET", 0, "+OK", "removed"),
+    ("NOOP", 0, "+OK", "still there"), ("QUIT", 0, "+OK", "goodbye"),
+]  # fmt: skip
+
+
+def explanation_after(output: str, command: str, occurrence: int, status: str) -> str:
+    """The explanation the console showed for the reply to the occurrence-th `C: command` ("CONNECT": the greeting)."""
+    lines = output.splitlines()
+    start = 0
+    if command != "CONNECT":
+        starts = [number for number, line in enumerate(lines) if line == f"C: {command}"]
+        assert len(starts) > occurrence, f"C: {command} not shown {occurrence + 1} times:\n{output}"
+        start = starts[occurrence]
+    return next(line for line in lines[start + 1 :] if line.startswith(f"   {status}: ")).removeprefix(f"   {status}: ")
+
+
+def check_probes(output: str, probes: list[tuple[str, int, str, str]], verbs: dict[str, str]) -> set[tuple[str, str]]:
+    """Check that each probe's reply got its verb-specific explanation, holding its word; return (status, verb) pairs."""
+    checked = set()
+    for command, occurrence, status, word in probes:
+        verb = verbs.get(command, command.split(" ")[0])
+        expected = client_module.REPLY_MEANINGS[status].after[verb]
+        shown = explanation_after(output, command, occurrence, status)
+        assert shown.startswith(expected) and word in expected, (command, status, shown)  # 334: and what it asks
+        checked.add((status, verb))
+    return checked
+
+
+def test_every_verb_specific_explanation_the_server_can_cause_is_shown(
+    start_server: Callable[..., RunningServer], certificate: Certificate
+) -> None:
+    """Issue 18: the explanation of 452 after RCPT ("mailbox full") was guarded by no test; now each one is."""
+    checked: set[tuple[str, str]] = set()
+    server = start_server(pop3=True, max_message_size=300, max_mailbox_size=1)
+    conftest.deliver(server.server.mailboxes, "bob", b"Subject: fills the inbox\n\nx\n")
+    for script, probes in ((LOGIN_SCRIPT, LOGIN_PROBES), (MAIL_SCRIPT, MAIL_PROBES)):
+        checked |= check_probes(raw(server.port, "\n".join(script) + "\n").stdout, probes, {})
+    pop3 = raw_pop3(server, "\n".join(POP3_SCRIPT) + "\n").stdout
+    checked |= check_probes(pop3, POP3_PROBES, {"PASS ********": "PASS"})
+
+    tls = start_server(pop3=True, tls_context=certificate.server_context(), require_tls=True)
+    cafile = ("--cafile", str(certificate.cert))
+    smtp_tls = raw(tls.port, "EHLO laptop\nAUTH PLAIN =\nSTARTTLS\nSTARTTLS\n", *cafile).stdout
+    checked |= check_probes(
+        smtp_tls,
+        [("AUTH PLAIN ********", 0, "530", "TLS"), ("STARTTLS", 0, "220", "handshake"),
+         ("STARTTLS", 1, "503", "already on")],
+        {},
+    )  # fmt: skip
+    checked |= check_probes(raw_pop3(tls, "STLS\n", *cafile).stdout, [("STLS", 0, "+OK", "handshake")], {})
+
+    throttled = start_server(max_login_failures=1, max_connections=2)
+    failed = RawSession(throttled.host, throttled.port)
+    failed.read_reply()
+    failed.ehlo()
+    assert failed.command(f"AUTH PLAIN {plain_response('alice', 'wrong')}")[0] == 535
+    failed.close()
+    login = f"AUTH PLAIN {plain_response('alice', PASSWORD)}"
+    refused = raw(throttled.port, f"EHLO laptop\n{login}\n").stdout
+    checked |= check_probes(refused, [("AUTH PLAIN ********", 0, "454", "wait")], {})
+    held = [RawSession(throttled.host, throttled.port) for _ in range(2)]  # the caps are full
+    try:
+        for session in held:
+            session.read_reply()
+        checked |= check_probes(raw(throttled.port, "").stdout, [("CONNECT", 0, "421", "busy")], {})
+    finally:
+        for session in held:
+            session.close()
+
+    can_send = set(reply_codes_in_the_server())
+    caused = {(status, verb) for status, meaning in client_module.REPLY_MEANINGS.items() for verb in meaning.after}
+    assert checked == {(status, verb) for status, verb in caused if status in can_send}
