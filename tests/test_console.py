@@ -705,7 +705,8 @@ LOGIN_SCRIPT = [
 LOGIN_PROBES = [
     ("CONNECT", 0, "220", "EHLO"), ("HELP", 0, "214", "commands"), ("AUTH PLAIN ********", 0, "503", "EHLO"),
     ("STARTTLS", 0, "454", "certificate"), ("HELO laptop", 0, "250", "log in"), ("EHLO laptop", 0, "250", "extensions"),
-    ("AUTH XOAUTH2", 0, "504", "PLAIN"), ("AUTH PLAIN ********", 1, "501", "base64"), ("AUTH LOGIN", 0, "334", "answer"),
+    ("AUTH XOAUTH2", 0, "504", "PLAIN"), ("AUTH PLAIN ********", 1, "501", "base64"),
+    ("AUTH LOGIN", 0, "334", "answer"),
     ("HELP FOO", 0, "504", "HELP alone"), ("RETR x", 0, "504", "no parameter"), ("DELE x", 0, "504", "no parameter"),
 ]  # fmt: skip
 MAIL_SCRIPT = [
@@ -713,7 +714,8 @@ MAIL_SCRIPT = [
     "MAIL FROM:<alice@mail.test> SIZE=100000", "MAIL FROM:<alice@mail.test>", "MAIL FROM:<Alice@mail.test>",
     "RCPT TO:<nobody@localhost>", "RCPT TO:<bob@localhost>", "RCPT TO:<dave@example.org>", "DATA", "Subject: x", "",
     "hi", ".", "MAIL FROM:<ALICE@mail.test>", "RCPT TO:<erin@example.org>", "DATA", LONG_LINE, ".",
-    "MAIL FROM:<aLice@mail.test>", "RCPT TO:<fay@example.org>", "DATA", BIG, ".", "RSET", "NOOP", "RETR", "DELE", "QUIT",
+    "MAIL FROM:<aLice@mail.test>", "RCPT TO:<fay@example.org>", "DATA", BIG, ".",
+    "RSET", "NOOP", "RETR", "DELE", "QUIT",
 ]  # fmt: skip
 MAIL_PROBES = [
     ("RCPT TO:<bob@example.org>", 0, "503", "MAIL must come first"), ("DATA", 0, "503", "accepted RCPT"),
@@ -747,7 +749,8 @@ def explanation_after(output: str, command: str, occurrence: int, status: str) -
 
 
 def check_probes(output: str, probes: list[tuple[str, int, str, str]], verbs: dict[str, str]) -> set[tuple[str, str]]:
-    """Check that each probe's reply got its verb-specific explanation, holding its word; return (status, verb) pairs."""
+    """Check that each probe's reply got its verb-specific explanation, holding its word; return the pairs
+    (status, verb) checked."""
     checked = set()
     for command, occurrence, status, word in probes:
         verb = verbs.get(command, command.split(" ")[0])
