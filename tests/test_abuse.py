@@ -69,7 +69,7 @@ def test_failed_logins_throttle_the_attacking_address_and_not_another(
         assert attacker.closed_by_server()
     # Now even the right password for that name is refused from that address, without a bcrypt check ...
     for password in ("guess", USERS["alice"]):
-        assert try_login(connect_from(server, ATTACKER), password) in (421, 454)
+        assert try_login(connect_from(server, ATTACKER), password) == 454
     # ... while another address logs in as usual, as the same user.
     assert try_login(connect_from(server, BYSTANDER), USERS["alice"]) == 235
 
@@ -80,7 +80,7 @@ def test_the_throttle_lets_the_address_in_again_after_the_window(
     server = start_server(max_login_failures=2, login_failure_window=1.0)
     for _ in range(2):
         assert try_login(connect_from(server, ATTACKER), "guess") == 535
-    assert try_login(connect_from(server, ATTACKER), USERS["alice"]) in (421, 454)
+    assert try_login(connect_from(server, ATTACKER), USERS["alice"]) == 454
     wait_for(lambda: try_login(connect_from(server, ATTACKER), USERS["alice"]) == 235, timeout=5, interval=0.2)
 
 

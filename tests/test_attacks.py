@@ -300,11 +300,26 @@ def test_the_wait_lasts_until_the_oldest_counted_failure_leaves_the_window() -> 
     assert isinstance(throttle.begin("10.0.0.1", "alice"), LoginAttempt)
 
 
+class WaitSeen(threading.Condition):
+    """The throttle's condition, with an event set when a login starts waiting on it."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        super().__init__(lock)
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()  # the lock is still held: the login is about to wait, and cannot have an answer
+        return super().wait(timeout)
+
+
 def begin_in_thread(throttle: LoginThrottle, address: str, name: str) -> tuple[threading.Thread, list[object]]:
-    """Call throttle.begin in a thread of its own; the list gets its answer."""
+    """Call throttle.begin in a thread of its own and return once it waits for the checks ahead; the list
+    gets its answer. Fails the test if the login does not wait."""
+    seen = throttle._check_ended = WaitSeen(throttle._lock)  # type: ignore[arg-type]
     answer: list[object] = []
     thread = threading.Thread(target=lambda: answer.append(throttle.begin(address, name)), daemon=True)
     thread.start()
+    assert seen.waiting.wait(10), f"the login did not wait: {answer}"
     return thread, answer
 
 
@@ -314,8 +329,7 @@ def test_a_login_in_flight_holds_its_place_and_the_next_waits_for_it() -> None:
     throttle = LoginThrottle(max_per_name=3, max_per_address=30, window=60, clock=Clock())
     in_flight = [throttle.begin("10.0.0.1", "alice") for _ in range(3)]
     waiting, answer = begin_in_thread(throttle, "10.0.0.1", "alice")
-    waiting.join(0.3)
-    assert waiting.is_alive() and not answer  # no fourth check while three run
+    assert not answer  # no fourth check while three run: it waits
     with in_flight[0] as attempt:  # type: ignore[union-attr]
         attempt.succeeded()
     waiting.join(10)
@@ -326,8 +340,7 @@ def test_a_login_waiting_for_checks_that_fail_is_refused_with_the_wait() -> None
     throttle = LoginThrottle(max_per_name=3, max_per_address=30, window=60, clock=Clock())
     in_flight = [throttle.begin("10.0.0.1", "alice") for _ in range(3)]
     waiting, answer = begin_in_thread(throttle, "10.0.0.1", "alice")
-    waiting.join(0.3)
-    assert waiting.is_alive()  # it waits for the three, whatever they turn out to be
+    assert not answer  # it waits for the three, whatever they turn out to be
     for attempt in in_flight:
         with attempt:  # type: ignore[union-attr]
             pass  # wrong passwords

@@ -346,8 +346,7 @@ def test_auth_response_line_over_12288_octets_is_refused(greeted: RawSession) ->
 
 
 def test_auth_line_with_initial_response_over_12288_octets_is_refused(greeted: RawSession) -> None:
-    code, _ = greeted.command(f"AUTH PLAIN {long_plain_response(12288)}")
-    assert code in (500, 501)
+    assert greeted.command(f"AUTH PLAIN {long_plain_response(12288)}") == (500, ["Error: line too long"])
     assert_not_logged_in(greeted)  # the excess was discarded, not read as commands
     assert greeted.command(f"AUTH PLAIN {ALICE_PLAIN}")[0] == 235
 
