@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
-from .maildir import stored_form, wire_form, wire_size
+from .maildir import stored_form, whole_line_ends, wire_form, wire_size
 
 MAX_TEXT_LINE = 1000  # RFC 5321 4.5.3.1.6, CRLF included, after dot-unstuffing
 LINE_LIMIT = MAX_TEXT_LINE + 1  # on the wire, a doubled leading dot may add one octet
@@ -184,9 +184,7 @@ class MessageTrace:
 def dot_stuffed(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """Yield the wire form of a stored message (LF ends): CRLF ends, leading dots doubled, then "."."""
     at_line_start = True
-    for chunk in chunks:
-        if not chunk:
-            continue
+    for chunk in whole_line_ends(chunks):  # a CRLF the file holds is one line end, however it was read
         stuffed = chunk.replace(b"\n.", b"\n..")
         if at_line_start and stuffed.startswith(b"."):
             stuffed = b"." + stuffed

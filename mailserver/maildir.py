@@ -18,13 +18,18 @@ from new/ to cur/ and append `:2,<flags>`; the part before ":" is the message's 
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import re
-from collections.abc import Callable, Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from .durable import CHUNK, Draft, fsync_directory, link_or_copy
+
+log = logging.getLogger("mailserver")
 
 MAILDIR_PARTS = ("tmp", "new", "cur")
 MESSAGE_PARTS = ("new", "cur")  # where a folder's messages are; tmp/ holds files still being written
@@ -43,13 +48,60 @@ def stored_form(wire: bytes) -> bytes:
 
 
 def wire_form(stored: bytes) -> bytes:
-    """Stored text (LF ends) as it goes on the wire: CRLF ends."""
-    return stored.replace(b"\n", b"\r\n")
+    """Stored text as it goes on the wire: CRLF ends. A CRLF in the file (another program's: Dovecot's
+    mail_save_crlf, a teacher's copy) stays one CRLF; only a bare LF gains its CR."""
+    return stored.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def wire_size(stored: bytes) -> int:
-    """The octets stored text takes on the wire: one more per line end."""
-    return len(stored) + stored.count(b"\n")
+    """The octets stored text takes on the wire: one more per bare LF (a CRLF stays as it is)."""
+    return len(stored) + stored.count(b"\n") - stored.count(b"\r\n")
+
+
+def whole_line_ends(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """The pieces of a stored message again, cut so that no piece ends between a CR and its LF:
+    wire_form() and wire_size() then read each CRLF whole."""
+    held = b""
+    for piece in pieces:
+        piece, held = held + piece, b""
+        if piece.endswith(b"\r"):
+            piece, held = piece[:-1], b"\r"
+        if piece:
+            yield piece
+    if held:
+        yield held
+
+
+# ------------------------------------------------------------------ no symlinks
+
+
+def real_directory(path: Path) -> bool:
+    """True if path is a directory itself, not a symlink to one (lstat: nothing is followed)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def skipped(path: Path | str, what: str) -> None:
+    """Log a file or folder left alone because it is no regular file or directory (a symlink, say)."""
+    log.warning("skipped %s: %s, not followed (a mailbox holds only regular files and directories)", path, what)
+
+
+def open_no_follow(path: Path | str) -> BinaryIO:
+    """Open a stored message for reading; a symlink in its place raises FileNotFoundError, after a log line."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise
+        skipped(path, "a symlink")
+        raise FileNotFoundError(errno.ENOENT, "a symlink, not a message", str(path)) from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):  # a FIFO or a device: no message either
+        os.close(descriptor)
+        skipped(path, "not a regular file")
+        raise FileNotFoundError(errno.ENOENT, "not a regular file", str(path))
+    return open(descriptor, "rb")
 
 
 def key_of(name: str) -> str:
@@ -68,7 +120,7 @@ def stored_size(entry: os.DirEntry[str]) -> int:
     if field is not None:
         return int(field[1])
     try:
-        return entry.stat().st_size
+        return entry.stat(follow_symlinks=False).st_size
     except FileNotFoundError:  # a POP3 QUIT may remove it meanwhile
         return 0
 
@@ -81,10 +133,25 @@ def make_maildir(path: Path, *, parents: bool = False) -> None:
 
 
 def message_entries(maildir: Path) -> Iterator[os.DirEntry[str]]:
-    """The directory entries of a Maildir's messages (new/ and cur/), in no particular order."""
+    """The directory entries of a Maildir's messages (new/ and cur/), in no particular order.
+
+    Only regular files in real directories: a symlink (to a file outside mailboxes/, or to
+    another user's message), in place of a message or of new/ or cur/, is skipped and logged.
+    """
     for part in MESSAGE_PARTS:
-        with contextlib.suppress(FileNotFoundError), os.scandir(maildir / part) as entries:
-            yield from (entry for entry in entries if not entry.name.startswith("."))
+        folder = maildir / part
+        if not real_directory(folder):
+            if os.path.lexists(folder):
+                skipped(folder, "not a directory")
+            continue
+        with contextlib.suppress(FileNotFoundError), os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_file(follow_symlinks=False):
+                    yield entry
+                else:
+                    skipped(entry.path, "not a regular file")
 
 
 # ------------------------------------------------------------------ reading a folder
@@ -127,11 +194,12 @@ class Folder:
         return size
 
     def open(self, key: str) -> BinaryIO:
-        """Open message key for reading; raise FileNotFoundError if it is gone, even after a rescan.
+        """Open message key for reading; raise FileNotFoundError if it is gone (or a symlink now),
+        even after a rescan.
 
         The one place a stored message is opened for reading, for the inbox and Sent alike.
         """
-        return self._with_moves(key, lambda path: open(path, "rb"))
+        return self._with_moves(key, open_no_follow)
 
     def remove(self, key: str) -> bool:
         """Remove message key; return False if it was gone already (a rescan could not find it)."""

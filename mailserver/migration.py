@@ -9,12 +9,12 @@ every classroom server has started on the new layout at least once; then delete 
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import os
 from pathlib import Path
 
 from .durable import fsync_directory
-from .maildir import MESSAGE_PARTS, make_maildir
+from .maildir import MESSAGE_PARTS, make_maildir, real_directory, skipped
 from .storage import SENT
 from .users import USERNAME
 
@@ -33,26 +33,47 @@ def migrate_old_layout(root: Path) -> tuple[int, int]:
     """
     mailboxes = messages = 0
     for user_path in sorted(Path(root).iterdir()):
-        if not (USERNAME.fullmatch(user_path.name) and user_path.is_dir()) or (user_path / SENT).exists():
+        if not (USERNAME.fullmatch(user_path.name) and real_directory(user_path)) or os.path.lexists(user_path / SENT):
             continue
-        if any((user_path / part).is_dir() for part in (*MESSAGE_PARTS, MIGRATING)):
+        if any(real_directory(user_path / part) for part in (*MESSAGE_PARTS, MIGRATING)):
             messages += migrate_mailbox(user_path)
             mailboxes += 1
     return mailboxes, messages
 
 
+def move_messages(source: Path, target: Path) -> int:
+    """Rename the regular files of the folder source into target; return how many.
+
+    Nothing is followed: a symlinked folder, or a symlink in place of a message (it may lead
+    outside mailboxes/, or to another user's message), is skipped and logged, and stays where it is.
+    """
+    if not real_directory(source):
+        if os.path.lexists(source):
+            skipped(source, "not a directory")
+        return 0
+    moved = 0
+    with os.scandir(source) as entries:
+        for entry in entries:
+            if not entry.is_file(follow_symlinks=False):
+                skipped(entry.path, "not a regular file")
+                continue
+            os.rename(entry.path, target / entry.name)
+            moved += 1
+    return moved
+
+
 def migrate_mailbox(user_path: Path) -> int:
     """Move an old-layout mailbox's messages into its .Sent folder (see migrate_old_layout); return the count."""
     staging = user_path / MIGRATING
+    if os.path.islink(staging):
+        skipped(staging, "a symlink")
+        raise OSError(errno.ELOOP, "the migration's folder is a symlink", str(staging))
     make_maildir(staging)
     moved = 0
     for part in MESSAGE_PARTS:
-        with contextlib.suppress(FileNotFoundError), os.scandir(user_path / part) as entries:
-            for entry in entries:
-                os.rename(entry.path, staging / part / entry.name)
-                moved += 1
+        moved += move_messages(user_path / part, staging / part)
         fsync_directory(staging / part)
-        if (user_path / part).is_dir():
+        if real_directory(user_path / part):
             fsync_directory(user_path / part)
     os.rename(staging, user_path / SENT)
     make_maildir(user_path)  # the inbox, empty

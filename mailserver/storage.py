@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import itertools
@@ -40,7 +41,16 @@ from typing import BinaryIO, NamedTuple
 
 from .durable import CHUNK, fsync_directory
 from .inbox_lock import HeldInbox, hold_inbox
-from .maildir import MESSAGE_PARTS, Delivery, Folder, make_maildir, message_entries
+from .maildir import (
+    MAILDIR_PARTS,
+    MESSAGE_PARTS,
+    Delivery,
+    Folder,
+    make_maildir,
+    message_entries,
+    real_directory,
+    skipped,
+)
 from .users import USERNAME
 
 __all__ = [
@@ -359,23 +369,41 @@ class MailboxStore:
     def clean_temporary_files(self) -> int:
         """Remove what crashed deliveries left in tmp/ (never visible); return the count.
 
-        Only files named as this server names them: Dovecot may be writing its own there.
+        Only regular files named as this server names them (Dovecot may be writing its own
+        there), in real directories: a symlinked mailbox or tmp/ leads outside mailboxes/,
+        and is skipped and logged, never followed.
         """
         removed = 0
-        for pattern in ("*/tmp/*", f"*/{SENT}/tmp/*"):
-            for leftover in self.root.glob(pattern):
-                if OUR_NAME.match(leftover.name):
+        with os.scandir(self.root) as users:
+            mailboxes = [Path(entry.path) for entry in users if USERNAME.fullmatch(entry.name)]
+        for mailbox in mailboxes:
+            for tmp in (mailbox / "tmp", mailbox / SENT / "tmp"):
+                if not all(map(real_directory, (mailbox, tmp.parent, tmp))):
+                    if os.path.lexists(tmp):
+                        skipped(tmp, "a symlink on the way to it")
+                    continue
+                with os.scandir(tmp) as entries:
+                    leftovers = [entry for entry in entries if OUR_NAME.match(entry.name)]
+                for leftover in leftovers:
+                    if not leftover.is_file(follow_symlinks=False):
+                        skipped(leftover.path, "not a regular file")
+                        continue
                     with contextlib.suppress(OSError):
-                        leftover.unlink()
+                        os.unlink(leftover.path)
                         removed += 1
         return removed
 
     # -- paths ----------------------------------------------------------------------------
 
     def _user_path(self, user: str) -> Path:
+        """root/user; raise OSError (ELOOP) if it is a symlink, which the server never follows."""
         if not USERNAME.fullmatch(user):
             raise ValueError(f"not a valid username: {user!r}")
-        return self.root / user
+        path = self.root / user
+        if os.path.islink(path):
+            skipped(path, "a symlink")
+            raise OSError(errno.ELOOP, "the mailbox is a symlink, which the server does not follow", str(path))
+        return path
 
     def _create(self, user: str) -> Path:
         """Make user's inbox and Sent folder if they are not there yet; return the inbox."""
@@ -383,6 +411,10 @@ class MailboxStore:
         if known is not None:
             return known  # seen whole once: no stat() per delivery, nor a path joined again
         path = self._user_path(user)
+        for folder in (path, path / SENT, *(where / part for where in (path, path / SENT) for part in MAILDIR_PARTS)):
+            if os.path.islink(folder):  # a delivery through it would write outside mailboxes/
+                skipped(folder, "a symlink")
+                raise OSError(errno.ELOOP, "a folder of the mailbox is a symlink", str(folder))
         if not (path / "cur").is_dir():
             # Idempotent, as the first messages of a user may arrive at once. The Sent folder
             # comes first and the inbox's cur/ last: where cur/ exists, all of it does (and
@@ -396,7 +428,7 @@ class MailboxStore:
 
     def _existing_sent(self, user: str) -> Folder | None:
         path = self._user_path(user) / SENT
-        return Folder(path) if (path / "cur").is_dir() else None
+        return Folder(path) if real_directory(path) and (path / "cur").is_dir() else None
 
     def _lock_of(self, user: str) -> threading.Lock:
         with self._user_locks_lock:
