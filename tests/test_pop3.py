@@ -28,6 +28,7 @@ from conftest import (
     write_users_file,
 )
 
+from mailserver.durable import CHUNK as STORED_CHUNK
 from mailserver.pop3 import POP3Handler
 
 FIRST = b"Subject: first\n\nHello Alice.\n"
@@ -691,6 +692,47 @@ def test_the_verbose_log_shows_a_folded_header_line_indented(
         assert session.retr(1).startswith(b"Return-Path:")
     logged = [record.getMessage().split(" ", 1)[1] for record in caplog.records if " S: " in record.getMessage()]
     received = logged.index("S: Received: from client.test ([127.0.0.1])")
-    assert logged[received + 1].startswith("S:     by mail.test with ESMTPA; ")
+    assert logged[received + 1] == "S:     (Authenticated sender: alice)"
+    assert logged[received + 2].startswith("S:     by mail.test with ESMTPA; ")
     assert "S:     and continued" in logged
     assert not [line for line in logged if "\\t" in line]
+
+
+# ---------------------------------------------------------------- a message another program stored with CRLF
+
+
+CRLF_STORED = b"Subject: saved by Dovecot\r\n\r\n.a dotted line\r\nmixed: a bare LF next\nend\r\n"
+CRLF_ON_THE_WIRE = b"Subject: saved by Dovecot\r\n\r\n.a dotted line\r\nmixed: a bare LF next\r\nend\r\n"
+
+
+def stored_by_another_program(server: RunningServer, user: str, content: bytes) -> None:
+    """A file in user's new/ without our size fields: as Dovecot (mail_save_crlf) or a teacher's copy writes it."""
+    new = server.mailboxes_path / user / "new"
+    new.mkdir(parents=True, exist_ok=True)
+    (server.mailboxes_path / user / "cur").mkdir(exist_ok=True)
+    (new / "1764366000.M1P1.dovecot").write_bytes(content)
+
+
+def test_a_message_stored_with_crlf_is_sent_with_one_crlf_and_sized_alike(
+    pop3_server: RunningServer, pop3: POP3Session
+) -> None:
+    """Issue 18: RETR, TOP and LIST sent or counted \\r\\r\\n for a file stored with CRLF."""
+    stored_by_another_program(pop3_server, "bob", CRLF_STORED)
+    pop3.login("bob")
+    assert pop3.retr(1) == CRLF_ON_THE_WIRE
+    assert pop3.status("LIST 1") == f"+OK 1 {len(CRLF_ON_THE_WIRE)}"
+    assert pop3.status("STAT") == f"+OK 1 {len(CRLF_ON_THE_WIRE)}"
+    status, lines = pop3.block("TOP 1 1")
+    assert status == "+OK Top of message follows"
+    assert lines == [b"Subject: saved by Dovecot\r\n", b"\r\n", b".a dotted line\r\n"]
+
+
+def test_a_crlf_cut_between_two_chunks_stays_one_crlf(pop3_server: RunningServer, pop3: POP3Session) -> None:
+    # The CR is the last octet of the first 256 KiB chunk read, its LF the first of the next.
+    first_line = b"x" * (STORED_CHUNK - 1 - len(b"Subject: long\r\n\r\n")) + b"\r"
+    content = b"Subject: long\r\n\r\n" + first_line + b"\nthe end\r\n"
+    assert content[STORED_CHUNK - 1 : STORED_CHUNK + 1] == b"\r\n"
+    stored_by_another_program(pop3_server, "bob", content)
+    pop3.login("bob")
+    assert pop3.status("LIST 1") == f"+OK 1 {len(content)}"
+    assert pop3.retr(1) == content
