@@ -17,6 +17,7 @@ import dataclasses
 import email.utils
 import enum
 import re
+import weakref
 from typing import TYPE_CHECKING
 
 from .logs import printable
@@ -30,6 +31,7 @@ MAX_RECIPIENTS = 100  # RFC 5321 4.5.3.1.8: the minimum a server must accept
 MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
 MAX_DOMAIN = 255  # RFC 5321 4.5.3.1.2
 MAX_PATH = 256  # RFC 5321 4.5.3.1.3, angle brackets included
+TRACE_ROOM = 1024  # octets the trace fields add to an inbox copy, at most (a greeting is cut to 100)
 
 # RFC 5321 4.1.2: Mailbox = Local-part "@" ( Domain / address-literal ).
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -96,10 +98,15 @@ class Refusal(enum.Enum):
 
 
 def route(
-    address: str, declared_size: int, config: ServerConfig, users: UserStore, mailboxes: MailboxStore
+    address: str, envelope: Envelope, config: ServerConfig, users: UserStore, mailboxes: MailboxStore
 ) -> tuple[str | None, Refusal | None]:
     """(account, None) if address is an account here, (None, None) if only the Sent copy is
-    kept, (None, refusal) if the recipient is refused. Raise OSError if the disk cannot say."""
+    kept, (None, refusal) if the recipient is refused. Raise OSError if the disk cannot say.
+
+    An account's inbox holds room for the message for as long as the envelope lives: RSET,
+    HELO, STARTTLS, the end of DATA (after its reply) or of the connection drop the envelope,
+    and CPython frees it, and so the room, at once (weakref.finalize); no path can forget it.
+    """
     local, _, domain = address.rpartition("@")
     if not local:  # <postmaster> without a domain: this server's
         local, domain = address, config.hostname
@@ -109,10 +116,16 @@ def route(
     if account is None:
         # RFC 5321 4.5.1: postmaster is always accepted; without such an account only Sent keeps it.
         return None, (None if local.lower() == POSTMASTER else Refusal.NO_SUCH_USER)
-    # Checked at RCPT, as Postfix does: a message may take an inbox a little past the quota.
+    # Checked at RCPT, as Postfix does, with room held for the message until its DATA ends:
+    # however many sessions race, one message at most takes an inbox past the quota.
     used, quota = mailboxes.inbox_size(account), config.max_mailbox_size
-    if used >= quota or used + declared_size > quota:
+    if used >= quota or used + envelope.declared_size > quota:
         return None, Refusal.MAILBOX_FULL
+    if account not in envelope.accounts:
+        release = mailboxes.reserve(account, quota, config.max_message_size + TRACE_ROOM)
+        if release is None:
+            return None, Refusal.MAILBOX_FULL
+        weakref.finalize(envelope, release)
     return account, None
 
 

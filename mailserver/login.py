@@ -37,6 +37,7 @@ class LoginOutcome(enum.Enum):
     WRONG = "wrong username or password"  # the seed's rule: the connection ends
     THROTTLED = "refused unchecked by the login throttle"  # the session goes on
     TLS_FIRST = "no password before TLS (--require-tls)"  # the session goes on
+    REVOKED = "the account was removed or its password changed since the login"  # the session ends (issue 18)
 
 
 class Login(NamedTuple):
@@ -58,6 +59,7 @@ class LoginMixIn:
     if TYPE_CHECKING:
         mail: MailServer
         peer: str
+        account: str | None
         login_hash: bytes | None
         protocol: ClassVar[str]
         client_address: tuple[str, int]
@@ -114,7 +116,11 @@ class LoginMixIn:
             self.refuse_auth(AuthProblem.UNKNOWN_MECHANISM)
             return None
         run: Callable[[str | None], Credentials | None] = getattr(self, "auth_" + name)
-        return run(initial.strip() or None)
+        credentials = run(initial.strip() or None)
+        if credentials is not None and not well_formed_name(credentials.user):  # one rule for a name
+            self.refuse_auth(AuthProblem.MALFORMED_NAME)
+            return None
+        return credentials
 
     def auth_PLAIN(self, initial: str | None) -> Credentials | None:
         """RFC 4616: base64 of authzid NUL authcid NUL password; the same in SMTP (RFC 4954) and POP3 (RFC 5034)."""
@@ -122,9 +128,8 @@ class LoginMixIn:
         if response is None:
             return None
         credentials = plain_credentials(response)
-        if credentials is None or not well_formed_name(credentials.user):
+        if credentials is None:
             self.refuse_auth(AuthProblem.MALFORMED)
-            return None
         return credentials
 
     def auth_response(self, initial: str | None, challenge: bytes) -> bytes | None:
@@ -150,12 +155,7 @@ class LoginMixIn:
 
     def account_revoked(self) -> bool:
         """True if the logged-in account is gone from users.txt, or has another hash than at the login."""
-        user = self.logged_in_user()
-        return user is not None and self.mail.users.hash_of(user) != self.login_hash
-
-    def logged_in_user(self) -> str | None:
-        """The account this session logged in as, or None."""
-        raise NotImplementedError
+        return self.account is not None and self.mail.users.hash_of(self.account) != self.login_hash
 
     def is_account(self, name: str) -> bool:
         return name in self.mail.users

@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import stat
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -35,6 +36,7 @@ MAILDIR_PARTS = ("tmp", "new", "cur")
 MESSAGE_PARTS = ("new", "cur")  # where a folder's messages are; tmp/ holds files still being written
 SIZE_FIELD = re.compile(r",S=(\d+)")  # Maildir++: octets on disk
 WIRE_SIZE_FIELD = re.compile(r",W=(\d+)")  # Maildir++: octets with CRLF line ends (what POP3 sends)
+RACY_NS = 2_000_000_000  # a folder changed this recently is counted again: FAT's mtime ticks every 2 s
 
 T = TypeVar("T")
 
@@ -130,6 +132,20 @@ def make_maildir(path: Path, *, parents: bool = False) -> None:
     path.mkdir(mode=0o700, parents=parents, exist_ok=True)
     for part in MAILDIR_PARTS:
         (path / part).mkdir(mode=0o700, exist_ok=True)
+
+
+def folder_stamp(maildir: Path) -> tuple[int, ...] | None:
+    """What changes whenever a message is added to, moved in or removed from maildir: the inode
+    and mtime of new/ and cur/ (lstat). None if one is missing, or changed too recently: a
+    filesystem's clock ticks coarsely (ext4 a few ms, FAT 2 s), and a change in the same tick
+    as the last one would leave the stamp as it was (git's "racy" index has the same cure)."""
+    try:
+        stats = [os.lstat(maildir / part) for part in MESSAGE_PARTS]
+    except OSError:
+        return None
+    if time.time_ns() - max(info.st_mtime_ns for info in stats) < RACY_NS:
+        return None
+    return tuple(number for info in stats for number in (info.st_ino, info.st_mtime_ns))
 
 
 def message_entries(maildir: Path) -> Iterator[os.DirEntry[str]]:

@@ -52,12 +52,14 @@ AUTH_REFUSALS = {  # the -ERR for an AUTH exchange that stops before a password 
     AuthProblem.CANCELLED: "Authentication cancelled",
     AuthProblem.BAD_BASE64: "Invalid base64",
     AuthProblem.MALFORMED: "Malformed PLAIN response",
+    AuthProblem.MALFORMED_NAME: "Malformed username: no spaces around it",
     AuthProblem.UNKNOWN_MECHANISM: "Unrecognized authentication type; use {mechanisms}",
 }
 LOGIN_REFUSALS = {  # the -ERR for a login that did not succeed; {reason} is the throttle's
     LoginOutcome.WRONG: "[AUTH] Invalid username or password",
     LoginOutcome.THROTTLED: "[SYS/TEMP] {reason}",
     LoginOutcome.TLS_FIRST: "[AUTH] Use STLS first: this server takes no password in clear text",
+    LoginOutcome.REVOKED: "[AUTH] Your account was removed or its password changed; closing connection",
 }
 
 
@@ -101,8 +103,7 @@ class POP3Handler(LineHandler):
     command_prefix = "pop3_"
     max_command_line = MAX_COMMAND_LINE
     longer_lines: ClassVar[dict[str, int]] = {"AUTH": MAX_AUTH_LINE}  # an initial response may be long
-    # RFC 1939 7: "the server may treat spaces in the argument as part of the password".
-    # USER too: its name is the exact text after the space, and whitespace around it is refused (issue 18).
+    # PASS: RFC 1939 7 lets spaces be part of a password. USER: a name is the exact text, no space around it.
     verbatim_arguments: ClassVar[frozenset[str]] = frozenset({"PASS", "USER"})
 
     # -- what LineHandler asks of a protocol --------------------------------------------
@@ -142,12 +143,6 @@ class POP3Handler(LineHandler):
 
     def tls_started(self) -> None:
         self.user_named = None  # RFC 2595 4: forget what was said in clear text
-
-    def logged_in_user(self) -> str | None:
-        return self.user
-
-    def revoked(self) -> None:
-        self.reply(ERR, "[AUTH] Your account was removed or its password changed; closing connection")
 
     @classmethod
     def refusal(cls, hostname: str, reason: str) -> bytes:
@@ -231,9 +226,8 @@ class POP3Handler(LineHandler):
             self.reply_syntax("PASS")
             return
         user, self.user_named = self.user_named, None
-        account = self.log_in(Credentials("", user, argument.encode("utf-8")))
-        if account is not None:
-            self.open_inbox(account)
+        if self.log_in(Credentials("", user, argument.encode("utf-8"))):
+            self.open_inbox(self.account or "")  # the account log_in() found for the name
 
     @in_state(State.AUTHORIZATION)
     def pop3_AUTH(self, argument: str) -> None:
@@ -248,9 +242,8 @@ class POP3Handler(LineHandler):
         if self.refused_before_tls():
             return
         credentials = self.authenticate(argument)
-        account = self.log_in(credentials) if credentials is not None else None
-        if account is not None:
-            self.open_inbox(account)
+        if credentials is not None and self.log_in(credentials):
+            self.open_inbox(self.account or "")  # the account log_in() found for the name
 
     def send_challenge(self, challenge: bytes) -> None:
         self.send_lines(f"+ {base64.b64encode(challenge).decode()}\r\n")  # RFC 5034 4; PLAIN's is empty: "+ "

@@ -21,6 +21,7 @@ class AuthProblem(enum.Enum):
     CANCELLED = "the client cancelled"
     BAD_BASE64 = "the answer is not base64"
     MALFORMED = "the answer is not what the mechanism holds"
+    MALFORMED_NAME = "the username has whitespace around it, or is empty (see well_formed_name)"
     UNKNOWN_MECHANISM = "no such mechanism here"
 
 

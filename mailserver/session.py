@@ -131,6 +131,7 @@ class LineHandler(DrillMixIn, LoginMixIn, socketserver.StreamRequestHandler):
         self.longest_line = max(self.max_command_line, *self.longer_lines.values())  # what read_line may take
         self.deadline: float | None = None  # watched by the server's watchdog
         self.interrupted: str | None = None  # why the server cut our reads short
+        self.account: str | None = None  # the account logged in (log_in); TLS forgets it with the rest
         self.login_hash: bytes | None = None  # the users.txt hash the login was checked against
         events = self.mail.events
         self.watch = events.watch(self.protocol, self.peer, status=self.status) if events is not None else None
@@ -201,8 +202,8 @@ class LineHandler(DrillMixIn, LoginMixIn, socketserver.StreamRequestHandler):
             if method is None:
                 self.reply_unknown_command()
             elif self.account_revoked():  # deluser or passwd since the login: no more commands
-                log.warning("%s %s: the account was removed or its password changed", self.peer, self.logged_in_user())
-                self.revoked()
+                log.warning("%s %s: the account was removed or its password changed", self.peer, self.account)
+                self.refuse_login(Login(LoginOutcome.REVOKED))
                 raise Hangup
             elif not self.drilled(COMMAND_STAGES.get(verb)):  # a --chaos drill answers in its place
                 method(argument if verb in self.verbatim_arguments else argument.strip())
@@ -296,10 +297,6 @@ class LineHandler(DrillMixIn, LoginMixIn, socketserver.StreamRequestHandler):
         """Answer a login that did not succeed (WRONG, THROTTLED, TLS_FIRST) in the protocol's words."""
         raise NotImplementedError
 
-    def revoked(self) -> None:
-        """Tell the client its account was removed or its password changed; the session then ends."""
-        raise NotImplementedError
-
     def refused_before_tls(self) -> bool:
         """With --require-tls and no TLS yet: answer as refuse_login() does and return True."""
         if not self.needs_tls_first():
@@ -307,8 +304,9 @@ class LineHandler(DrillMixIn, LoginMixIn, socketserver.StreamRequestHandler):
         self.refuse_login(Login(LoginOutcome.TLS_FIRST))
         return True
 
-    def log_in(self, credentials: Credentials) -> str | None:
-        """Check credentials; the account logged in if they are right, else answer the outcome and return None.
+    def log_in(self, credentials: Credentials) -> bool:
+        """Check credentials; True if they are right (self.account is then the account), else answer the
+        outcome and return False.
 
         A wrong username or password ends the connection after its reply: the seed's rule,
         for both protocols. A refused login (the throttle, no TLS yet) lets the session go on.
@@ -317,11 +315,12 @@ class LineHandler(DrillMixIn, LoginMixIn, socketserver.StreamRequestHandler):
             return False
         login = self.check_login(credentials)
         if login.outcome is LoginOutcome.OK:
-            return login.account
+            self.account = login.account
+            return True
         self.refuse_login(login)
         if login.outcome is LoginOutcome.WRONG:
             raise Hangup
-        return None
+        return False
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -417,6 +416,7 @@ class LineHandler(DrillMixIn, LoginMixIn, socketserver.StreamRequestHandler):
             self.rfile.close()
         self.rfile = self.connection.makefile("rb", self.rbufsize)
         self.tls_active = True
+        self.account = None  # RFC 3207 4.2: a login before TLS is forgotten too
         self.tls_started()
 
 

@@ -23,7 +23,7 @@ from .data import DataReader, DataState
 from .envelope import MAX_LOCAL_PART, MAX_RECIPIENTS, Envelope, mail_parameters, owns, parse_path, route, trace_fields
 from .login import Login
 from .logs import log, plural, printable
-from .sasl import MAX_AUTH_LINE, AuthProblem, Credentials, username_text, well_formed_name
+from .sasl import MAX_AUTH_LINE, AuthProblem, Credentials, username_text
 from .session import Hangup, LineHandler, offered_when
 from .smtp_replies import (
     AUTH_REFUSALS,
@@ -120,12 +120,6 @@ class SMTPHandler(LineHandler):
     def tls_started(self) -> None:
         self.session = Session()  # RFC 3207 4.2: forget everything said in clear text
 
-    def logged_in_user(self) -> str | None:
-        return self.session.user
-
-    def revoked(self) -> None:
-        self.closing("Your account was removed or its password changed")  # 421 (issue 18)
-
     @classmethod
     def refusal(cls, hostname: str, reason: str) -> bytes:
         return f"421 {hostname} {reason}, closing transmission channel\r\n".encode()
@@ -220,7 +214,7 @@ class SMTPHandler(LineHandler):
             self.reply(452, f"Too many recipients (at most {MAX_RECIPIENTS})")
             return
         try:
-            account, refusal = route(address, envelope.declared_size, self.config, self.mail.users, self.mail.mailboxes)
+            account, refusal = route(address, envelope, self.config, self.mail.users, self.mail.mailboxes)
         except OSError as error:
             self.reply(*self.storage_error(error))
             return
@@ -260,7 +254,7 @@ class SMTPHandler(LineHandler):
         if argument:
             self.reply_syntax("DATA")
             return
-        self.session.envelope = None  # whatever happens now, the transaction is over
+        self.session.envelope = None  # whatever happens now, the transaction is over (kept here to its reply)
         trace = b""  # only inbox copies carry trace fields
         if envelope.accounts:
             greeting, address = self.session.greeting or "", self.client_address[0]
@@ -384,19 +378,15 @@ class SMTPHandler(LineHandler):
             self.reply_syntax("AUTH")
             return
         credentials = self.authenticate(argument)
-        account = self.log_in(credentials) if credentials is not None else None
-        if account is not None:
-            self.session.user = account
-            log.info("%s login %s", self.peer, account)
+        if credentials is not None and self.log_in(credentials):
+            self.session.user = self.account
+            log.info("%s login %s", self.peer, self.account)
             self.reply(235, "2.7.0 Authentication successful")
 
     def auth_LOGIN(self, initial: str | None) -> Credentials | None:
         """The de-facto LOGIN mechanism: username and password in two base64 answers."""
         user = self.auth_response(initial, b"Username:")
         if user is None:
-            return None
-        if not well_formed_name(username_text(user)):
-            self.reply(501, "Malformed LOGIN username")
             return None
         password = self.auth_response(None, b"Password:")
         if password is None:

@@ -28,12 +28,14 @@ AUTH_REFUSALS = {  # the reply to an AUTH exchange that stops before a password 
     AuthProblem.CANCELLED: Reply(501, "Authentication cancelled"),
     AuthProblem.BAD_BASE64: Reply(501, "Error: invalid base64"),
     AuthProblem.MALFORMED: Reply(501, "Malformed PLAIN response"),
+    AuthProblem.MALFORMED_NAME: Reply(501, "Malformed username: no spaces around it"),
     AuthProblem.UNKNOWN_MECHANISM: Reply(504, "Unrecognized authentication type; use {mechanisms}"),
 }
 LOGIN_REFUSALS = {  # the reply to a login that did not succeed; {reason} is the throttle's
     LoginOutcome.WRONG: Reply(535, "5.7.8 Authentication credentials invalid"),
     LoginOutcome.THROTTLED: Reply(454, "4.7.0 {reason}"),
     LoginOutcome.TLS_FIRST: Reply(530, "Must issue a STARTTLS command first"),
+    LoginOutcome.REVOKED: Reply(421, "4.7.0 Your account was removed or its password changed, closing connection"),
 }
 RCPT_REFUSALS = {  # the reply to a recipient envelope.route() refuses
     Refusal.NO_SUCH_USER: Reply(550, "5.1.1 <{address}>: no such user here"),
