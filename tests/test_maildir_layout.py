@@ -225,3 +225,26 @@ def test_a_rename_that_fails_stops_the_migration_with_nothing_lost(
     with pytest.raises(OSError, match="Read-only"):
         migrate_old_layout(root)
     assert files_of(maildir) == OLD_MESSAGES
+
+
+def test_the_migration_fsyncs_the_mailbox_after_the_rename_to_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18: without the fsync of <user>/, a crash could undo the rename that made .Sent (a mutation survived)."""
+    user_path = old_layout(tmp_path / "mailboxes")
+    events: list[tuple[str, ...]] = []
+    real_rename, real_fsync_directory = os.rename, migration.fsync_directory
+
+    def rename(source: object, target: object) -> None:
+        real_rename(source, target)  # type: ignore[arg-type]
+        events.append(("rename", str(source), str(target)))
+
+    def fsync_directory(path: Path) -> None:
+        real_fsync_directory(path)
+        events.append(("fsync", str(path)))
+
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(migration, "fsync_directory", fsync_directory)
+    assert migrate_old_layout(tmp_path / "mailboxes") == (1, 3)
+    renamed = events.index(("rename", str(user_path / migration.MIGRATING), str(user_path / ".Sent")))
+    assert ("fsync", str(user_path)) in events[renamed + 1 :]
