@@ -26,6 +26,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailserver.envelope import parse_path
+from mailserver.sasl import well_formed_name
+from mailserver.users import find_account
 
 REPLY_LINE = re.compile(rb"\d{3}[ -][^\r\n]*\r\n")
 RETR_REPLY = re.compile(rb"250 (\d+) messages? follows?\r\n")
@@ -260,11 +262,20 @@ def expected_reply(mechanism: str, responses: list[str]) -> int:
         parts = first.split(b"\0")
         if len(parts) != 3:
             return 501
-        return 235 if parts[0] in (b"", b"alice") and parts[1:] == [b"alice", password] else 535
+        authzid, name = (part.decode("utf-8", "replace") for part in parts[:2])
+        if not well_formed_name(name):
+            return 501  # issue 18: one rule for a name, whitespace around it is malformed
+        wanted = authzid == "" or is_alice(authzid)
+        return 235 if wanted and is_alice(name) and parts[2] == password else 535
     second = decoded(responses[1])
-    if second is None:
+    if second is None or not well_formed_name(first.decode("utf-8", "replace")):
         return 501
-    return 235 if (first, second) == (b"alice", password) else 535
+    return 235 if is_alice(first.decode("utf-8", "replace")) and second == password else 535
+
+
+def is_alice(name: str) -> bool:
+    """True if name means the account alice: the name as a login resolves it, case ignored."""
+    return find_account(USERS, name) == "alice"
 
 
 def test_auth_decoding_takes_any_response_and_lets_only_the_right_password_in(
