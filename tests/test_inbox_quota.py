@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import RawSession, RunningServer, wait_for
 
-from mailserver import storage
+from mailserver import maildir
 from mailserver.storage import MailboxStore
 
 QUOTA = 40_000
@@ -153,13 +153,13 @@ def test_rcpt_counts_an_inbox_once_however_many_rcpts(
     server = start_server()
     other_programs_files(server.mailboxes_path / "bob", 2000)
     counted: list[Path] = []
-    real = storage.message_entries
+    real = maildir.message_entries
 
     def spy(maildir: Path):  # type: ignore[no-untyped-def]
         counted.append(maildir)
         return real(maildir)
 
-    monkeypatch.setattr(storage, "message_entries", spy)
+    monkeypatch.setattr(maildir, "message_entries", spy)  # where Folder finds it
     session = session_of(server)
     try:
         assert session.command("MAIL FROM:<alice@mail.test>")[0] == 250
