@@ -59,22 +59,15 @@ def test_pop3_auth_plain_refuses_whitespace_around_a_name(pop3: POP3Session) -> 
     pop3.login()
 
 
-def test_whitespace_spellings_do_not_add_to_the_throttle(start_server: Callable[..., RunningServer]) -> None:
+def test_whitespace_spellings_do_not_add_to_the_throttle(
+    start_server: Callable[..., RunningServer], pop3_connect: Callable[..., POP3Session]
+) -> None:
     server = start_server(pop3=True, max_login_failures=1)
     for line in ("USER  alice", "USER alice\t"):
-        pop3 = POP3Session(server.host, server.pop3_port)
-        try:
-            assert pop3.read_line().startswith("+OK")
-            assert pop3.status(line) == "-ERR Syntax: USER <name>"
-            assert pop3.status("PASS wrong") == "-ERR Send USER first"
-        finally:
-            pop3.close()
-    pop3 = POP3Session(server.host, server.pop3_port)
-    try:
-        assert pop3.read_line().startswith("+OK")
-        pop3.login()  # the limit is 1 failure: none was counted
-    finally:
-        pop3.close()
+        pop3 = pop3_connect(server)
+        assert pop3.status(line) == "-ERR Syntax: USER <name>"
+        assert pop3.status("PASS wrong") == "-ERR Send USER first"
+    pop3_connect(server).login()  # the limit is 1 failure: none was counted
 
 
 # ---------------------------------------------------------------- one account, any case
@@ -100,24 +93,15 @@ def test_pop3_in_another_case_opens_the_accounts_inbox(pop3: POP3Session, pop3_s
 
 @pytest.mark.parametrize("spellings", [("alice", "Alice"), ("ALICE", "alice")])
 def test_the_throttle_counts_every_spelling_of_an_account_as_one(
-    start_server: Callable[..., RunningServer], spellings: tuple[str, str]
+    start_server: Callable[..., RunningServer], pop3_connect: Callable[..., POP3Session], spellings: tuple[str, str]
 ) -> None:
     server = start_server(pop3=True, max_login_failures=1)
-    first = POP3Session(server.host, server.pop3_port)
-    try:
-        assert first.read_line().startswith("+OK")
-        first.status(f"USER {spellings[0]}")
-        assert first.status("PASS wrong") == "-ERR [AUTH] Invalid username or password"
-    finally:
-        first.close()
-    second = POP3Session(server.host, server.pop3_port)
-    try:
-        assert second.read_line().startswith("+OK")
-        second.status(f"USER {spellings[1]}")
-        refusal = second.status(f"PASS {USERS['alice']}")
-        assert refusal.startswith("-ERR [SYS/TEMP] Too many failed logins for this name"), refusal
-    finally:
-        second.close()
+    first, second = pop3_connect(server), pop3_connect(server)
+    first.status(f"USER {spellings[0]}")
+    assert first.status("PASS wrong") == "-ERR [AUTH] Invalid username or password"
+    second.status(f"USER {spellings[1]}")
+    refusal = second.status(f"PASS {USERS['alice']}")
+    assert refusal.startswith("-ERR [SYS/TEMP] Too many failed logins for this name"), refusal
 
 
 def test_authzid_in_another_case_is_the_same_account(connect: Callable[..., RawSession]) -> None:
