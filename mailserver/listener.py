@@ -175,7 +175,8 @@ class MailServer:
         self.connections.interrupt_all("Service shutting down")
         self.connections.wait_until_idle(self.shutdown_grace)
         for duty in self._duties:  # each ends within its interval of _closing
-            duty.join(self.shutdown_grace)
+            if duty.is_alive():  # a Ctrl-C or SIGTERM may have cut _start_duties() short before start()
+                duty.join(self.shutdown_grace)
 
     def __enter__(self) -> MailServer:
         return self

@@ -105,11 +105,12 @@ def test_a_recipient_refused_for_room_held_by_another_session_does_not_stop_the_
         second.close()
 
 
-@pytest.mark.parametrize("how", ["RSET", "EHLO", "QUIT", "a reset connection", "the end of DATA"])
+@pytest.mark.parametrize("how", ["RSET", "EHLO", "QUIT", "a reset connection", "the end of DATA", "idling"])
 def test_the_room_held_comes_back_when_the_transaction_ends(
     start_server: Callable[..., RunningServer], how: str
 ) -> None:
-    server = start_server(max_mailbox_size=QUOTA)
+    # A session that holds room and idles holds it until --timeout cuts it off, no longer.
+    server = start_server(max_mailbox_size=QUOTA, timeout=1 if how == "idling" else 300)
     holder, other = session_of(server), session_of(server, "carol")
     try:
         assert holder.command("MAIL FROM:<alice@mail.test>")[0] == 250
@@ -123,7 +124,7 @@ def test_the_room_held_comes_back_when_the_transaction_ends(
         elif how == "a reset connection":
             holder.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, no FIN
             holder.close()
-        else:
+        elif how != "idling":
             command, expected = {"RSET": ("RSET", 250), "EHLO": ("EHLO client.test", 250), "QUIT": ("QUIT", 221)}[how]
             assert holder.command(command)[0] == expected
         # The room comes back at once, or (a connection the server must notice is gone) within moments.
