@@ -149,7 +149,8 @@ class MailServer:
     def serve_in_background(self, listener: Listener, poll_interval: float = 0.5) -> None:
         """Serve listener in a thread of its own until shutdown()."""
         self._start_duties()
-        threading.Thread(target=self._serve, args=(listener, poll_interval), daemon=True).start()
+        name = f"listener {listener.server_address[1]}"
+        threading.Thread(target=self._serve, args=(listener, poll_interval), name=name, daemon=True).start()
 
     def _serve(self, listener: Listener, poll_interval: float) -> None:
         with self._serving_lock:

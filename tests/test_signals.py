@@ -13,11 +13,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, wait_for
+
+from mailserver.config import ServerConfig
+from mailserver.listener import MailServer
+from mailserver.smtp import SMTPHandler
+from mailserver.storage import MailboxStore
+from mailserver.users import UserStore
 
 STOP_WITHIN = 2.0  # seconds: the server's shutdown grace, with no session open
 
@@ -94,3 +101,35 @@ def test_a_second_sigterm_during_the_stop(tmp_path: Path, shared_users_file: Pat
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
     exits_cleanly(process, sent)
+
+
+def test_a_listener_whose_thread_starts_after_shutdown_does_not_serve(tmp_path: Path, shared_users_file: Path) -> None:
+    """shutdown() may come before a listener's thread has begun: that thread must not serve after it."""
+    server = MailServer(ServerConfig(hostname="mail.test"), UserStore(shared_users_file), MailboxStore(tmp_path / "mb"))
+    listener = server.listen(("127.0.0.1", 0), SMTPHandler)
+    name = f"listener {listener.server_address[1]}"
+    try:
+        server.shutdown()
+        server.serve_in_background(listener, poll_interval=0.01)
+        wait_for(lambda: name not in {thread.name for thread in threading.enumerate()})
+    finally:
+        server.shutdown()
+        server.close()
+
+
+def test_close_after_a_stop_that_cut_the_duties_start_short(
+    tmp_path: Path, shared_users_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM inside the first serve's start of the watchdog: close() must still stop cleanly (it raised)."""
+    server = MailServer(ServerConfig(hostname="mail.test"), UserStore(shared_users_file), MailboxStore(tmp_path / "mb"))
+    listener = server.listen(("127.0.0.1", 0), SMTPHandler)
+
+    def interrupted(thread: threading.Thread) -> None:
+        raise KeyboardInterrupt  # as stop_once raises it, between the duty's creation and its start
+
+    with monkeypatch.context() as patch:
+        patch.setattr(threading.Thread, "start", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            server.serve_in_background(listener)
+    server.shutdown()
+    server.close()  # no "cannot join thread before it is started"
