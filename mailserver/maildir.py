@@ -203,11 +203,8 @@ class Folder:
         field = WIRE_SIZE_FIELD.search(key)
         if field is not None:
             return int(field[1])
-        size = 0
-        with self.open(key) as message:
-            while chunk := message.read(CHUNK):
-                size += wire_size(chunk)
-        return size
+        with self.open(key) as message:  # a CRLF cut between two chunks is one line end
+            return sum(map(wire_size, whole_line_ends(iter(lambda: message.read(CHUNK), b""))))
 
     def open(self, key: str) -> BinaryIO:
         """Open message key for reading; raise FileNotFoundError if it is gone (or a symlink now),
