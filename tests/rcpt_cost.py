@@ -27,20 +27,27 @@ from pathlib import Path
 import bcrypt
 
 
+def other_programs_messages(inbox: Path, count: int) -> None:
+    """count messages of 16 octets in inbox/cur, named as another program names them (no ,S=),
+    the inbox's folders made if need be and dated a minute back."""
+    for part in ("tmp", "new", "cur"):
+        (inbox / part).mkdir(parents=True, exist_ok=True)
+    for number in range(count):
+        (inbox / "cur" / f"{number}.M{number}P1.other:2,S").write_bytes(b"Subject: old\n\nx\n")
+    past = time.time() - 60
+    for part in ("new", "cur"):
+        os.utime(inbox / part, (past, past))
+
+
 def make_inbox(work: Path, files: int) -> Path:
-    """users.txt for alice and bob, and bob's mailbox with files messages in cur/, its folders a minute old."""
+    """users.txt for alice and bob, and bob's mailbox with files messages of another program's; return users.txt."""
     users = work / "users.txt"
     hashes = {name: bcrypt.hashpw(f"{name}-password".encode(), bcrypt.gensalt(4)).decode() for name in ("alice", "bob")}
     users.write_text("".join(f"{name}:{hashed}\n" for name, hashed in hashes.items()))
     bob = work / "mailboxes" / "bob"
-    for folder in (bob, bob / ".Sent"):  # .Sent too: else the start-up would take it for the old layout
-        for part in ("tmp", "new", "cur"):
-            (folder / part).mkdir(parents=True, exist_ok=True)
-    for number in range(files):
-        (bob / "cur" / f"{number}.M{number}P1.other:2,S").write_bytes(b"Subject: old\n\nx\n")
-    past = time.time() - 60
-    for part in ("new", "cur"):
-        os.utime(bob / part, (past, past))
+    for part in ("tmp", "new", "cur"):  # .Sent too: else the start-up would take it for the old layout
+        (bob / ".Sent" / part).mkdir(parents=True, exist_ok=True)
+    other_programs_messages(bob, files)
     return users
 
 

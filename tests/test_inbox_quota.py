@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import RawSession, RunningServer, wait_for
+from rcpt_cost import other_programs_messages
 
 from mailserver import maildir
 from mailserver.storage import MailboxStore
@@ -137,22 +138,11 @@ def test_the_room_held_comes_back_when_the_transaction_ends(
 # ------------------------------------------------------------------ RCPT's cost (item 10)
 
 
-def other_programs_files(inbox: Path, count: int) -> None:
-    """count messages in inbox/cur without the S= field (another program's names), folders dated a minute back."""
-    for part in ("tmp", "new", "cur"):
-        (inbox / part).mkdir(parents=True, exist_ok=True)
-    for number in range(count):
-        (inbox / "cur" / f"{number}.M{number}P1.other:2,S").write_bytes(b"Subject: old\n\nx\n")
-    past = time.time() - 60
-    for part in ("new", "cur"):
-        os.utime(inbox / part, (past, past))
-
-
 def test_rcpt_counts_an_inbox_once_however_many_rcpts(
     start_server: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = start_server()
-    other_programs_files(server.mailboxes_path / "bob", 2000)
+    other_programs_messages(server.mailboxes_path / "bob", 2000)
     counted: list[Path] = []
     real = maildir.message_entries
 
@@ -173,7 +163,7 @@ def test_rcpt_counts_an_inbox_once_however_many_rcpts(
 
 def test_the_size_kept_follows_a_change_of_the_folder(tmp_path: Path) -> None:
     store = MailboxStore(tmp_path / "mailboxes")
-    other_programs_files(store.root / "bob", 3)
+    other_programs_messages(store.root / "bob", 3)
     assert store.inbox_size("bob") == 3 * 16
     (store.root / "bob" / "new" / "9.M9P1.other").write_bytes(b"x" * 1000)  # another program delivers
     assert store.inbox_size("bob") == 3 * 16 + 1000
@@ -185,7 +175,7 @@ def test_the_size_kept_follows_a_change_of_the_folder(tmp_path: Path) -> None:
 def test_a_change_in_the_same_clock_tick_as_the_count_is_not_missed(tmp_path: Path) -> None:
     store = MailboxStore(tmp_path / "mailboxes")
     bob = store.root / "bob"
-    other_programs_files(bob, 3)
+    other_programs_messages(bob, 3)
     now = time.time_ns()
     for part in ("new", "cur"):
         os.utime(bob / part, ns=(now, now))
