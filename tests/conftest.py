@@ -541,16 +541,17 @@ class ServerProcess:
     def wait(self, timeout: float = 10) -> int:
         return self.process.wait(timeout)
 
-    def stop(self) -> int | None:
-        """SIGTERM, and the exit status; fail the test if the server had to be killed (issue 18: a hang is a bug)."""
+    def stop(self, grace: float = 10) -> int | None:
+        """SIGTERM, and the exit status; fail the test if the server had to be killed after grace seconds
+        (issue 18: a hang is a bug)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(10)
+                self.process.wait(grace)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-                pytest.fail("the server did not stop within 10 s of SIGTERM and was killed:\n" + self.log)
+                pytest.fail(f"the server did not stop within {grace:g} s of SIGTERM and was killed:\n" + self.log)
             finally:
                 if self.process.stdout:
                     self.process.stdout.close()

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, wait_for
+from conftest import ROOT, ServerProcess, wait_for
 
 from mailserver.config import ServerConfig
 from mailserver.listener import MailServer
@@ -133,3 +133,22 @@ def test_close_after_a_stop_that_cut_the_duties_start_short(
             server.serve_in_background(listener)
     server.shutdown()
     server.close()  # no "cannot join thread before it is started"
+
+
+IGNORES_SIGTERM = """
+import signal
+
+real_signal = signal.signal
+signal.signal = lambda signum, handler: real_signal(signum, signal.SIG_IGN if signum == signal.SIGTERM else handler)
+"""
+
+
+def test_stop_fails_the_test_when_the_server_had_to_be_killed(tmp_path: Path, shared_users_file: Path) -> None:
+    """ServerProcess.stop() used to SIGKILL a hung server quietly; now the test that met the hang fails."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(IGNORES_SIGTERM)  # a server that hangs on SIGTERM
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(tmp_path / "site")}
+    process = ServerProcess("--users", str(shared_users_file), "--mailboxes", str(tmp_path / "mb"), env=env)
+    with pytest.raises(pytest.fail.Exception, match=r"did not stop within 0\.5 s of SIGTERM and was killed"):
+        process.stop(grace=0.5)
+    assert process.process.returncode == -signal.SIGKILL
