@@ -302,7 +302,7 @@ class MailboxStore:
         """Hold room in user's inbox for a message on its way (RCPT until its DATA ends): the least
         of most and the room left; None if the inbox, with the room held for others, is at quota.
 
-        Call what it returns once the message is stored or dropped. However many sessions race,
+        Call what it returns once (weakref.finalize does), when the message is stored or dropped. However many sessions race,
         every message but the one given the last of the room fits in the room it holds, so at
         most one message takes an inbox past the quota.
         """
@@ -312,13 +312,11 @@ class MailboxStore:
                 return None
             held = min(most, room)
             self._reserved[user] += held
-        return functools.partial(self._release, user, held, [False])
+        return functools.partial(self._release, user, held)
 
-    def _release(self, user: str, held: int, done: list[bool]) -> None:
+    def _release(self, user: str, held: int) -> None:
         with self._lock_of(user):
-            if not done[0]:  # once, however often it is called
-                done[0] = True
-                self._reserved[user] -= held
+            self._reserved[user] -= held
 
     def message_counts(self, user: str) -> tuple[int, int]:
         """How many messages user has in the inbox and in Sent (the web view shows them); no lock taken."""
