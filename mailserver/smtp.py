@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from .data import DataReader, DataState
-from .envelope import MAX_LOCAL_PART, MAX_RECIPIENTS, Envelope, mail_parameters, owns, parse_path, route, trace_fields
+from .envelope import MAX_LOCAL_PART, MAX_RECIPIENTS, Envelope, mail_parameters, parse_path, route, trace_fields
 from .login import Login
 from .logs import log, plural, printable
 from .sasl import MAX_AUTH_LINE, AuthProblem, Credentials, username_text
@@ -34,6 +34,7 @@ from .smtp_replies import (
     RCPT_REFUSALS,
     Reply,
     data_refusal,
+    mail_refusal,
     sent_only,
     storage_refusal,
 )
@@ -182,12 +183,9 @@ class SMTPHandler(LineHandler):
             return
         address, parameters = parsed
         declared_size, unknown = mail_parameters(parameters, self.config.max_message_size)
-        if unknown is not None:
-            self.reply(555, f"MAIL parameter not recognized: {printable(unknown[:40])}")
-        elif declared_size > self.config.max_message_size:
-            self.reply(552, f"Message size exceeds the limit of {self.config.max_message_size} bytes")
-        elif not owns(self.session.user or "", address, self.config, self.mail.users):
-            self.reply(553, f"5.7.1 <{address}>: not owned by user {self.session.user}")
+        refusal = mail_refusal(address, unknown, declared_size, self.session.user or "", self.config, self.mail.users)
+        if refusal is not None:
+            self.reply(*refusal)
         else:
             self.session.envelope = Envelope(sender=address, declared_size=declared_size)
             self.reply(*OK)

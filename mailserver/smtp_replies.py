@@ -7,12 +7,17 @@ sent from one place only is written where it is sent, in `smtp.py`.
 from __future__ import annotations
 
 import errno
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .data import MAX_TEXT_LINE, DataState
-from .envelope import Refusal
+from .envelope import Refusal, owns
 from .login import LoginOutcome
+from .logs import printable
 from .sasl import AuthProblem
+
+if TYPE_CHECKING:
+    from .config import ServerConfig
+    from .users import UserStore
 
 
 class Reply(NamedTuple):
@@ -70,3 +75,17 @@ def sent_only(address: str, local_domains: frozenset[str]) -> Reply:
     _, at, domain = address.rpartition("@")  # <postmaster> alone has no domain: it is this server's
     reply = SENT_ONLY_ELSEWHERE if at and domain.lower() not in local_domains else SENT_ONLY_NO_POSTMASTER
     return Reply(reply.code, reply.text.format(address=address))
+
+
+def mail_refusal(
+    address: str, unknown: str | None, declared_size: int, user: str, config: ServerConfig, users: UserStore
+) -> Reply | None:
+    """MAIL's refusal, if any: a parameter not understood (555), a SIZE over the limit (552), or
+    an address not the user's own (553, see envelope.owns()); None if the transaction may start."""
+    if unknown is not None:
+        return Reply(555, f"MAIL parameter not recognized: {printable(unknown[:40])}")
+    if declared_size > config.max_message_size:
+        return Reply(552, f"Message size exceeds the limit of {config.max_message_size} bytes")
+    if not owns(user, address, config, users):
+        return Reply(553, f"5.7.1 <{address}>: not owned by user {user}")
+    return None

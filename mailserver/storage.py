@@ -302,9 +302,9 @@ class MailboxStore:
         """Hold room in user's inbox for a message on its way (RCPT until its DATA ends): the least
         of most and the room left; None if the inbox, with the room held for others, is at quota.
 
-        Call what it returns once (weakref.finalize does), when the message is stored or dropped. However many sessions race,
-        every message but the one given the last of the room fits in the room it holds, so at
-        most one message takes an inbox past the quota.
+        Call what it returns once (weakref.finalize does), when the message is stored or dropped.
+        However many sessions race, every message but the one given the last of the room fits in
+        the room it holds, so at most one message takes an inbox past the quota.
         """
         with self._lock_of(user):
             room = quota - self.inbox_size(user) - self._reserved[user]
