@@ -46,12 +46,12 @@ from .maildir import (
     MESSAGE_PARTS,
     Delivery,
     Folder,
-    folder_stamp,
     make_maildir,
     message_entries,
     real_directory,
     skipped,
 )
+from .quota import InboxSizes
 from .users import USERNAME
 
 __all__ = [
@@ -260,8 +260,7 @@ class MailboxStore:
         self._user_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._user_locks_lock = threading.Lock()
         self._maildrops_in_use: set[str] = set()
-        self._inbox_sizes: dict[str, tuple[tuple[int, ...] | None, int]] = {}  # user: (folder_stamp, octets)
-        self._reserved: defaultdict[str, int] = defaultdict(int)  # user: octets held by messages on their way
+        self._sizes = InboxSizes()  # each inbox's size, and the room RCPT holds in it
 
     # -- delivery (SMTP DATA) ----------------------------------------------------------
 
@@ -282,41 +281,12 @@ class MailboxStore:
         return Delivery(os.path.join(self._create(sender), SENT), inboxes, self._unique_name(), trace)
 
     def inbox_size(self, user: str) -> int:
-        """The octets in user's inbox, as on disk (what --max-mailbox-size limits).
-
-        Counted again only when new/ or cur/ changed (see folder_stamp): RCPT costs the same
-        for an inbox of 30 000 files, even files without the S= field, as for an empty one.
-        """
-        inbox = self._user_path(user)
-        stamp = folder_stamp(inbox)  # before counting: a change meanwhile makes the next call count again
-        with self._user_locks_lock:
-            known = self._inbox_sizes.get(user)
-        if stamp is not None and known is not None and known[0] == stamp:
-            return known[1]
-        size = Folder(inbox).stored_size()
-        with self._user_locks_lock:
-            self._inbox_sizes[user] = (stamp, size)
-        return size
+        """The octets in user's inbox, as on disk (what --max-mailbox-size limits); see quota.py."""
+        return self._sizes.size(user, self._user_path(user))
 
     def reserve(self, user: str, quota: int, most: int) -> Callable[[], None] | None:
-        """Hold room in user's inbox for a message on its way (RCPT until its DATA ends): the least
-        of most and the room left; None if the inbox, with the room held for others, is at quota.
-
-        Call what it returns once (weakref.finalize does), when the message is stored or dropped.
-        However many sessions race, every message but the one given the last of the room fits in
-        the room it holds, so at most one message takes an inbox past the quota.
-        """
-        with self._lock_of(user):
-            room = quota - self.inbox_size(user) - self._reserved[user]
-            if room <= 0:
-                return None
-            held = min(most, room)
-            self._reserved[user] += held
-        return functools.partial(self._release, user, held)
-
-    def _release(self, user: str, held: int) -> None:
-        with self._lock_of(user):
-            self._reserved[user] -= held
+        """Hold room in user's inbox for a message on its way; see InboxSizes.reserve."""
+        return self._sizes.reserve(user, self._user_path(user), quota, most)
 
     def message_counts(self, user: str) -> tuple[int, int]:
         """How many messages user has in the inbox and in Sent (the web view shows them); no lock taken."""
