@@ -22,7 +22,7 @@ from mailserver import storage
 from mailserver.storage import MailboxStore
 
 SESSIONS = ("pop3.py", "smtp.py")
-BELOW_STORAGE = {"maildir", "durable", "migration"}  # storage's own helpers: a session never needs them
+BELOW_STORAGE = {"maildir", "maildrop", "durable", "migration"}  # storage's own helpers: a session never needs them
 FILE_MODULES = {"os", "pathlib", "shutil", "mailbox", "io", "tempfile"}
 
 

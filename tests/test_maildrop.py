@@ -6,12 +6,13 @@ the UPDATE state (QUIT) removes the marked ones. One session per inbox at a time
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from conftest import deliver, store_message
 
-from mailserver import maildir, storage
+from mailserver import maildir, maildrop
 from mailserver.storage import AlreadyDeleted, InboxMessage, MailboxStore, MaildropInUse, MessageGone, NoSuchMessage
 
 FIRST = b"Subject: one\n\nfirst\n"
@@ -142,10 +143,12 @@ def test_closing_without_commit_removes_nothing(store: MailboxStore) -> None:
 
 def test_commit_is_durable_before_it_returns(store: MailboxStore, monkeypatch: pytest.MonkeyPatch) -> None:
     events: list[str] = []
-    real_unlink, real_fsync_directory = storage.os.unlink, storage.fsync_directory
-    monkeypatch.setattr(storage.os, "unlink", lambda path: (events.append("unlink"), real_unlink(path)))
+    real_unlink, real_fsync_directory = os.unlink, maildrop.fsync_directory
+    monkeypatch.setattr(os, "unlink", lambda path: (events.append("unlink"), real_unlink(path)))
     monkeypatch.setattr(
-        storage, "fsync_directory", lambda path: (events.append(f"fsync {Path(path).name}"), real_fsync_directory(path))
+        maildrop,
+        "fsync_directory",
+        lambda path: (events.append(f"fsync {Path(path).name}"), real_fsync_directory(path)),
     )
     with store.open_maildrop("bob") as drop:
         drop.mark(1)
