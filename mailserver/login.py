@@ -2,7 +2,7 @@
 
 SMTP's AUTH and POP3's USER/PASS and AUTH all end in `check_login()`, which runs the login
 through the server's one throttle and bcrypt check, logs what did not succeed, and returns
-a `Login`: OK, WRONG, THROTTLED or TLS_FIRST. `session.LineHandler.log_in()` answers it
+a `Login`: OK, WRONG, THROTTLED or TLS_FIRST. `LoginMixIn.log_in()` answers it
 through the protocol's `refuse_login()`; a wrong password ends the connection there, once
 for both. The SASL mechanisms are the `auth_<NAME>` methods (PLAIN here, LOGIN in SMTP):
 EHLO, CAPA, HELP and the refusals list them from those methods, as aiosmtpd does.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, NoReturn
 
 from .limits import LoginRefused
 from .logs import log
@@ -53,7 +53,8 @@ class LoginMixIn:
     """The login steps of `session.LineHandler`, which mixes this in (as socketserver mixes in threads).
 
     It uses the session's mail, peer, protocol and client_address, and its needs_tls_first(),
-    read_line(), trace(), send_challenge() and refuse_auth().
+    read_line(), trace(), send_challenge(), refuse_auth(), drilled() and hang_up(); each protocol
+    gives refuse_login() its own words.
     """
 
     if TYPE_CHECKING:
@@ -69,6 +70,37 @@ class LoginMixIn:
         def trace(self, direction: str, line: str, *, credential: bool = False) -> None: ...
         def send_challenge(self, challenge: bytes) -> None: ...
         def refuse_auth(self, problem: AuthProblem) -> None: ...
+        def drilled(self, stage: str | None) -> bool: ...
+        def hang_up(self) -> NoReturn: ...
+
+    def refuse_login(self, login: Login) -> None:
+        """Answer a login that did not succeed (WRONG, THROTTLED, TLS_FIRST) in the protocol's words."""
+        raise NotImplementedError
+
+    def refused_before_tls(self) -> bool:
+        """With --require-tls and no TLS yet: answer as refuse_login() does and return True."""
+        if not self.needs_tls_first():
+            return False
+        self.refuse_login(Login(LoginOutcome.TLS_FIRST))
+        return True
+
+    def log_in(self, credentials: Credentials) -> bool:
+        """Check credentials; True if they are right (self.account is then the account), else answer the
+        outcome and return False.
+
+        A wrong username or password ends the connection after its reply: the seed's rule,
+        for both protocols. A refused login (the throttle, no TLS yet) lets the session go on.
+        """
+        if self.drilled("auth"):  # before the throttle: a --chaos drill counts no failed login
+            return False
+        login = self.check_login(credentials)
+        if login.outcome is LoginOutcome.OK:
+            self.account = login.account
+            return True
+        self.refuse_login(login)
+        if login.outcome is LoginOutcome.WRONG:
+            self.hang_up()
+        return False
 
     def check_login(self, credentials: Credentials) -> Login:
         """Check a login as both protocols do, log it unless it succeeded, and return its outcome.

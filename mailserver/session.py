@@ -6,7 +6,7 @@
 - `Hangup`, raised inside a session, ends it.
 - `offered_when()` declares, beside a command, when it is offered (HELP, EHLO, CAPA ask `offers()`).
 
-Logging in comes from `login.LoginMixIn`; `log_in()` here answers its outcome, and hangs up
+Logging in comes from `login.LoginMixIn`: its `log_in()` answers the outcome, and hangs up
 on a wrong password, for both protocols. Methods a protocol overrides: `greet()`,
 `reply_line_too_long()`, `reply_unknown_command()`, `closing()`, `tls_started()`,
 `refusal()`, `idle_timeout()`, `send_challenge()`, `refuse_auth()` and `refuse_login()`.
@@ -30,7 +30,7 @@ from .config import ServerConfig
 from .data import MessageTrace, dot_stuffed
 from .login import Login, LoginMixIn, LoginOutcome
 from .logs import WireLog, log
-from .sasl import AuthProblem, Credentials
+from .sasl import AuthProblem
 
 if TYPE_CHECKING:
     from .listener import Listener
@@ -290,37 +290,6 @@ class LineHandler(DrillMixIn, LoginMixIn, socketserver.StreamRequestHandler):
         with contextlib.suppress(OSError):
             # socket.socket's own shutdown: SSLSocket's would also drop the TLS layer.
             socket.socket.shutdown(self.connection, socket.SHUT_RD)
-
-    # -- login (SMTP AUTH, POP3 USER/PASS and AUTH) ----------------------------------------
-
-    def refuse_login(self, login: Login) -> None:
-        """Answer a login that did not succeed (WRONG, THROTTLED, TLS_FIRST) in the protocol's words."""
-        raise NotImplementedError
-
-    def refused_before_tls(self) -> bool:
-        """With --require-tls and no TLS yet: answer as refuse_login() does and return True."""
-        if not self.needs_tls_first():
-            return False
-        self.refuse_login(Login(LoginOutcome.TLS_FIRST))
-        return True
-
-    def log_in(self, credentials: Credentials) -> bool:
-        """Check credentials; True if they are right (self.account is then the account), else answer the
-        outcome and return False.
-
-        A wrong username or password ends the connection after its reply: the seed's rule,
-        for both protocols. A refused login (the throttle, no TLS yet) lets the session go on.
-        """
-        if self.drilled("auth"):  # before the throttle: a --chaos drill counts no failed login
-            return False
-        login = self.check_login(credentials)
-        if login.outcome is LoginOutcome.OK:
-            self.account = login.account
-            return True
-        self.refuse_login(login)
-        if login.outcome is LoginOutcome.WRONG:
-            raise Hangup
-        return False
 
     # -- writing ------------------------------------------------------------------------------
 
