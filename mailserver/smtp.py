@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import functools
-import re
 from collections.abc import Callable
 from typing import ClassVar
 
 from .data import DataReader, DataState
-from .envelope import MAX_LOCAL_PART, MAX_RECIPIENTS, Envelope, mail_parameters, parse_path, route, trace_fields
+from .envelope import MAX_RECIPIENTS, Envelope, mail_parameters, parse_path, route, trace_fields
 from .login import Login
 from .logs import log, plural, printable
 from .sasl import MAX_AUTH_LINE, AuthProblem, Credentials, username_text
@@ -28,13 +26,14 @@ from .session import Hangup, LineHandler, offered_when
 from .smtp_replies import (
     AUTH_REFUSALS,
     LOGIN_REFUSALS,
-    NEED_AUTH,
-    NEED_MAIL,
     OK,
     RCPT_REFUSALS,
     Reply,
+    bare_name_refusal,
     data_refusal,
     mail_refusal,
+    requires_login,
+    requires_transaction,
     sent_only,
     storage_refusal,
 )
@@ -50,35 +49,6 @@ class Session:
     greeting: str | None = None  # the HELO/EHLO argument
     user: str | None = None  # set by a successful AUTH
     envelope: Envelope | None = None
-
-
-Command = Callable[["SMTPHandler", str], None]
-
-
-def requires_login(command: Command) -> Command:
-    """Guard: the command answers 530 until the client has logged in."""
-
-    @functools.wraps(command)
-    def guarded(self: SMTPHandler, argument: str) -> None:
-        if not self.session.user:
-            self.reply(*NEED_AUTH)
-            return
-        command(self, argument)
-
-    return guarded
-
-
-def requires_transaction(command: Command) -> Command:
-    """Guard: the command answers 503 outside a transaction that MAIL started (and 530 before login)."""
-
-    @functools.wraps(command)
-    def guarded(self: SMTPHandler, argument: str) -> None:
-        if self.session.envelope is None:
-            self.reply(*NEED_MAIL)
-            return
-        command(self, argument)
-
-    return requires_login(guarded)
 
 
 class SMTPHandler(LineHandler):
@@ -202,7 +172,11 @@ class SMTPHandler(LineHandler):
         assert envelope is not None  # the guard saw to it
         parsed = parse_path(argument, "TO:", allow_null=False)
         if parsed is None:
-            self.reply_rcpt_syntax(argument)
+            refusal = bare_name_refusal(argument, self.config.hostname)  # <dora>: say what it lacks
+            if refusal is None:
+                self.reply_syntax("RCPT")
+            else:
+                self.reply(*refusal)
             return
         address, parameters = parsed
         if parameters:
@@ -228,15 +202,6 @@ class SMTPHandler(LineHandler):
         if account not in envelope.accounts:
             envelope.accounts.append(account)
         self.reply(*OK)
-
-    def reply_rcpt_syntax(self, argument: str) -> None:
-        """The 501 for a RCPT that does not parse; for a bare name, the address it needs (RFC 5321 4.1.2)."""
-        bare = re.fullmatch(r"TO:\s*<([^<>@\s]+)>", argument, re.IGNORECASE)
-        if bare is None:
-            self.reply_syntax("RCPT")
-            return
-        name = printable(bare[1][:MAX_LOCAL_PART])
-        self.reply(501, f"5.1.3 <{name}> has no domain: a user of this server is <{name}@{self.config.hostname}>")
 
     @requires_transaction
     def smtp_DATA(self, argument: str) -> None:

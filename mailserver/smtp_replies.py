@@ -1,22 +1,27 @@
 """SMTP's replies by name: those that code branches on, sends from several places, or picks from a table.
 
 Each number stays beside its text, since those numbers are what students learn; a reply
-sent from one place only is written where it is sent, in `smtp.py`.
+sent from one place only is written where it is sent, in `smtp.py`. The two guards that send
+NEED_AUTH and NEED_MAIL, `requires_login` and `requires_transaction`, are here beside them.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
+import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from .data import MAX_TEXT_LINE, DataState
-from .envelope import Refusal, owns
+from .envelope import MAX_LOCAL_PART, Refusal, owns
 from .login import LoginOutcome
 from .logs import printable
 from .sasl import AuthProblem
 
 if TYPE_CHECKING:
     from .config import ServerConfig
+    from .smtp import SMTPHandler
     from .users import UserStore
 
 
@@ -89,3 +94,41 @@ def mail_refusal(
     if not owns(user, address, config, users):
         return Reply(553, f"5.7.1 <{address}>: not owned by user {user}")
     return None
+
+
+def bare_name_refusal(argument: str, hostname: str) -> Reply | None:
+    """For RCPT TO:<name> without a domain, the 501 that names the address it needs (RFC 5321 4.1.2); else None."""
+    bare = re.fullmatch(r"TO:\s*<([^<>@\s]+)>", argument, re.IGNORECASE)
+    if bare is None:
+        return None
+    name = printable(bare[1][:MAX_LOCAL_PART])
+    return Reply(501, f"5.1.3 <{name}> has no domain: a user of this server is <{name}@{hostname}>")
+
+
+Command = Callable[["SMTPHandler", str], None]
+
+
+def requires_login(command: Command) -> Command:
+    """Guard: the command answers 530 until the client has logged in."""
+
+    @functools.wraps(command)
+    def guarded(self: SMTPHandler, argument: str) -> None:
+        if not self.session.user:
+            self.reply(*NEED_AUTH)
+            return
+        command(self, argument)
+
+    return guarded
+
+
+def requires_transaction(command: Command) -> Command:
+    """Guard: the command answers 503 outside a transaction that MAIL started (and 530 before login)."""
+
+    @functools.wraps(command)
+    def guarded(self: SMTPHandler, argument: str) -> None:
+        if self.session.envelope is None:
+            self.reply(*NEED_MAIL)
+            return
+        command(self, argument)
+
+    return requires_login(guarded)
