@@ -94,3 +94,12 @@ def test_the_interface_the_sessions_import_exists() -> None:
 def test_the_storage_modules_are_where_the_check_looks() -> None:
     for module in BELOW_STORAGE:
         assert (Path(ROOT) / "mailserver" / f"{module}.py").is_file()
+
+
+MAX_MODULE_LINES = 450  # issue 17: a module a newcomer can read whole; client.py is one file on purpose
+
+
+def test_no_product_module_but_client_py_is_longer_than_a_newcomer_reads() -> None:
+    modules = [*sorted((ROOT / "mailserver").glob("*.py")), ROOT / "server.py"]
+    lengths = {path.name: len(path.read_text().splitlines()) for path in modules}
+    assert {name: n for name, n in lengths.items() if n > MAX_MODULE_LINES} == {}, "split it by job (CONTRIBUTING.md)"
