@@ -2319,9 +2319,9 @@ CHECKS: tuple[Check, ...] = (
     Check("login", "seed 7 (AUTH PLAIN: RFC 4954)", Stage.GREETED, "EHLO, AUTH PLAIN ********",
           (command("EHLO {domain}", "250"), command("AUTH PLAIN {login}", "235")), needs="login"),
     Check("RETR", "seed 5", Stage.HELLO, "RETR",
-          (command("RETR", "250", text=r"\d+\b", text_means="250 <count>", retrieves=True),), needs="login"),
+          (command("RETR", "250", text=r"\d+(?!\S)", text_means="250 <count>", retrieves=True),), needs="login"),
     Check("DELE, then RETR", "seed 6", Stage.HELLO, "DELE, RETR",
-          (command("DELE", "250"), command("RETR", "250", text=r"0\b", text_means="250 0 (none left)")),
+          (command("DELE", "250"), command("RETR", "250", text=r"0(?!\S)", text_means="250 0 (none left)")),
           needs="login"),
 )  # fmt: skip
 
@@ -2456,7 +2456,9 @@ class Probe:
             text = raw.rstrip(b"\r\n").decode("utf-8", "replace")
             parsed = SMTPDialect.parse(text)
             if parsed is None:
-                raise CheckFailed(f"not a reply: {text[:60]!r}", "RFC 5321 4.2: a reply is a 3-digit code and text")
+                # masked: a server that echoes AUTH PLAIN's line would put the password in the report
+                received = f"not a reply: {masked(text)[:60]!r}"
+                raise CheckFailed(received, "RFC 5321 4.2: a reply is a 3-digit code and text")
             if parsed.final:
                 return Reply(parsed.status, parsed.text, crlf)
 
@@ -2670,7 +2672,8 @@ class Checker:
         if not reply.crlf:
             raise CheckFailed(f"{reply.code} ended by LF", "RFC 5321 4.2: every reply line ends in CRLF, not LF alone")
         if step.text and not re.match(step.text, reply.text):
-            raise CheckFailed(f"{reply.code} {reply.text[:40]}", f"the seed's reply here is {step.text_means}")
+            shown = printable(reply.text[:40])  # the server's text, drawn on the teacher's terminal
+            raise CheckFailed(f"{reply.code} {shown}", f"the seed's reply here is {step.text_means}")
 
     def retrieved(self, probe: Probe, code: str, count: int) -> str:
         """Read RETR's count blocks: they must be this run's messages, byte for byte after dot-unstuffing."""

@@ -159,9 +159,11 @@ class SeedHandler(socketserver.StreamRequestHandler):
         # RFC 5321 4.5.2: a leading dot goes "if there are other characters on the line" (a ".\n" keeps it).
         return line[1:] if line.startswith(b".") and line.rstrip(b"\r\n") != b"." else line
 
+    retr_count = "250 {count} messages follow"
+
     def do_RETR(self, argument: str) -> None:
         messages = self.retrievable()
-        self.reply(f"250 {len(messages)} messages follow")
+        self.reply(self.retr_count.format(count=len(messages)))
         for message in messages:
             stuffed = b"".join(b"." + line if line.startswith(b".") else line for line in message.splitlines(True))
             self.wfile.write(stuffed + b".\r\n")
@@ -308,6 +310,20 @@ class RefusesFullLines(SeedHandler):
     """A text line is held to the command line's 512 octets: a 998-octet line is refused."""
 
     max_text_line = 510
+
+
+class CountsAfterAStatusCode(SeedHandler):
+    """RETR's count comes after an enhanced status code, where the seed's client reads it first."""
+
+    retr_count = "250 2.0.0 {count} messages follow"
+
+
+class EchoesAuth(SeedHandler):
+    """The AUTH line comes back before its reply (a debugging print left in): the password, in base64."""
+
+    def do_AUTH(self, argument: str) -> None:
+        self.wfile.write(f"AUTH {argument}\r\n".encode())
+        super().do_AUTH(argument)
 
 
 class NeverGreets(SeedHandler):

@@ -8,6 +8,7 @@ is caught by the check meant for its bug, with only the named others failing alo
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import os
@@ -130,6 +131,7 @@ BROKEN = [
     (seed_servers.RefusesLowerCase, "lower-case verb", set()),
     (seed_servers.Helps501ForUnknownTopics, "parameter not implemented", set()),
     (seed_servers.RefusesFullLines, "1000-octet line", set()),
+    (seed_servers.CountsAfterAStatusCode, "RETR", {"DELE, then RETR"}),  # "250 2.0.0 0 ..." is no count either
 ]
 
 
@@ -170,6 +172,19 @@ def test_a_broken_server_is_caught_by_its_check(
     assert status == 1
     assert rows[caught_by]["result"] == "FAIL", rows[caught_by]
     assert verdicts(rows, "FAIL") <= {caught_by} | alongside, {name: rows[name] for name in verdicts(rows, "FAIL")}
+
+
+def test_a_server_that_echoes_auth_shows_no_credentials(seed_server: Callable[..., seed_servers.SeedServer]) -> None:
+    """The line a server echoes is reported as "not a reply", masked: AUTH PLAIN's base64 is the password."""
+    result = run_checker(
+        "--check", "--json", "--port", str(seed_server(seed_servers.EchoesAuth).port), "--user", "alice",
+        stdin=f"{PASSWORD}\n",
+    )  # fmt: skip
+    rows = {row["check"]: row for row in json.loads(result.stdout)["checks"]}
+    assert rows["login"]["result"] == "FAIL"
+    assert "AUTH PLAIN ********" in rows["login"]["received"]
+    credentials = base64.b64encode(f"\0alice\0{PASSWORD}".encode()).decode()
+    assert credentials not in result.stdout and PASSWORD not in result.stdout
 
 
 def test_a_fail_says_what_it_means_from_the_reply_table(seed_server: Callable[..., seed_servers.SeedServer]) -> None:
