@@ -118,14 +118,17 @@ def route(
         return None, (None if local.lower() == POSTMASTER else Refusal.NO_SUCH_USER)
     # Checked at RCPT, as Postfix does, with room held for the message until its DATA ends:
     # however many sessions race, one message at most takes an inbox past the quota.
-    used, quota = mailboxes.inbox_size(account), config.max_mailbox_size
-    if used >= quota or used + envelope.declared_size > quota:
-        return None, Refusal.MAILBOX_FULL
-    if account not in envelope.accounts:
-        release = mailboxes.reserve(account, quota, config.max_message_size + TRACE_ROOM)
-        if release is None:
+    quota = config.max_mailbox_size
+    if account in envelope.accounts:  # its room is held already: only look at the size again
+        used = mailboxes.inbox_size(account)
+        if used >= quota or used + envelope.declared_size > quota:
             return None, Refusal.MAILBOX_FULL
-        weakref.finalize(envelope, release)
+        return account, None
+    # One look at the size, under the inbox's lock: the room left, SIZE= and the room held for others.
+    release = mailboxes.reserve(account, quota, config.max_message_size + TRACE_ROOM, envelope.declared_size)
+    if release is None:
+        return None, Refusal.MAILBOX_FULL
+    weakref.finalize(envelope, release)
     return account, None
 
 

@@ -41,7 +41,7 @@ class InboxSizes:
             self._sizes[user] = (stamp, size)
         return size
 
-    def reserve(self, user: str, inbox: Path, quota: int, most: int) -> Callable[[], None] | None:
+    def reserve(self, user: str, inbox: Path, quota: int, most: int, declared: int = 0) -> Callable[[], None] | None:
         """Hold room in user's inbox for a message on its way (RCPT until its DATA ends): the least
         of most and the room left; None if the inbox, with the room held for others, is at quota.
 
@@ -53,6 +53,8 @@ class InboxSizes:
             inbox_lock = self._inbox_locks[user]
         with inbox_lock:  # the size and the room held are read, and the room taken, as one step
             used = self.size(user, inbox)
+            if used + declared > quota:  # MAIL's SIZE= does not fit (RFC 1870)
+                return None
             with self._lock:
                 room = quota - used - self._reserved[user]
                 if room <= 0:

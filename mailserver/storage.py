@@ -125,9 +125,9 @@ class MailboxStore:
         """The octets in user's inbox, as on disk (what --max-mailbox-size limits); see quota.py."""
         return self._sizes.size(user, self._user_path(user))
 
-    def reserve(self, user: str, quota: int, most: int) -> Callable[[], None] | None:
+    def reserve(self, user: str, quota: int, most: int, declared: int = 0) -> Callable[[], None] | None:
         """Hold room in user's inbox for a message on its way; see InboxSizes.reserve."""
-        return self._sizes.reserve(user, self._user_path(user), quota, most)
+        return self._sizes.reserve(user, self._user_path(user), quota, most, declared)
 
     def message_counts(self, user: str) -> tuple[int, int]:
         """How many messages user has in the inbox and in Sent (the web view shows them); no lock taken."""

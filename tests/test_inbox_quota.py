@@ -161,6 +161,33 @@ def test_rcpt_counts_an_inbox_once_however_many_rcpts(
     assert counted == [server.mailboxes_path / "bob"]  # once for 100 RCPTs, not 100 times 2000 stat() calls
 
 
+def test_one_rcpt_counts_a_just_changed_inbox_once(
+    start_server: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An inbox changed within the last clock tick is counted at every look: RCPT looks once, not twice."""
+    server = start_server()
+    bob = server.mailboxes_path / "bob"
+    other_programs_messages(bob, 20)
+    counted: list[Path] = []
+    real = maildir.message_entries
+
+    def spy(maildir: Path):  # type: ignore[no-untyped-def]
+        counted.append(maildir)
+        return real(maildir)
+
+    monkeypatch.setattr(maildir, "message_entries", spy)
+    session = session_of(server)
+    try:
+        assert session.command("MAIL FROM:<alice@mail.test>")[0] == 250
+        now = time.time_ns()
+        for part in ("new", "cur"):
+            os.utime(bob / part, ns=(now, now))  # as a delivery a moment ago leaves it
+        assert session.command("RCPT TO:<bob@localhost>")[0] == 250
+    finally:
+        session.close()
+    assert counted == [bob]
+
+
 def test_the_size_kept_follows_a_change_of_the_folder(tmp_path: Path) -> None:
     store = MailboxStore(tmp_path / "mailboxes")
     other_programs_messages(store.root / "bob", 3)
