@@ -2885,7 +2885,7 @@ def write_csv(path: str, graded: list[tuple[Target, list[CheckResult]]]) -> None
         writer.writerow(["server", "user", "required_passed", "required_run", "skipped", "first_failure",
                          *(check.name for check in CHECKS)])  # fmt: skip
         for target, results in graded:
-            writer.writerow([target.address, target.user or "", *tally(results)[:2], tally(results)[2],
+            writer.writerow([target.address, target.user or "", *tally(results),
                              first_failure(results), *(result.verdict for result in results)])  # fmt: skip
 
 
